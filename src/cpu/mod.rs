@@ -1,0 +1,11 @@
+//! The CPU reference: the weight primitives, a FusionPlan executor and a forward pass
+//! of any graph of known ops (f32 tensors, f64 accumulation).
+
+mod conv;
+mod forward;
+pub mod plan_exec;
+pub mod primitives;
+
+pub use conv::conv2d;
+pub use forward::forward;
+pub use plan_exec::execute_plan;

@@ -1,0 +1,137 @@
+//! Runs a FusionPlan on the CPU: the reference executor the GPU engine is checked
+//! against. Reads source weights by shared reference and never writes them.
+
+use std::collections::HashMap;
+
+use super::primitives::{self, BnTensors, ComposeInput, PlaceInput};
+use crate::error::{Error, Result};
+use crate::plan::{BnParams, FusionPlan, Step};
+use crate::tensor::Tensor;
+use crate::weights::Weights;
+
+/// Source weights plus the tensors computed so far.
+struct Slots<'a> {
+    source: &'a Weights,
+    computed: HashMap<String, Tensor>,
+    checked: std::collections::HashSet<String>,
+}
+
+impl Slots<'_> {
+    fn get(&mut self, name: &str) -> Result<&Tensor> {
+        if self.computed.contains_key(name) {
+            return Ok(&self.computed[name]);
+        }
+        let t = self.source.get(name)?;
+        // Source values are checked once: a NaN weight is reported by name, not
+        // silently spread through every fused kernel.
+        if self.checked.insert(name.to_string()) {
+            if let Some((i, v)) = t.first_non_finite() {
+                return Err(Error::tensor(name, format!("holds {} at flat index {}", v, i)));
+            }
+        }
+        Ok(t)
+    }
+    fn get_opt(&mut self, name: Option<&String>) -> Result<Option<Tensor>> {
+        name.map(|n| self.get(n).cloned()).transpose()
+    }
+    fn put(&mut self, name: &str, t: Tensor) {
+        self.computed.insert(name.to_string(), t);
+    }
+}
+
+fn bn_tensors(slots: &mut Slots, bn: &BnParams) -> Result<[Tensor; 4]> {
+    Ok([
+        slots.get(&bn.gamma)?.clone(),
+        slots.get(&bn.beta)?.clone(),
+        slots.get(&bn.mean)?.clone(),
+        slots.get(&bn.var)?.clone(),
+    ])
+}
+
+fn with_shape(name: &str, t: Tensor, shape: &[usize]) -> Result<Tensor> {
+    t.reshaped(shape.to_vec())
+        .ok_or_else(|| Error::tensor(name, format!("computed {:?} cannot be viewed as {:?}", t.shape(), shape)))
+}
+
+/// Executes every step; returns all computed tensors by name.
+pub fn execute_plan(plan: &FusionPlan, weights: &Weights) -> Result<HashMap<String, Tensor>> {
+    let mut slots = Slots {
+        source: weights,
+        computed: HashMap::new(),
+        checked: Default::default(),
+    };
+    for step in &plan.steps {
+        run_step(step, &mut slots)?;
+    }
+    Ok(slots.computed)
+}
+
+fn run_step(step: &Step, slots: &mut Slots) -> Result<()> {
+    match step {
+        Step::FoldBn { kernel, bias, bn, out_kernel, out_bias } => {
+            let k = slots.get(kernel)?.clone();
+            let b = slots.get_opt(bias.as_ref())?;
+            let [g, be, m, v] = bn_tensors(slots, bn)?;
+            let bnt = BnTensors { gamma: &g, beta: &be, mean: &m, var: &v, eps: bn.eps };
+            let (k2, b2) = primitives::fold_bn(&k, b.as_ref(), &bnt).map_err(|e| in_step(e, out_kernel))?;
+            slots.put(out_kernel, k2);
+            slots.put(out_bias, b2);
+        }
+        Step::BnToConv { bn, channels, out_kernel, out_bias } => {
+            let [g, be, m, v] = bn_tensors(slots, bn)?;
+            let bnt = BnTensors { gamma: &g, beta: &be, mean: &m, var: &v, eps: bn.eps };
+            let (k, b) = primitives::bn_to_conv(&bnt, *channels).map_err(|e| in_step(e, out_kernel))?;
+            slots.put(out_kernel, k);
+            slots.put(out_bias, b);
+        }
+        Step::Dirac { channels, groups, kernel, out_kernel } => {
+            slots.put(out_kernel, primitives::dirac(*channels, *groups, *kernel)?);
+        }
+        Step::AvgPoolKernel { channels, kernel, out_kernel } => {
+            slots.put(out_kernel, primitives::avgpool_kernel(*channels, *kernel));
+        }
+        Step::Place { out_shape, groups, in_channels, sources, out_kernel, out_bias } => {
+            let mut owned = Vec::with_capacity(sources.len());
+            for s in sources {
+                owned.push((slots.get(&s.kernel)?.clone(), slots.get_opt(s.bias.as_ref())?));
+            }
+            let inputs: Vec<PlaceInput> = sources
+                .iter()
+                .zip(&owned)
+                .map(|(s, (k, b))| PlaceInput { kernel: k, bias: b.as_ref(), groups: s.groups, offset: s.offset, step: s.step, out_offset: s.out_offset })
+                .collect();
+            let (k, b) = primitives::place(out_shape, *groups, *in_channels, &inputs).map_err(|e| in_step(e, out_kernel))?;
+            slots.put(out_kernel, k);
+            put_bias(slots, out_bias, b, out_shape[0]);
+        }
+        Step::Compose { first, second, in_channels, out_shape, groups, out_kernel, out_bias } => {
+            let (ka, ba) = (slots.get(&first.kernel)?.clone(), slots.get_opt(first.bias.as_ref())?);
+            let (kb, bb) = (slots.get(&second.kernel)?.clone(), slots.get_opt(second.bias.as_ref())?);
+            let (k, b) = primitives::compose(
+                &ComposeInput { kernel: &ka, bias: ba.as_ref(), groups: first.groups },
+                &ComposeInput { kernel: &kb, bias: bb.as_ref(), groups: second.groups },
+                *in_channels,
+                *groups,
+            )
+            .map_err(|e| in_step(e, out_kernel))?;
+            slots.put(out_kernel, with_shape(out_kernel, k, out_shape)?);
+            put_bias(slots, out_bias, b, out_shape[0]);
+        }
+    }
+    Ok(())
+}
+
+/// Writes the bias a step computed; a step that names a bias output always gets one
+/// (zeros when no source had a bias), so the graph never names a missing tensor.
+fn put_bias(slots: &mut Slots, name: &Option<String>, b: Option<Tensor>, channels: usize) {
+    if let Some(n) = name {
+        slots.put(n, b.unwrap_or_else(|| Tensor::zeros(vec![channels])));
+    }
+}
+
+fn in_step(e: Error, out: &str) -> Error {
+    match e {
+        Error::Tensor { tensor, why } => Error::tensor(&tensor, format!("{} (while computing `{}`)", why, out)),
+        other => other,
+    }
+}

@@ -1,0 +1,314 @@
+//! The weight-kernel primitives of DESIGN.md as pure functions: they take tensors by
+//! shared reference and return new ones (and `Tensor` storage is immutable), so no
+//! primitive can mutate its inputs. Arithmetic is done in f64 and rounded once.
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+/// Batch-norm statistics, all `[C]`.
+pub struct BnTensors<'a> {
+    pub gamma: &'a Tensor,
+    pub beta: &'a Tensor,
+    pub mean: &'a Tensor,
+    pub var: &'a Tensor,
+    pub eps: f32,
+}
+
+/// A kernel read as `[O, I, kh, kw]`; a Linear weight `[O, I]` reads as 1x1.
+pub fn kernel_dims(name: &str, t: &Tensor) -> Result<[usize; 4]> {
+    match *t.shape() {
+        [o, i, h, w] => Ok([o, i, h, w]),
+        [o, i] => Ok([o, i, 1, 1]),
+        ref s => Err(Error::tensor(name, format!("expected a kernel [O, I, kh, kw] or [O, I], got {:?}", s))),
+    }
+}
+
+fn want_len(name: &str, t: &Tensor, n: usize) -> Result<()> {
+    if t.shape() == [n] {
+        Ok(())
+    } else {
+        Err(Error::tensor(name, format!("expected shape [{}], got {:?}", n, t.shape())))
+    }
+}
+
+/// Per-channel `s = gamma / sqrt(var + eps)` and shift `beta - mean * s`, rejecting
+/// statistics that make the fold meaningless instead of propagating NaN.
+pub fn bn_scale_shift(bn: &BnTensors, channels: usize) -> Result<(Vec<f64>, Vec<f64>)> {
+    for (field, t) in [("scale", bn.gamma), ("bias", bn.beta), ("mean", bn.mean), ("var", bn.var)] {
+        want_len(field, t, channels)?;
+        if let Some((i, v)) = t.first_non_finite() {
+            return Err(Error::tensor(field, format!("batch-norm {} holds {} at channel {}", field, v, i)));
+        }
+    }
+    let mut scale = Vec::with_capacity(channels);
+    let mut shift = Vec::with_capacity(channels);
+    for c in 0..channels {
+        let var = bn.var.data()[c] as f64;
+        let denom = var + bn.eps as f64;
+        if var < 0.0 || denom <= 0.0 {
+            return Err(Error::tensor(
+                "var",
+                format!("batch-norm running_var[{}] = {} with eps {}: var must be >= 0 and var + eps > 0", c, var, bn.eps),
+            ));
+        }
+        let s = bn.gamma.data()[c] as f64 / denom.sqrt();
+        scale.push(s);
+        shift.push(bn.beta.data()[c] as f64 - bn.mean.data()[c] as f64 * s);
+    }
+    Ok((scale, shift))
+}
+
+/// Paradigm 1/8: folds a BN that follows a conv (or Linear) into its kernel and bias.
+pub fn fold_bn(kernel: &Tensor, bias: Option<&Tensor>, bn: &BnTensors) -> Result<(Tensor, Tensor)> {
+    let [o, ..] = kernel_dims("kernel", kernel)?;
+    let (scale, shift) = bn_scale_shift(bn, o)?;
+    if let Some(b) = bias {
+        want_len("bias", b, o)?;
+    }
+    let row = kernel.numel() / o;
+    let mut k = vec![0f32; kernel.numel()];
+    k.par_chunks_mut(row.max(1)).enumerate().for_each(|(oc, dst)| {
+        let src = &kernel.data()[oc * row..(oc + 1) * row];
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = (*s as f64 * scale[oc]) as f32;
+        }
+    });
+    let b: Vec<f32> = (0..o)
+        .map(|oc| {
+            let b0 = bias.map_or(0.0, |b| b.data()[oc] as f64);
+            (b0 * scale[oc] + shift[oc]) as f32
+        })
+        .collect();
+    Ok((Tensor::from_parts(kernel.shape().to_vec(), k), Tensor::from_parts(vec![o], b)))
+}
+
+/// A lone BN as a depthwise 1x1 conv: kernel `[C, 1, 1, 1]` and bias `[C]`.
+pub fn bn_to_conv(bn: &BnTensors, channels: usize) -> Result<(Tensor, Tensor)> {
+    let (scale, shift) = bn_scale_shift(bn, channels)?;
+    Ok((
+        Tensor::from_parts(vec![channels, 1, 1, 1], scale.iter().map(|&s| s as f32).collect()),
+        Tensor::from_parts(vec![channels], shift.iter().map(|&s| s as f32).collect()),
+    ))
+}
+
+/// Paradigm 6a: identity as a conv `[C, C/groups, kh, kw]`. The tap is the kernel
+/// centre `k / 2`, so the kernel must be odd in both axes (an even kernel has no centre
+/// and cannot hold a dirac; the seed code's hard-coded `[1, 1]` was right for 3x3 only).
+pub fn dirac(channels: usize, groups: usize, kernel: [usize; 2]) -> Result<Tensor> {
+    if groups == 0 || channels % groups != 0 {
+        return Err(Error::tensor("dirac", format!("groups {} must divide channels {}", groups, channels)));
+    }
+    if kernel[0] % 2 == 0 || kernel[1] % 2 == 0 {
+        return Err(Error::tensor("dirac", format!("kernel {:?} is even: a dirac needs a centre tap", kernel)));
+    }
+    let per = channels / groups;
+    let taps = kernel[0] * kernel[1];
+    let centre = (kernel[0] / 2) * kernel[1] + kernel[1] / 2;
+    let mut k = vec![0f32; channels * per * taps];
+    for c in 0..channels {
+        k[(c * per + c % per) * taps + centre] = 1.0;
+    }
+    Ok(Tensor::from_parts(vec![channels, per, kernel[0], kernel[1]], k))
+}
+
+/// Paradigm 7: average pooling (count_include_pad, or no padding) as a depthwise
+/// kernel `[C, 1, kh, kw]`.
+pub fn avgpool_kernel(channels: usize, kernel: [usize; 2]) -> Tensor {
+    let taps = kernel[0] * kernel[1];
+    Tensor::from_parts(vec![channels, 1, kernel[0], kernel[1]], vec![(1.0 / taps as f64) as f32; channels * taps])
+}
+
+/// One source of `place`, with its tensors.
+pub struct PlaceInput<'a> {
+    pub kernel: &'a Tensor,
+    pub bias: Option<&'a Tensor>,
+    pub groups: usize,
+    pub offset: [usize; 2],
+    pub step: [usize; 2],
+    pub out_offset: usize,
+}
+
+/// Destination input channel (within its group) of source input channel `j` of
+/// source output channel `os` (group `gs` of `gsrc`), for destination output `o`.
+fn regroup(c_in: usize, src_groups: usize, src_out: usize, os: usize, j: usize, dst_groups: usize, dst_out: usize, o: usize) -> Option<usize> {
+    let gs = os / (src_out / src_groups);
+    let c = gs * (c_in / src_groups) + j;
+    let go = o / (dst_out / dst_groups);
+    let base = go * (c_in / dst_groups);
+    (c >= base && c < base + c_in / dst_groups).then(|| c - base)
+}
+
+/// Paradigms 2/3/4: sums kernels into a new zero kernel `[O, C/groups, KH, KW]`, each
+/// at its spatial offset (centring or asymmetric 1xK/Kx1 alignment), tap step
+/// (dilation ratio), output-channel offset (concat) and with group expansion.
+pub fn place(out_shape: &[usize], groups: usize, in_channels: usize, sources: &[PlaceInput]) -> Result<(Tensor, Option<Tensor>)> {
+    let [o_total, per, kh_out, kw_out] = match *out_shape {
+        [o, i, h, w] => [o, i, h, w],
+        [o, i] => [o, i, 1, 1],
+        ref s => return Err(Error::tensor("place", format!("bad destination shape {:?}", s))),
+    };
+    if groups == 0 || in_channels % groups != 0 || o_total % groups != 0 || per != in_channels / groups {
+        return Err(Error::tensor("place", format!("destination {:?} does not match {} input channels in {} groups", out_shape, in_channels, groups)));
+    }
+    let mut dims = Vec::with_capacity(sources.len());
+    for s in sources {
+        let [so, si, sh, sw] = kernel_dims("place source", s.kernel)?;
+        let fits = s.groups > 0
+            && in_channels % s.groups == 0
+            && so % s.groups == 0
+            && si == in_channels / s.groups
+            && s.out_offset + so <= o_total
+            && s.offset[0] + (sh - 1) * s.step[0] < kh_out
+            && s.offset[1] + (sw - 1) * s.step[1] < kw_out;
+        if !fits {
+            return Err(Error::tensor("place", format!("source {:?} (groups {}, offset {:?}, step {:?}, out offset {}) does not fit destination {:?}", s.kernel.shape(), s.groups, s.offset, s.step, s.out_offset, out_shape)));
+        }
+        if let Some(b) = s.bias {
+            want_len("place bias", b, so)?;
+        }
+        dims.push([so, si, sh, sw]);
+    }
+    let row = per * kh_out * kw_out;
+    let mut acc = vec![0f64; o_total * row];
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    acc.par_chunks_mut(row).enumerate().for_each(|(o, dst)| {
+        for (s, &[so, si, sh, sw]) in sources.iter().zip(&dims) {
+            if o < s.out_offset || o >= s.out_offset + so {
+                continue;
+            }
+            let os = o - s.out_offset;
+            for j in 0..si {
+                let Some(cl) = regroup(in_channels, s.groups, so, os, j, groups, o_total, o) else {
+                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                    continue;
+                };
+                let src = &s.kernel.data()[(os * si + j) * sh * sw..][..sh * sw];
+                for a in 0..sh {
+                    for b in 0..sw {
+                        let v = src[a * sw + b] as f64;
+                        if v != 0.0 {
+                            dst[(cl * kh_out + s.offset[0] + a * s.step[0]) * kw_out + s.offset[1] + b * s.step[1]] += v;
+                        }
+                    }
+                }
+            }
+        }
+    });
+    if failed.into_inner() {
+        return Err(Error::tensor("place", format!("a source's groups do not fit the destination's {} groups", groups)));
+    }
+    let bias = sources.iter().any(|s| s.bias.is_some()).then(|| {
+        let mut b = vec![0f64; o_total];
+        for s in sources {
+            if let Some(t) = s.bias {
+                for (i, v) in t.data().iter().enumerate() {
+                    b[s.out_offset + i] += *v as f64;
+                }
+            }
+        }
+        Tensor::from_parts(vec![o_total], b.into_iter().map(|v| v as f32).collect())
+    });
+    Ok((Tensor::from_parts(out_shape.to_vec(), acc.into_iter().map(|v| v as f32).collect()), bias))
+}
+
+/// One operand of `compose`.
+pub struct ComposeInput<'a> {
+    pub kernel: &'a Tensor,
+    pub bias: Option<&'a Tensor>,
+    pub groups: usize,
+}
+
+/// Paradigm 5: `second(first(x))` as one kernel, where `first` or `second` is 1x1
+/// (1x1 -> KxK and KxK -> 1x1), with groups on both sides and the first bias carried
+/// through the second kernel. The result has `groups` groups; the caller picks the
+/// coarsest exact count (not dense, unlike the seed's `fuse_1x1_kxk_conv`).
+/// Exactness at the border is the caller's job (see `fuse::sequence`).
+pub fn compose(first: &ComposeInput, second: &ComposeInput, in_channels: usize, groups: usize) -> Result<(Tensor, Option<Tensor>)> {
+    let [m, ca, ah, aw] = kernel_dims("compose first", first.kernel)?;
+    let [o, mb, bh, bw] = kernel_dims("compose second", second.kernel)?;
+    let (ga, gb) = (first.groups, second.groups);
+    let ok = ga > 0 && gb > 0 && groups > 0
+        && in_channels % ga == 0 && ca == in_channels / ga && m % ga == 0
+        && m % gb == 0 && mb == m / gb && o % gb == 0
+        && in_channels % groups == 0 && o % groups == 0;
+    if !ok {
+        return Err(Error::tensor("compose", format!("kernels {:?} (groups {}) then {:?} (groups {}) do not chain over {} input channels into {} groups", first.kernel.shape(), ga, second.kernel.shape(), gb, in_channels, groups)));
+    }
+    let first_is_1x1 = ah == 1 && aw == 1;
+    if !first_is_1x1 && !(bh == 1 && bw == 1) {
+        return Err(Error::tensor("compose", "one of the two kernels must be 1x1 (general KxK->KxK composition is not supported)"));
+    }
+    let (kh, kw) = if first_is_1x1 { (bh, bw) } else { (ah, aw) };
+    let per = in_channels / groups;
+    let row = per * kh * kw;
+    let mut acc = vec![0f64; o * row];
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    acc.par_chunks_mut(row).enumerate().for_each(|(oc, dst)| {
+        let g_b = oc / (o / gb);
+        let base = (oc / (o / groups)) * per;
+        for j in 0..mb {
+            let mid = g_b * mb + j;
+            let g_a = mid / (m / ga);
+            for i in 0..ca {
+                let c = g_a * ca + i;
+                if c < base || c >= base + per {
+                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                    continue;
+                }
+                let d = &mut dst[(c - base) * kh * kw..][..kh * kw];
+                let a_k = &first.kernel.data()[(mid * ca + i) * ah * aw..][..ah * aw];
+                let b_k = &second.kernel.data()[(oc * mb + j) * bh * bw..][..bh * bw];
+                if first_is_1x1 {
+                    let a = a_k[0] as f64;
+                    for (d, b) in d.iter_mut().zip(b_k) {
+                        *d += a * *b as f64;
+                    }
+                } else {
+                    let b = b_k[0] as f64;
+                    for (d, a) in d.iter_mut().zip(a_k) {
+                        *d += b * *a as f64;
+                    }
+                }
+            }
+        }
+    });
+    if failed.into_inner() {
+        return Err(Error::tensor("compose", format!("the composed kernel does not fit {} groups", groups)));
+    }
+    let bias = (first.bias.is_some() || second.bias.is_some()).then(|| {
+        (0..o)
+            .map(|oc| {
+                let mut b = second.bias.map_or(0.0, |t| t.data()[oc] as f64);
+                if let Some(ba) = first.bias {
+                    let g_b = oc / (o / gb);
+                    for j in 0..mb {
+                        let tap_sum: f64 = second.kernel.data()[(oc * mb + j) * bh * bw..][..bh * bw].iter().map(|&v| v as f64).sum();
+                        b += tap_sum * ba.data()[g_b * mb + j] as f64;
+                    }
+                }
+                b as f32
+            })
+            .collect::<Vec<f32>>()
+    });
+    Ok((Tensor::from_parts(vec![o, per, kh, kw], acc.into_iter().map(|v| v as f32).collect()), bias.map(|b| Tensor::from_parts(vec![o], b))))
+}
+
+/// Paradigm 9: a Linear weight `[O, I]` as a 1x1 conv kernel `[O, I, 1, 1]` (a view).
+pub fn linear_to_conv1x1(weight: &Tensor) -> Result<Tensor> {
+    match *weight.shape() {
+        [o, i] => Ok(weight.reshaped(vec![o, i, 1, 1]).expect("same element count")),
+        ref s => Err(Error::tensor("linear weight", format!("expected [O, I], got {:?}", s))),
+    }
+}
+
+/// Paradigm 9, the other way: a dense 1x1 conv kernel `[O, I, 1, 1]` as a Linear
+/// weight `[O, I]` (a view). Both directions exist; the seed code defined
+/// `lc2pwconv` twice and so lost one.
+pub fn conv1x1_to_linear(kernel: &Tensor) -> Result<Tensor> {
+    match *kernel.shape() {
+        [o, i, 1, 1] => Ok(kernel.reshaped(vec![o, i]).expect("same element count")),
+        ref s => Err(Error::tensor("conv kernel", format!("expected a dense 1x1 kernel [O, I, 1, 1], got {:?}", s))),
+    }
+}

@@ -1,0 +1,86 @@
+//! Paradigm 1: a BN after a conv (or Linear) folds into it; a BN before a conv folds
+//! into that conv when the conv does not zero-pad the BN's output.
+
+use super::conv_like::ConvLike;
+use super::rule::{Ctx, Patch};
+use crate::graph::{BatchNorm, Node, Op};
+use crate::plan::{BnParams, ConvOperand, Step};
+
+pub fn bn_params(b: &BatchNorm) -> BnParams {
+    BnParams { gamma: b.gamma.clone(), beta: b.beta.clone(), mean: b.mean.clone(), var: b.var.clone(), eps: b.eps }
+}
+
+fn bn_at<'a>(ctx: &'a Ctx, i: usize) -> Option<&'a BatchNorm> {
+    match &ctx.node(i).op {
+        Op::BatchNorm(b) => Some(b),
+        _ => None,
+    }
+}
+
+/// conv -> BN  =>  conv with scaled kernel and shifted bias.
+pub fn fold_bn_into_conv(ctx: &mut Ctx, i: usize) -> Option<Patch> {
+    let bn = bn_at(ctx, i)?.clone();
+    let n = ctx.node(i).clone();
+    let p = ctx.producer(&n.inputs[0])?;
+    let prod = ctx.node(p).clone();
+    let conv = ConvLike::from_op(&prod.op)?;
+    if conv.out_channels != bn.channels {
+        return None;
+    }
+    if ctx.index.sole_consumer(&n.inputs[0]) != Some(i) {
+        let reason = format!("`{}` output `{}` is also read elsewhere: folding the BN would change what the other readers see", prod.name, n.inputs[0]);
+        ctx.refuse("fold_bn_into_conv", &[&prod.name, &n.name], reason);
+        return None;
+    }
+    let w = ctx.fresh(&prod.name, "weight");
+    let b = ctx.fresh(&prod.name, "bias");
+    let fused = ConvLike { weight: w.clone(), bias: Some(b.clone()), ..conv.clone() };
+    Some(Patch {
+        remove: vec![p, i],
+        params: vec![(w.clone(), fused.weight_shape()), (b.clone(), vec![conv.out_channels])],
+        steps: vec![Step::FoldBn { kernel: conv.weight, bias: conv.bias, bn: bn_params(&bn), out_kernel: w, out_bias: b }],
+        add: vec![Node { name: prod.name.clone(), op: fused.to_op(), inputs: prod.inputs.clone(), outputs: n.outputs.clone() }],
+        rule: "conv+bn",
+        into: prod.name,
+    })
+}
+
+/// BN -> conv  =>  conv reading the BN's input. Exact only without padding: a
+/// zero-padded border would see 0 where the BN would have produced its shift.
+pub fn fold_bn_into_next(ctx: &mut Ctx, i: usize) -> Option<Patch> {
+    let bn = bn_at(ctx, i)?.clone();
+    let n = ctx.node(i).clone();
+    let c = ctx.index.sole_consumer(&n.outputs[0])?;
+    let next = ctx.node(c).clone();
+    let conv = ConvLike::from_op(&next.op)?;
+    if conv.in_channels != bn.channels {
+        return None;
+    }
+    if conv.has_padding() {
+        let reason = format!("`{}` zero-pads the BN output (pads {:?}): the border would see 0, not the BN's shift", next.name, conv.pads);
+        ctx.refuse("fold_bn_into_next", &[&n.name, &next.name], reason);
+        return None;
+    }
+    let (dw_k, dw_b) = (ctx.fresh(&n.name, "dw_weight"), ctx.fresh(&n.name, "dw_bias"));
+    let (w, b) = (ctx.fresh(&next.name, "weight"), ctx.fresh(&next.name, "bias"));
+    let fused = ConvLike { weight: w.clone(), bias: Some(b.clone()), ..conv.clone() };
+    Some(Patch {
+        remove: vec![i, c],
+        params: vec![(w.clone(), fused.weight_shape()), (b.clone(), vec![conv.out_channels])],
+        steps: vec![
+            Step::BnToConv { bn: bn_params(&bn), channels: bn.channels, out_kernel: dw_k.clone(), out_bias: dw_b.clone() },
+            Step::Compose {
+                first: ConvOperand { kernel: dw_k, bias: Some(dw_b), groups: bn.channels },
+                second: ConvOperand { kernel: conv.weight, bias: conv.bias, groups: conv.groups },
+                in_channels: bn.channels,
+                out_shape: fused.weight_shape(),
+                groups: conv.groups,
+                out_kernel: w,
+                out_bias: Some(b),
+            },
+        ],
+        add: vec![Node { name: next.name.clone(), op: fused.to_op(), inputs: n.inputs.clone(), outputs: next.outputs.clone() }],
+        rule: "bn+conv",
+        into: next.name,
+    })
+}

@@ -1,0 +1,164 @@
+//! Paradigms 2/3/4: parallel branches that read the same tensor become one conv.
+//! Sums place every kernel into the largest window (centred or asymmetric, dilated
+//! where needed); concats stack them on output channels. The result keeps the
+//! coarsest exact group count.
+
+use std::collections::BTreeMap;
+
+use super::conv_like::{ConvLike, Kind};
+use super::geometry::{coarsest_groups, merge_windows, Window};
+use super::rule::{Ctx, Patch};
+use crate::graph::{Node, Op};
+use crate::plan::{PlaceSource, Step};
+
+/// `Add(Add(a, b), c)` => `Add(a, b, c)` when the inner sum has no other reader.
+pub fn flatten_add(ctx: &mut Ctx, i: usize) -> Option<Patch> {
+    let n = ctx.node(i).clone();
+    if n.op != Op::Add {
+        return None;
+    }
+    let (pos, j) = n.inputs.iter().enumerate().find_map(|(k, t)| {
+        let p = ctx.producer(t)?;
+        (ctx.node(p).op == Op::Add && ctx.index.sole_consumer(t) == Some(i) && n.inputs.iter().filter(|x| *x == t).count() == 1).then_some((k, p))
+    })?;
+    let mut merged = n.clone();
+    merged.inputs.splice(pos..=pos, ctx.node(j).inputs.clone());
+    Some(Patch { remove: vec![i, j], into: n.name.clone(), add: vec![merged], rule: "flatten add", ..Default::default() })
+}
+
+/// A conv branch of a join: its node index, conv view and output tensor.
+struct Branch {
+    node: usize,
+    conv: ConvLike,
+}
+
+/// The conv-like producers of `join`'s inputs that only the join reads, keyed by
+/// (kind, input tensor), in input order.
+fn conv_branches(ctx: &Ctx, join: usize) -> BTreeMap<(u8, String), Vec<(usize, Branch)>> {
+    let n = ctx.node(join);
+    let mut groups: BTreeMap<(u8, String), Vec<(usize, Branch)>> = BTreeMap::new();
+    for (pos, t) in n.inputs.iter().enumerate() {
+        if n.inputs.iter().filter(|x| *x == t).count() != 1 || ctx.index.sole_consumer(t) != Some(join) {
+            continue;
+        }
+        let Some(p) = ctx.producer(t) else { continue };
+        let Some(conv) = ConvLike::from_op(&ctx.node(p).op) else { continue };
+        let key = (if conv.kind == Kind::Conv { 0 } else { 1 }, ctx.node(p).inputs[0].clone());
+        groups.entry(key).or_default().push((pos, Branch { node: p, conv }));
+    }
+    groups
+}
+
+/// Builds the merged conv of `branches` (summed when `stack` is false, stacked on
+/// output channels when true), or returns why it would not be exact.
+fn merge_branches(ctx: &mut Ctx, branches: &[&Branch], stack: bool, name: &str) -> Result<(ConvLike, Step, Vec<(String, Vec<usize>)>), String> {
+    let windows: Vec<Window> = branches.iter().map(|b| Window { kernel: b.conv.kernel, stride: b.conv.stride, pads: b.conv.pads, dilation: b.conv.dilation }).collect();
+    let merged = merge_windows(&windows)?;
+    let in_channels = branches[0].conv.in_channels;
+    let mut out_offsets = Vec::with_capacity(branches.len());
+    let mut out_channels = 0;
+    for b in branches {
+        if !stack && b.conv.out_channels != branches[0].conv.out_channels {
+            return Err("branches have different output channel counts".into());
+        }
+        out_offsets.push(if stack { out_channels } else { 0 });
+        out_channels = if stack { out_channels + b.conv.out_channels } else { b.conv.out_channels };
+    }
+    let ranges: Vec<_> = branches.iter().zip(&out_offsets).flat_map(|(b, &off)| b.conv.input_ranges(off)).collect();
+    let groups = coarsest_groups(out_channels, in_channels, &ranges);
+    let w = ctx.fresh(name, "weight");
+    let bias = branches.iter().any(|b| b.conv.bias.is_some()).then(|| ctx.fresh(name, "bias"));
+    let conv = ConvLike {
+        kind: branches[0].conv.kind,
+        weight: w.clone(),
+        bias: bias.clone(),
+        in_channels,
+        out_channels,
+        kernel: merged.window.kernel,
+        stride: merged.window.stride,
+        pads: merged.window.pads,
+        dilation: merged.window.dilation,
+        groups,
+    };
+    let sources = branches
+        .iter()
+        .enumerate()
+        .map(|(k, b)| PlaceSource { kernel: b.conv.weight.clone(), bias: b.conv.bias.clone(), groups: b.conv.groups, offset: merged.offsets[k], step: merged.steps[k], out_offset: out_offsets[k] })
+        .collect();
+    let mut params = vec![(w.clone(), conv.weight_shape())];
+    params.extend(bias.iter().map(|b| (b.clone(), vec![out_channels])));
+    let step = Step::Place { out_shape: conv.weight_shape(), groups, in_channels, sources, out_kernel: w, out_bias: bias };
+    Ok((conv, step, params))
+}
+
+/// Builds the patch replacing `members` (positions in the join's input list) by one
+/// conv; the join keeps its other inputs, or disappears when none are left.
+fn replace_in_join(ctx: &mut Ctx, join: usize, members: &[(usize, &Branch)], stack: bool, rule: &'static str) -> Option<Patch> {
+    let n = ctx.node(join).clone();
+    let names: Vec<String> = members.iter().map(|(_, b)| ctx.node(b.node).name.clone()).collect();
+    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let branches: Vec<&Branch> = members.iter().map(|(_, b)| *b).collect();
+    let base = format!("{}.merged", n.name);
+    let (conv, step, params) = match merge_branches(ctx, &branches, stack, &base) {
+        Ok(x) => x,
+        Err(reason) => {
+            ctx.refuse(rule, &name_refs, reason);
+            return None;
+        }
+    };
+    let input = ctx.node(branches[0].node).inputs[0].clone();
+    let whole = members.len() == n.inputs.len();
+    let (node_name, out) = if whole { (n.name.clone(), n.outputs[0].clone()) } else { (ctx.fresh(&n.name, "merged"), ctx.fresh(&n.name, "merged_out")) };
+    let mut add = vec![Node { name: node_name.clone(), op: conv.to_op(), inputs: vec![input], outputs: vec![out.clone()] }];
+    let mut remove: Vec<usize> = branches.iter().map(|b| b.node).collect();
+    remove.push(join);
+    if !whole {
+        // The merged output takes the place of the first member; the rest drop out.
+        let first = members[0].0;
+        let inputs = n.inputs.iter().enumerate().filter_map(|(k, t)| if k == first { Some(out.clone()) } else if members.iter().any(|(p, _)| *p == k) { None } else { Some(t.clone()) }).collect();
+        add.push(Node { inputs, ..n.clone() });
+    }
+    Some(Patch { remove, add, params, steps: vec![step], rule, into: node_name })
+}
+
+/// `Add(conv_a(x), conv_b(x), ...)` => `conv(x)` (plus any other summands).
+pub fn merge_add(ctx: &mut Ctx, i: usize) -> Option<Patch> {
+    if ctx.node(i).op != Op::Add {
+        return None;
+    }
+    let groups = conv_branches(ctx, i);
+    for members in groups.values().filter(|m| m.len() >= 2) {
+        let members: Vec<(usize, &Branch)> = members.iter().map(|(p, b)| (*p, b)).collect();
+        if let Some(p) = replace_in_join(ctx, i, &members, false, "merge_add") {
+            return Some(p);
+        }
+    }
+    None
+}
+
+/// `Concat(conv_a(x), conv_b(x), ...)` => one conv with stacked output channels.
+/// Only consecutive inputs merge, so the channel order is kept.
+pub fn merge_concat(ctx: &mut Ctx, i: usize) -> Option<Patch> {
+    if ctx.node(i).op != Op::Concat {
+        return None;
+    }
+    let groups = conv_branches(ctx, i);
+    for members in groups.values() {
+        // Split into runs of adjacent positions.
+        let mut run: Vec<(usize, &Branch)> = vec![];
+        let mut runs = vec![];
+        for (p, b) in members {
+            if run.last().is_some_and(|(q, _)| q + 1 != *p) {
+                runs.push(std::mem::take(&mut run));
+            }
+            run.push((*p, b));
+        }
+        runs.push(run);
+        for run in runs.iter().filter(|r| r.len() >= 2 && r.iter().all(|(_, b)| b.conv.kind == Kind::Conv)) {
+            if let Some(p) = replace_in_join(ctx, i, run, true, "merge_concat") {
+                return Some(p);
+            }
+        }
+    }
+    None
+}

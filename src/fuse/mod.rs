@@ -1,0 +1,154 @@
+//! The rewrite engine: rules that each look at one node, driven to a fixpoint, with
+//! the graph validated after every patch. Output: the deploy graph, the FusionPlan
+//! that computes its new weights, and the FusionReport.
+
+mod branch;
+mod conv_bn;
+pub mod conv_like;
+pub mod geometry;
+mod linear;
+mod merge;
+mod report;
+mod rule;
+mod sequence;
+
+use std::collections::{BTreeSet, HashMap};
+
+pub use report::{FusedRegion, FusionReport, Refusal};
+use rule::{Ctx, Patch, Rule};
+
+use crate::error::{Error, Result};
+use crate::graph::{infer_shapes, Graph, GraphIndex};
+use crate::plan::FusionPlan;
+use crate::tensor::Tensor;
+use crate::weights::Weights;
+
+#[derive(Clone, Debug, Default)]
+pub struct FuseOptions {
+    /// Paradigm 6b (multi-layer shortcut into one block) widens the network; opt-in.
+    pub widen_shortcuts: bool,
+}
+
+/// Rules in priority order. Declutter (make every branch a conv) comes before merge
+/// (sum, concat, compose), so merges see the simplest form.
+const RULES: &[(&str, Rule)] = &[
+    ("fold_bn_into_conv", conv_bn::fold_bn_into_conv),
+    ("flatten_add", merge::flatten_add),
+    ("identity_to_conv", branch::identity_to_conv),
+    ("bn_branch_to_conv", branch::bn_branch_to_conv),
+    ("avgpool_to_conv", branch::avgpool_to_conv),
+    ("conv1x1_to_linear", linear::conv1x1_to_linear),
+    ("compose_sequence", sequence::compose_sequence),
+    ("merge_add", merge::merge_add),
+    ("merge_concat", merge::merge_concat),
+    ("fold_bn_into_next", conv_bn::fold_bn_into_next),
+];
+
+/// The result of fusing a graph: deploy graph, the plan for its weights, the report.
+#[derive(Clone, Debug)]
+pub struct Fusion {
+    pub graph: Graph,
+    pub plan: FusionPlan,
+    pub report: FusionReport,
+}
+
+/// Fuses every exact pattern in `graph`. Never mutates `graph`; refuses (and reports)
+/// rewrites that would not be exact.
+pub fn fuse(graph: &Graph, opts: &FuseOptions) -> Result<Fusion> {
+    let shapes_before = graph.validate()?;
+    let mut g = graph.clone();
+    let mut plan = FusionPlan::default();
+    let mut report = FusionReport {
+        ops_before: graph.op_histogram(),
+        params_before: graph.param_count(),
+        flops_before: graph.flops(&shapes_before),
+        ..Default::default()
+    };
+    let mut counter = 0usize;
+    let mut seen = BTreeSet::new();
+    let mut refusals = Vec::new();
+    // Each patch removes at least one node or replaces a pattern by a smaller one; the
+    // bound only guards against a rule bug turning into an endless loop.
+    let max_patches = 16 * graph.nodes.len() + 16;
+    for _ in 0..max_patches {
+        let index = GraphIndex::new(&g);
+        let shapes = infer_shapes(&g)?;
+        let mut ctx = Ctx {
+            graph: &g,
+            index: &index,
+            shapes: &shapes,
+            counter: &mut counter,
+            refusals: &mut refusals,
+            seen_refusals: &mut seen,
+            widen_shortcuts: opts.widen_shortcuts,
+        };
+        let found = RULES.iter().find_map(|(_, rule)| (0..g.nodes.len()).find_map(|i| rule(&mut ctx, i)));
+        let Some(patch) = found else {
+            return finish(g, plan, report, refusals);
+        };
+        apply(&mut g, &mut plan, &mut report, patch)?;
+    }
+    Err(Error::Graph(format!("rewrite did not reach a fixpoint after {} patches (a rule bug)", max_patches)))
+}
+
+fn apply(g: &mut Graph, plan: &mut FusionPlan, report: &mut FusionReport, patch: Patch) -> Result<()> {
+    let mut from: Vec<String> = patch.remove.iter().map(|&i| g.nodes[i].name.clone()).collect();
+    from.sort();
+    let mut remove = patch.remove;
+    remove.sort_unstable();
+    remove.dedup();
+    for i in remove.into_iter().rev() {
+        g.nodes.remove(i);
+    }
+    g.nodes.extend(patch.add);
+    for (name, shape) in patch.params {
+        g.params.insert(name, shape);
+    }
+    plan.steps.extend(patch.steps);
+    g.sort_topologically()?;
+    // The invariant after every patch: a valid graph whose shapes still infer.
+    g.validate().map_err(|e| Error::Graph(format!("rule `{}` produced an invalid graph: {}", patch.rule, e)))?;
+    report.fused.push(FusedRegion { rule: patch.rule.to_string(), from, into: patch.into });
+    Ok(())
+}
+
+fn finish(mut g: Graph, plan: FusionPlan, mut report: FusionReport, refusals: Vec<Refusal>) -> Result<Fusion> {
+    let used: BTreeSet<String> = g
+        .nodes
+        .iter()
+        .flat_map(|n| n.op.params().into_iter().map(str::to_string).chain(n.inputs.iter().cloned()))
+        .collect();
+    g.params.retain(|k, _| used.contains(k));
+    let shapes = g.validate()?;
+    // A refusal stays in the report only while the nodes it names still exist: a
+    // pattern refused one way and fused another way is not a refusal.
+    let names: BTreeSet<&str> = g.nodes.iter().map(|n| n.name.as_str()).collect();
+    report.refused = refusals.into_iter().filter(|r| r.nodes.iter().all(|n| names.contains(n.as_str()))).collect();
+    report.ops_after = g.op_histogram();
+    report.params_after = g.param_count();
+    report.flops_after = g.flops(&shapes);
+    report.plan_steps = plan.steps.len();
+    Ok(Fusion { graph: g, plan, report })
+}
+
+impl Fusion {
+    /// The deploy weights: untouched source tensors (shared, not copied) plus the
+    /// tensors the plan computed, for exactly the parameters the deploy graph names.
+    pub fn assemble_weights(&self, source: &Weights, computed: &HashMap<String, Tensor>) -> Result<Weights> {
+        let mut out = Weights::new();
+        for name in self.graph.params.keys() {
+            let t = match computed.get(name) {
+                Some(t) => t.clone(),
+                None => source.get(name)?.clone(),
+            };
+            out.insert(name.clone(), t);
+        }
+        Ok(out)
+    }
+
+    /// Runs the plan on the CPU reference and assembles the deploy weights.
+    pub fn weights_cpu(&self, source: &Weights) -> Result<Weights> {
+        let computed = crate::cpu::execute_plan(&self.plan, source)?;
+        self.assemble_weights(source, &computed)
+    }
+}

@@ -1,0 +1,64 @@
+//! What a rule sees and what it returns. A rule looks at one node and returns a
+//! `Patch` or nothing, leaving early when it does not apply (tract's style).
+
+use std::collections::BTreeSet;
+
+use super::report::Refusal;
+use crate::graph::{Graph, GraphIndex, Node, Shapes};
+use crate::plan::Step;
+
+/// A local rewrite: nodes out, nodes in, and the weight arithmetic that makes the new
+/// nodes' parameters.
+#[derive(Debug, Default)]
+pub struct Patch {
+    pub remove: Vec<usize>,
+    pub add: Vec<Node>,
+    pub params: Vec<(String, Vec<usize>)>,
+    pub steps: Vec<Step>,
+    /// Human summary: which rule, what it consumed, what it produced.
+    pub rule: &'static str,
+    pub into: String,
+}
+
+/// Read-only view of the graph plus the two things a rule may write: fresh names and
+/// refusals.
+pub struct Ctx<'a> {
+    pub graph: &'a Graph,
+    pub index: &'a GraphIndex,
+    pub shapes: &'a Shapes,
+    pub counter: &'a mut usize,
+    pub refusals: &'a mut Vec<Refusal>,
+    pub seen_refusals: &'a mut BTreeSet<(String, Vec<String>)>,
+    pub widen_shortcuts: bool,
+}
+
+impl Ctx<'_> {
+    /// A parameter or tensor name no source model uses.
+    pub fn fresh(&mut self, base: &str, what: &str) -> String {
+        *self.counter += 1;
+        format!("{}.repfuse{}.{}", base, self.counter, what)
+    }
+
+    /// Records that `rule` would have rewritten `nodes` but that would not be exact.
+    pub fn refuse(&mut self, rule: &str, nodes: &[&str], reason: String) {
+        let names: Vec<String> = nodes.iter().map(|s| s.to_string()).collect();
+        if self.seen_refusals.insert((rule.to_string(), names.clone())) {
+            self.refusals.push(Refusal { rule: rule.to_string(), nodes: names, reason });
+        }
+    }
+
+    pub fn node(&self, i: usize) -> &Node {
+        &self.graph.nodes[i]
+    }
+
+    pub fn producer(&self, tensor: &str) -> Option<usize> {
+        self.index.producer(tensor)
+    }
+
+    /// Channel count of a tensor, when its shape is known.
+    pub fn channels(&self, tensor: &str) -> Option<usize> {
+        self.shapes.get(tensor).and_then(|s| s.get(1).copied())
+    }
+}
+
+pub type Rule = fn(&mut Ctx, usize) -> Option<Patch>;

@@ -1,0 +1,79 @@
+//! Paradigm 5: two convs in sequence become one, when one of them is 1x1.
+//!
+//! 1x1 (A) then KxK (B) is exact when B does not zero-pad, or A adds no bias: with a
+//! bias, A's output border holds the bias but B's zero padding would put 0 there
+//! (the seed's `fuse_1x1_kxk_conv` ignored this). Padding on A itself is fine: A maps
+//! zero-padded input to its bias, which is what the fused conv computes too.
+//! KxK (A) then 1x1 (B) is exact when B has stride 1 and no padding.
+
+use super::conv_like::ConvLike;
+use super::geometry::{coarsest_groups, composed_ranges};
+use super::rule::{Ctx, Patch};
+use crate::graph::Node;
+use crate::plan::{ConvOperand, Step};
+
+pub fn compose_sequence(ctx: &mut Ctx, i: usize) -> Option<Patch> {
+    let second_node = ctx.node(i).clone();
+    let b = ConvLike::from_op(&second_node.op)?;
+    let t = &second_node.inputs[0];
+    let p = ctx.producer(t)?;
+    let first_node = ctx.node(p).clone();
+    let a = ConvLike::from_op(&first_node.op)?;
+    if a.kind != b.kind || ctx.index.sole_consumer(t) != Some(i) {
+        return None;
+    }
+    let names = [first_node.name.as_str(), second_node.name.as_str()];
+    let fused_geometry = if a.is_pointwise() {
+        if a.stride != [1, 1] {
+            let reason = format!("1x1 conv `{}` has stride {:?}: its subsampling cannot move into the following conv", names[0], a.stride);
+            ctx.refuse("compose_sequence", &names, reason);
+            return None;
+        }
+        if a.bias.is_some() && b.has_padding() {
+            let reason = format!(
+                "`{}` adds a bias and `{}` zero-pads its output (pads {:?}): the fused conv would see the bias on the border where the original sees 0; pad with the bias value or move the padding to the 1x1 conv",
+                names[0], names[1], b.pads
+            );
+            ctx.refuse("compose_sequence", &names, reason);
+            return None;
+        }
+        let mut pads = b.pads;
+        for (x, y) in pads.iter_mut().zip(a.pads) {
+            *x += y;
+        }
+        ConvLike { pads, ..b.clone() }
+    } else if b.is_pointwise() {
+        if b.stride != [1, 1] || b.has_padding() {
+            let reason = format!("1x1 conv `{}` has stride {:?} / pads {:?} after `{}`: not one conv", names[1], b.stride, b.pads, names[0]);
+            ctx.refuse("compose_sequence", &names, reason);
+            return None;
+        }
+        ConvLike { out_channels: b.out_channels, ..a.clone() }
+    } else {
+        // KxK then KxK widens the kernel; not a re-parameterization we apply.
+        return None;
+    };
+    let ranges = composed_ranges(a.in_channels, a.out_channels, a.groups, b.out_channels, b.groups);
+    let groups = coarsest_groups(b.out_channels, a.in_channels, &ranges);
+    let w = ctx.fresh(&second_node.name, "weight");
+    let bias = (a.bias.is_some() || b.bias.is_some()).then(|| ctx.fresh(&second_node.name, "bias"));
+    let fused = ConvLike { weight: w.clone(), bias: bias.clone(), in_channels: a.in_channels, groups, ..fused_geometry };
+    let mut params = vec![(w.clone(), fused.weight_shape())];
+    params.extend(bias.iter().map(|n| (n.clone(), vec![b.out_channels])));
+    Some(Patch {
+        remove: vec![p, i],
+        params,
+        steps: vec![Step::Compose {
+            first: ConvOperand { kernel: a.weight, bias: a.bias, groups: a.groups },
+            second: ConvOperand { kernel: b.weight, bias: b.bias, groups: b.groups },
+            in_channels: a.in_channels,
+            out_shape: fused.weight_shape(),
+            groups,
+            out_kernel: w,
+            out_bias: bias,
+        }],
+        add: vec![Node { name: second_node.name.clone(), op: fused.to_op(), inputs: first_node.inputs.clone(), outputs: second_node.outputs.clone() }],
+        rule: "compose",
+        into: second_node.name,
+    })
+}

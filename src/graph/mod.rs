@@ -1,0 +1,90 @@
+//! The network IR: a DAG of nodes over named tensors, with parameter shapes.
+
+mod index;
+mod op;
+mod shape;
+mod validate;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use index::GraphIndex;
+pub use op::{Activation, AvgPool2d, BatchNorm, Conv2d, Linear, Op, Opaque};
+pub use shape::{infer_shapes, window_out, Shapes};
+
+/// Output length of a conv axis (no ceil mode).
+pub fn infer_out(input: usize, kernel: usize, stride: usize, pad_total: usize, dilation: usize) -> Option<usize> {
+    window_out(input, kernel, stride, pad_total, dilation, false)
+}
+
+/// One op applied to named input tensors, producing named outputs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    pub name: String,
+    pub op: Op,
+    pub inputs: Vec<String>,
+    pub outputs: Vec<String>,
+}
+
+/// A graph input: its name and full shape (N, C, H, W or N, F).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ValueInfo {
+    pub name: String,
+    pub shape: Vec<usize>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Graph {
+    pub inputs: Vec<ValueInfo>,
+    pub outputs: Vec<String>,
+    /// Nodes in topological order (validation checks it).
+    pub nodes: Vec<Node>,
+    /// Shape of every parameter tensor an op names.
+    pub params: BTreeMap<String, Vec<usize>>,
+}
+
+impl Graph {
+    /// Count of nodes per op kind, for before/after reports.
+    pub fn op_histogram(&self) -> BTreeMap<String, usize> {
+        let mut h = BTreeMap::new();
+        for n in &self.nodes {
+            *h.entry(n.op.kind().to_string()).or_insert(0) += 1;
+        }
+        h
+    }
+
+    pub fn count(&self, kind: &str) -> usize {
+        self.nodes.iter().filter(|n| n.op.kind() == kind).count()
+    }
+
+    /// Number of parameter values the ops reference (each name counted once).
+    pub fn param_count(&self) -> usize {
+        let mut seen = std::collections::BTreeSet::new();
+        self.nodes
+            .iter()
+            .flat_map(|n| n.op.params())
+            .filter(|p| seen.insert(*p))
+            .map(|p| self.params.get(p).map_or(0, |s| s.iter().product()))
+            .sum()
+    }
+
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// Checks structure and shapes; see `validate.rs`.
+    pub fn validate(&self) -> crate::Result<Shapes> {
+        validate::validate(self)
+    }
+
+    /// Reorders nodes topologically (stable for already-ordered graphs).
+    pub fn sort_topologically(&mut self) -> crate::Result<()> {
+        validate::sort_topologically(self)
+    }
+
+    /// Multiply-accumulate count x2 per sample, from inferred shapes.
+    pub fn flops(&self, shapes: &Shapes) -> u64 {
+        self.nodes.iter().map(|n| shape::node_flops(n, shapes)).sum()
+    }
+}

@@ -1,0 +1,151 @@
+//! Shape inference. Known ops get exact shapes; outputs of Opaque nodes (and anything
+//! downstream of them) stay unknown, which the rewrite rules treat as "cannot prove".
+
+use std::collections::HashMap;
+
+use super::{Graph, Node, Op};
+use crate::error::{Error, Result};
+
+/// Tensor name -> shape, for every tensor whose shape is known.
+pub type Shapes = HashMap<String, Vec<usize>>;
+
+/// Output length of one spatial axis of a sliding window, or None when the window does
+/// not fit (kernel larger than the padded input).
+pub fn window_out(input: usize, kernel: usize, stride: usize, pad: usize, dilation: usize, ceil: bool) -> Option<usize> {
+    let extent = dilation.checked_mul(kernel.checked_sub(1)?)?.checked_add(1)?;
+    let padded = input.checked_add(pad)?;
+    let span = padded.checked_sub(extent)?;
+    let mut out = span / stride + 1;
+    if ceil && span % stride != 0 {
+        out += 1;
+        // PyTorch/ONNX: the last window must start inside the input or left padding.
+        if (out - 1) * stride >= input + pad.min(input) {
+            out -= 1;
+        }
+    }
+    Some(out)
+}
+
+/// Infers every known tensor shape. Errors name the node and field at fault.
+pub fn infer_shapes(g: &Graph) -> Result<Shapes> {
+    let mut shapes: Shapes = HashMap::new();
+    for v in &g.inputs {
+        shapes.insert(v.name.clone(), v.shape.clone());
+    }
+    for n in &g.nodes {
+        let ins: Option<Vec<&Vec<usize>>> = n.inputs.iter().map(|t| shapes.get(t)).collect();
+        let out = match ins {
+            Some(ins) => node_output_shape(n, &ins)?,
+            None => None,
+        };
+        if let (Some(s), Some(o)) = (out, n.outputs.first()) {
+            shapes.insert(o.clone(), s);
+        }
+    }
+    Ok(shapes)
+}
+
+fn want_rank(n: &Node, s: &[usize], ranks: &[usize]) -> Result<()> {
+    if ranks.contains(&s.len()) {
+        Ok(())
+    } else {
+        Err(Error::shape(&n.name, "input", format!("expected rank {:?}, got shape {:?}", ranks, s)))
+    }
+}
+
+fn want_channels(n: &Node, s: &[usize], c: usize) -> Result<()> {
+    if s[1] == c {
+        Ok(())
+    } else {
+        Err(Error::shape(&n.name, "channels", format!("op expects {} input channels, input has shape {:?}", c, s)))
+    }
+}
+
+fn node_output_shape(n: &Node, ins: &[&Vec<usize>]) -> Result<Option<Vec<usize>>> {
+    let first = match ins.first() {
+        Some(s) => *s,
+        None if matches!(n.op, Op::Opaque(_)) => return Ok(None),
+        None => return Err(Error::shape(&n.name, "inputs", "node has no inputs")),
+    };
+    let shape = match &n.op {
+        Op::Conv2d(c) => {
+            want_rank(n, first, &[4])?;
+            want_channels(n, first, c.in_channels)?;
+            let mut hw = [0; 2];
+            for a in 0..2 {
+                hw[a] = window_out(first[2 + a], c.kernel[a], c.stride[a], c.pads[a] + c.pads[a + 2], c.dilation[a], false)
+                    .ok_or_else(|| Error::shape(&n.name, "kernel", format!("dilated kernel {:?} (dilation {:?}) does not fit the padded input {:?}", c.kernel, c.dilation, first)))?;
+            }
+            vec![first[0], c.out_channels, hw[0], hw[1]]
+        }
+        Op::AvgPool2d(p) => {
+            want_rank(n, first, &[4])?;
+            let mut hw = [0; 2];
+            for a in 0..2 {
+                hw[a] = window_out(first[2 + a], p.kernel[a], p.stride[a], p.pads[a] + p.pads[a + 2], 1, p.ceil_mode)
+                    .ok_or_else(|| Error::shape(&n.name, "kernel", format!("pool kernel {:?} does not fit input {:?}", p.kernel, first)))?;
+            }
+            vec![first[0], first[1], hw[0], hw[1]]
+        }
+        Op::BatchNorm(b) => {
+            want_rank(n, first, &[2, 3, 4])?;
+            want_channels(n, first, b.channels)?;
+            first.clone()
+        }
+        Op::Linear(l) => {
+            want_rank(n, first, &[2])?;
+            if first[1] != l.in_features {
+                return Err(Error::shape(&n.name, "in_features", format!("expects {} features, input has shape {:?}", l.in_features, first)));
+            }
+            vec![first[0], l.out_features]
+        }
+        Op::GlobalAvgPool => {
+            want_rank(n, first, &[4])?;
+            vec![first[0], first[1], 1, 1]
+        }
+        Op::Add => {
+            for s in ins {
+                if *s != first {
+                    return Err(Error::shape(&n.name, "inputs", format!("Add inputs differ in shape: {:?} vs {:?}", first, s)));
+                }
+            }
+            first.clone()
+        }
+        Op::Concat => {
+            let mut out = first.clone();
+            if out.len() < 2 {
+                return Err(Error::shape(&n.name, "inputs", "Concat needs rank >= 2"));
+            }
+            out[1] = 0;
+            for s in ins {
+                if s.len() != first.len() || s[0] != first[0] || s[2..] != first[2..] {
+                    return Err(Error::shape(&n.name, "inputs", format!("Concat inputs differ off the channel axis: {:?} vs {:?}", first, s)));
+                }
+                out[1] += s[1];
+            }
+            out
+        }
+        Op::Activation(_) => first.clone(),
+        Op::Flatten => {
+            want_rank(n, first, &[2, 3, 4])?;
+            vec![first[0], first[1..].iter().product()]
+        }
+        Op::Opaque(_) => return Ok(None),
+    };
+    Ok(Some(shape))
+}
+
+/// 2 x multiply-accumulates per sample (batch 1) of one node.
+pub fn node_flops(n: &Node, shapes: &Shapes) -> u64 {
+    let out = n.outputs.first().and_then(|o| shapes.get(o));
+    let Some(out) = out else { return 0 };
+    let per_sample: u64 = out.iter().skip(1).map(|&d| d as u64).product();
+    match &n.op {
+        Op::Conv2d(c) => 2 * per_sample * (c.in_channels / c.groups.max(1)) as u64 * (c.kernel[0] * c.kernel[1]) as u64,
+        Op::Linear(l) => 2 * per_sample * l.in_features as u64,
+        Op::AvgPool2d(p) => per_sample * (p.kernel[0] * p.kernel[1]) as u64,
+        Op::BatchNorm(_) => 2 * per_sample,
+        Op::Add => per_sample * n.inputs.len().saturating_sub(1) as u64,
+        _ => 0,
+    }
+}

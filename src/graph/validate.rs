@@ -1,0 +1,169 @@
+//! Structural validation: names, order, cycles, parameter shapes, op attributes.
+//! Runs on every graph a user hands us and after every rewrite patch.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use super::{infer_shapes, Graph, Node, Op, Shapes};
+use crate::error::{Error, Result};
+
+pub fn validate(g: &Graph) -> Result<Shapes> {
+    check_names_and_order(g)?;
+    for n in &g.nodes {
+        check_op(n, &g.params)?;
+    }
+    infer_shapes(g)
+}
+
+fn check_names_and_order(g: &Graph) -> Result<()> {
+    let mut node_names = HashSet::new();
+    let mut defined: HashSet<&str> = HashSet::new();
+    for v in &g.inputs {
+        if !defined.insert(&v.name) {
+            return Err(Error::Graph(format!("graph input `{}` is declared twice", v.name)));
+        }
+        if v.shape.iter().any(|&d| d == 0) {
+            return Err(Error::shape(&v.name, "shape", format!("graph input has a zero dimension: {:?}", v.shape)));
+        }
+    }
+    let producers: HashSet<&str> = g.nodes.iter().flat_map(|n| n.outputs.iter().map(String::as_str)).collect();
+    for n in &g.nodes {
+        if !node_names.insert(&n.name) {
+            return Err(Error::Graph(format!("node name `{}` is used twice", n.name)));
+        }
+        for t in &n.inputs {
+            if !defined.contains(t.as_str()) && !g.params.contains_key(t) {
+                return Err(if producers.contains(t.as_str()) {
+                    Error::Graph(format!("node `{}` reads `{}` before it is produced (cycle or unsorted nodes)", n.name, t))
+                } else {
+                    Error::Graph(format!("node `{}` reads `{}`, which nothing produces (dangling input)", n.name, t))
+                });
+            }
+        }
+        if n.outputs.is_empty() {
+            return Err(Error::shape(&n.name, "outputs", "node has no outputs"));
+        }
+        for o in &n.outputs {
+            if !defined.insert(o) || g.params.contains_key(o) {
+                return Err(Error::Graph(format!("tensor `{}` is produced twice (node `{}`)", o, n.name)));
+            }
+        }
+    }
+    for o in &g.outputs {
+        if !defined.contains(o.as_str()) {
+            return Err(Error::Graph(format!("graph output `{}` is not produced by any node", o)));
+        }
+    }
+    Ok(())
+}
+
+fn want_param(n: &Node, params: &BTreeMap<String, Vec<usize>>, field: &str, name: &str, shape: &[usize]) -> Result<()> {
+    match params.get(name) {
+        None => Err(Error::shape(&n.name, field, format!("parameter `{}` is missing", name))),
+        Some(s) if s.as_slice() != shape => Err(Error::shape(&n.name, field, format!("parameter `{}` has shape {:?}, op expects {:?}", name, s, shape))),
+        Some(_) => Ok(()),
+    }
+}
+
+fn positive(n: &Node, field: &str, vals: &[usize]) -> Result<()> {
+    if vals.iter().all(|&v| v > 0) {
+        Ok(())
+    } else {
+        Err(Error::shape(&n.name, field, format!("must be positive, got {:?}", vals)))
+    }
+}
+
+fn check_op(n: &Node, params: &BTreeMap<String, Vec<usize>>) -> Result<()> {
+    let want_inputs = |k: usize| {
+        if n.inputs.len() == k {
+            Ok(())
+        } else {
+            Err(Error::shape(&n.name, "inputs", format!("{} takes {} input(s), got {}", n.op.kind(), k, n.inputs.len())))
+        }
+    };
+    match &n.op {
+        Op::Conv2d(c) => {
+            want_inputs(1)?;
+            positive(n, "kernel", &c.kernel)?;
+            positive(n, "stride", &c.stride)?;
+            positive(n, "dilation", &c.dilation)?;
+            positive(n, "channels", &[c.in_channels, c.out_channels, c.groups])?;
+            if c.in_channels % c.groups != 0 || c.out_channels % c.groups != 0 {
+                return Err(Error::shape(&n.name, "groups", format!("groups {} must divide in {} and out {} channels", c.groups, c.in_channels, c.out_channels)));
+            }
+            want_param(n, params, "weight", &c.weight, &c.weight_shape())?;
+            if let Some(b) = &c.bias {
+                want_param(n, params, "bias", b, &[c.out_channels])?;
+            }
+        }
+        Op::Linear(l) => {
+            want_inputs(1)?;
+            positive(n, "features", &[l.in_features, l.out_features])?;
+            want_param(n, params, "weight", &l.weight, &[l.out_features, l.in_features])?;
+            if let Some(b) = &l.bias {
+                want_param(n, params, "bias", b, &[l.out_features])?;
+            }
+        }
+        Op::BatchNorm(b) => {
+            want_inputs(1)?;
+            positive(n, "channels", &[b.channels])?;
+            if !(b.eps >= 0.0 && b.eps.is_finite()) {
+                return Err(Error::shape(&n.name, "epsilon", format!("must be finite and >= 0, got {}", b.eps)));
+            }
+            for (field, p) in [("scale", &b.gamma), ("bias", &b.beta), ("mean", &b.mean), ("var", &b.var)] {
+                want_param(n, params, field, p, &[b.channels])?;
+            }
+        }
+        Op::AvgPool2d(p) => {
+            want_inputs(1)?;
+            positive(n, "kernel", &p.kernel)?;
+            positive(n, "stride", &p.stride)?;
+        }
+        Op::GlobalAvgPool | Op::Activation(_) | Op::Flatten => want_inputs(1)?,
+        Op::Add | Op::Concat => {
+            if n.inputs.is_empty() {
+                return Err(Error::shape(&n.name, "inputs", "needs at least one input"));
+            }
+        }
+        Op::Opaque(_) => {}
+    }
+    Ok(())
+}
+
+/// Kahn's algorithm, taking ready nodes in their current order so sorted graphs keep
+/// their order.
+pub fn sort_topologically(g: &mut Graph) -> Result<()> {
+    let producer: HashMap<&str, usize> = g
+        .nodes
+        .iter()
+        .enumerate()
+        .flat_map(|(i, n)| n.outputs.iter().map(move |o| (o.as_str(), i)))
+        .collect();
+    let n = g.nodes.len();
+    let mut indeg = vec![0usize; n];
+    let mut users: Vec<Vec<usize>> = vec![vec![]; n];
+    for (i, node) in g.nodes.iter().enumerate() {
+        let deps: HashSet<usize> = node.inputs.iter().filter_map(|t| producer.get(t.as_str()).copied()).collect();
+        indeg[i] = deps.len();
+        for d in deps {
+            users[d].push(i);
+        }
+    }
+    let mut ready: std::collections::BTreeSet<usize> = (0..n).filter(|&i| indeg[i] == 0).collect();
+    let mut order = Vec::with_capacity(n);
+    while let Some(i) = ready.pop_first() {
+        order.push(i);
+        for &u in &users[i] {
+            indeg[u] -= 1;
+            if indeg[u] == 0 {
+                ready.insert(u);
+            }
+        }
+    }
+    if order.len() != n {
+        let stuck: Vec<&str> = (0..n).filter(|&i| indeg[i] > 0).map(|i| g.nodes[i].name.as_str()).take(5).collect();
+        return Err(Error::Graph(format!("cycle through nodes {:?}", stuck)));
+    }
+    let mut old: Vec<Option<Node>> = std::mem::take(&mut g.nodes).into_iter().map(Some).collect();
+    g.nodes = order.into_iter().map(|i| old[i].take().expect("each index once")).collect();
+    Ok(())
+}

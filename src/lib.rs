@@ -1,0 +1,25 @@
+//! repfuse: structural re-parameterization of ConvNets.
+//!
+//! A training-form network (multi-branch blocks of conv+BN, 1x1/KxK/asymmetric
+//! branches, identity and BN branches, avg-pool branches, 1x1->KxK sequences, FC
+//! layers) is rewritten into a deploy form of plain convs computing the same function.
+//! The rewrite engine ([`fuse`]) finds every exact pattern in any graph and refuses,
+//! with a reason, what would not be exact. The weight arithmetic is a [`FusionPlan`]
+//! executed by the CPU reference ([`cpu`]) or the GPU engine.
+
+pub mod cpu;
+pub mod error;
+pub mod fuse;
+pub mod graph;
+pub mod plan;
+pub mod tensor;
+pub mod verify;
+pub mod weights;
+pub mod zoo;
+
+pub use error::{Error, Result};
+pub use fuse::{fuse, FuseOptions, Fusion, FusionReport};
+pub use graph::Graph;
+pub use plan::FusionPlan;
+pub use tensor::Tensor;
+pub use weights::Weights;

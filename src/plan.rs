@@ -1,0 +1,167 @@
+//! FusionPlan: the weight arithmetic of a fusion as a list of kernel primitives over
+//! named tensors. The rewrite engine emits it; the CPU reference (`cpu::plan_exec`)
+//! and the GPU engine execute the same list, so fusion logic exists once.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Names of the four batch-norm parameter tensors and its epsilon.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BnParams {
+    pub gamma: String,
+    pub beta: String,
+    pub mean: String,
+    pub var: String,
+    pub eps: f32,
+}
+
+/// One conv-like operand of `Compose`: kernel `[O, I/groups, kh, kw]` (or `[O, I]` for
+/// a Linear, read as 1x1) and optional bias.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConvOperand {
+    pub kernel: String,
+    pub bias: Option<String>,
+    pub groups: usize,
+}
+
+/// One kernel accumulated by `Place`: written at spatial `offset`, with its taps
+/// `step` apart (a dilated small kernel inside a denser one), at output channel
+/// `out_offset`, expanded from `groups` to the destination's group count.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlaceSource {
+    pub kernel: String,
+    pub bias: Option<String>,
+    pub groups: usize,
+    pub offset: [usize; 2],
+    pub step: [usize; 2],
+    pub out_offset: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Step {
+    /// Paradigms 1/8: `k' = k * s[o]`, `b' = (b - mean) * s + beta`, `s = gamma/sqrt(var+eps)`.
+    FoldBn {
+        kernel: String,
+        bias: Option<String>,
+        bn: BnParams,
+        out_kernel: String,
+        out_bias: String,
+    },
+    /// A lone BN as a depthwise 1x1 conv `[C, 1, 1, 1]` with bias.
+    BnToConv {
+        bn: BnParams,
+        channels: usize,
+        out_kernel: String,
+        out_bias: String,
+    },
+    /// Paradigm 6a: identity as a kernel `[C, C/groups, kh, kw]`, 1 at the centre tap.
+    Dirac {
+        channels: usize,
+        groups: usize,
+        kernel: [usize; 2],
+        out_kernel: String,
+    },
+    /// Paradigm 7: average pooling as a depthwise kernel `[C, 1, kh, kw]` of 1/(kh*kw).
+    AvgPoolKernel {
+        channels: usize,
+        kernel: [usize; 2],
+        out_kernel: String,
+    },
+    /// Paradigms 2/3/4: the sum of `sources` placed into a zero kernel of `out_shape`
+    /// (`[O, C/groups, KH, KW]`, or `[O, C]` for a Linear) with `groups` groups.
+    Place {
+        out_shape: Vec<usize>,
+        groups: usize,
+        in_channels: usize,
+        sources: Vec<PlaceSource>,
+        out_kernel: String,
+        out_bias: Option<String>,
+    },
+    /// Paradigm 5: `second(first(x))` as one kernel; one of the two is 1x1.
+    Compose {
+        first: ConvOperand,
+        second: ConvOperand,
+        in_channels: usize,
+        out_shape: Vec<usize>,
+        groups: usize,
+        out_kernel: String,
+        out_bias: Option<String>,
+    },
+}
+
+impl Step {
+    /// Short name, used for GPU batching keys and reports.
+    pub fn primitive(&self) -> &'static str {
+        match self {
+            Step::FoldBn { .. } => "fold_bn",
+            Step::BnToConv { .. } => "bn_to_conv",
+            Step::Dirac { .. } => "dirac",
+            Step::AvgPoolKernel { .. } => "avgpool_kernel",
+            Step::Place { .. } => "place",
+            Step::Compose { .. } => "compose",
+        }
+    }
+
+    /// Tensors the step reads.
+    pub fn inputs(&self) -> Vec<&str> {
+        match self {
+            Step::FoldBn { kernel, bias, bn, .. } => {
+                let mut v = vec![kernel.as_str(), &bn.gamma, &bn.beta, &bn.mean, &bn.var];
+                v.extend(bias.as_deref());
+                v
+            }
+            Step::BnToConv { bn, .. } => vec![&bn.gamma, &bn.beta, &bn.mean, &bn.var],
+            Step::Dirac { .. } | Step::AvgPoolKernel { .. } => vec![],
+            Step::Place { sources, .. } => sources
+                .iter()
+                .flat_map(|s| std::iter::once(s.kernel.as_str()).chain(s.bias.as_deref()))
+                .collect(),
+            Step::Compose { first, second, .. } => [first, second]
+                .into_iter()
+                .flat_map(|o| std::iter::once(o.kernel.as_str()).chain(o.bias.as_deref()))
+                .collect(),
+        }
+    }
+
+    /// Tensors the step writes (each written by exactly one step).
+    pub fn outputs(&self) -> Vec<&str> {
+        match self {
+            Step::FoldBn { out_kernel, out_bias, .. } | Step::BnToConv { out_kernel, out_bias, .. } => vec![out_kernel, out_bias],
+            Step::Dirac { out_kernel, .. } | Step::AvgPoolKernel { out_kernel, .. } => vec![out_kernel],
+            Step::Place { out_kernel, out_bias, .. } | Step::Compose { out_kernel, out_bias, .. } => {
+                std::iter::once(out_kernel.as_str()).chain(out_bias.as_deref()).collect()
+            }
+        }
+    }
+}
+
+/// The steps of one fusion, in an order where every step's inputs are either source
+/// weights or outputs of earlier steps.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FusionPlan {
+    pub steps: Vec<Step>,
+}
+
+impl FusionPlan {
+    /// Dependency level of each step: 0 when it reads only source weights, else one
+    /// more than the deepest step it reads from. Steps of one level are independent,
+    /// which is what lets the GPU run a whole level of one primitive in one dispatch.
+    pub fn levels(&self) -> Vec<usize> {
+        let mut level_of: HashMap<&str, usize> = HashMap::new();
+        let mut levels = Vec::with_capacity(self.steps.len());
+        for s in &self.steps {
+            let l = s
+                .inputs()
+                .iter()
+                .filter_map(|t| level_of.get(t).map(|l| l + 1))
+                .max()
+                .unwrap_or(0);
+            for o in s.outputs() {
+                level_of.insert(o, l);
+            }
+            levels.push(l);
+        }
+        levels
+    }
+}

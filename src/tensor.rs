@@ -1,0 +1,85 @@
+//! A dense f32 tensor with shared, immutable storage.
+//!
+//! Storage is `Arc<[f32]>`: cloning a tensor never copies data and nothing can write
+//! through a shared tensor, so "fusion never mutates its inputs" holds by construction
+//! (the seed code's `branch_add` destroyed a branch by adding into it in place).
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tensor {
+    shape: Vec<usize>,
+    data: Arc<[f32]>,
+}
+
+impl Tensor {
+    /// Builds a tensor, checking that `data` fills `shape` exactly.
+    pub fn new(name: &str, shape: Vec<usize>, data: Vec<f32>) -> Result<Self> {
+        let n = checked_numel(&shape).ok_or_else(|| Error::tensor(name, "element count overflows"))?;
+        if n != data.len() {
+            return Err(Error::tensor(
+                name,
+                format!("shape {:?} needs {} values, got {}", shape, n, data.len()),
+            ));
+        }
+        Ok(Tensor {
+            shape,
+            data: data.into(),
+        })
+    }
+
+    /// Builds a tensor from data already known to match the shape (internal callers).
+    pub(crate) fn from_parts(shape: Vec<usize>, data: Vec<f32>) -> Self {
+        debug_assert_eq!(shape.iter().product::<usize>(), data.len());
+        Tensor {
+            shape,
+            data: data.into(),
+        }
+    }
+
+    pub fn zeros(shape: Vec<usize>) -> Self {
+        let n = shape.iter().product();
+        Self::from_parts(shape, vec![0.0; n])
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    pub fn data(&self) -> &[f32] {
+        &self.data
+    }
+    pub fn numel(&self) -> usize {
+        self.data.len()
+    }
+
+    /// True when two tensors share the same storage (used to prove no copy was made).
+    pub fn shares_storage(&self, other: &Tensor) -> bool {
+        Arc::ptr_eq(&self.data, &other.data)
+    }
+
+    /// Same data, another shape with the same element count: the free reshape
+    /// between a Linear weight `[O, I]` and a 1x1 kernel `[O, I, 1, 1]`.
+    pub fn reshaped(&self, shape: Vec<usize>) -> Option<Tensor> {
+        (shape.iter().product::<usize>() == self.numel()).then(|| Tensor {
+            shape,
+            data: self.data.clone(),
+        })
+    }
+
+    /// First non-finite value, if any, as (flat index, value).
+    pub fn first_non_finite(&self) -> Option<(usize, f32)> {
+        self.data
+            .iter()
+            .enumerate()
+            .find(|(_, v)| !v.is_finite())
+            .map(|(i, v)| (i, *v))
+    }
+}
+
+/// Element count of a shape, or None when it overflows `usize` (caught before any
+/// allocation so a hostile file cannot make us allocate petabytes).
+pub fn checked_numel(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
+}
