@@ -1,0 +1,142 @@
+//! Equivalence checks and the tolerance policy (DESIGN.md).
+//!
+//! `|x - r| <= atol + rtol * |r|` against the f64-accumulated CPU reference. For one
+//! conv: atol 1e-5, rtol 5e-4. A network of depth D (conv/linear layers on its
+//! longest path) rounds its f32 activations once per layer, so the absolute floor
+//! grows with D: atol = 1e-5 * D. lavapipe flushes fp32 denormals, which the absolute
+//! floor also covers.
+
+use std::collections::HashMap;
+
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::graph::{Graph, Op};
+use crate::tensor::Tensor;
+use crate::weights::Weights;
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Tolerance {
+    pub atol: f64,
+    pub rtol: f64,
+}
+
+impl Tolerance {
+    pub const SINGLE_CONV: Tolerance = Tolerance { atol: 1e-5, rtol: 5e-4 };
+
+    pub fn for_depth(depth: usize) -> Tolerance {
+        Tolerance { atol: Self::SINGLE_CONV.atol * depth.max(1) as f64, rtol: Self::SINGLE_CONV.rtol }
+    }
+
+    pub fn for_graph(g: &Graph) -> Tolerance {
+        Self::for_depth(depth(g))
+    }
+}
+
+/// Conv/Linear layers on the longest path from an input to an output.
+pub fn depth(g: &Graph) -> usize {
+    let mut d: HashMap<&str, usize> = HashMap::new();
+    let mut best = 0;
+    for n in &g.nodes {
+        let here = n.inputs.iter().filter_map(|t| d.get(t.as_str())).max().copied().unwrap_or(0) + matches!(n.op, Op::Conv2d(_) | Op::Linear(_)) as usize;
+        for o in &n.outputs {
+            d.insert(o, here);
+        }
+        best = best.max(here);
+    }
+    best
+}
+
+/// Error of `actual` against `reference`.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ErrorStats {
+    pub max_abs: f64,
+    /// Largest `|x - r| / |r|` over elements with `|r|` at least 1e-3 of the largest
+    /// `|r|` (relative error of values near zero says nothing).
+    pub max_rel: f64,
+    /// Flat index of the largest violation of the tolerance (or of max_abs).
+    pub worst_index: usize,
+    pub over_tolerance: usize,
+    pub count: usize,
+    pub tolerance: Tolerance,
+}
+
+impl ErrorStats {
+    pub fn passed(&self) -> bool {
+        self.over_tolerance == 0
+    }
+}
+
+pub fn compare(actual: &Tensor, reference: &Tensor, tol: Tolerance) -> Result<ErrorStats> {
+    if actual.shape() != reference.shape() {
+        return Err(Error::tensor("output", format!("shapes differ: {:?} vs reference {:?}", actual.shape(), reference.shape())));
+    }
+    let scale = reference.data().iter().fold(0f64, |m, &v| m.max((v as f64).abs()));
+    let mut s = ErrorStats { max_abs: 0.0, max_rel: 0.0, worst_index: 0, over_tolerance: 0, count: actual.numel(), tolerance: tol };
+    let mut worst_excess = f64::NEG_INFINITY;
+    for (i, (&x, &r)) in actual.data().iter().zip(reference.data()).enumerate() {
+        let (x, r) = (x as f64, r as f64);
+        let err = (x - r).abs();
+        let err = if err.is_nan() { f64::INFINITY } else { err };
+        s.max_abs = s.max_abs.max(err);
+        if r.abs() >= 1e-3 * scale && r != 0.0 {
+            s.max_rel = s.max_rel.max(err / r.abs());
+        }
+        let excess = err - (tol.atol + tol.rtol * r.abs());
+        if excess > 0.0 {
+            s.over_tolerance += 1;
+        }
+        if excess > worst_excess {
+            worst_excess = excess;
+            s.worst_index = i;
+        }
+    }
+    Ok(s)
+}
+
+/// Seeded random inputs in [-1, 1) for every graph input.
+pub fn random_inputs(g: &Graph, seed: u64) -> HashMap<String, Tensor> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    g.inputs
+        .iter()
+        .map(|v| {
+            let n = v.shape.iter().product();
+            let data = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+            (v.name.clone(), Tensor::from_parts(v.shape.clone(), data))
+        })
+        .collect()
+}
+
+/// Per-output error of one graph against another on the same random inputs.
+#[derive(Clone, Debug, Serialize)]
+pub struct Equivalence {
+    pub outputs: Vec<(String, ErrorStats)>,
+}
+
+impl Equivalence {
+    pub fn passed(&self) -> bool {
+        self.outputs.iter().all(|(_, s)| s.passed())
+    }
+    pub fn max_abs(&self) -> f64 {
+        self.outputs.iter().map(|(_, s)| s.max_abs).fold(0.0, f64::max)
+    }
+    pub fn max_rel(&self) -> f64 {
+        self.outputs.iter().map(|(_, s)| s.max_rel).fold(0.0, f64::max)
+    }
+}
+
+/// Runs `original` and `fused` forward on the CPU reference with the same seeded
+/// inputs and compares every output, with the tolerance for the original's depth.
+pub fn check_equivalence(original: &Graph, original_w: &Weights, fused: &Graph, fused_w: &Weights, seed: u64) -> Result<Equivalence> {
+    let inputs = random_inputs(original, seed);
+    let r = crate::cpu::forward(original, original_w, &inputs)?;
+    let x = crate::cpu::forward(fused, fused_w, &inputs)?;
+    let tol = Tolerance::for_graph(original);
+    let mut outputs = Vec::new();
+    for name in &original.outputs {
+        let a = x.get(name).ok_or_else(|| Error::Graph(format!("fused graph lost output `{}`", name)))?;
+        outputs.push((name.clone(), compare(a, &r[name], tol)?));
+    }
+    Ok(Equivalence { outputs })
+}

@@ -14,7 +14,7 @@ fn is_join(op: &Op) -> bool {
 
 /// True when some input of join node `j`, other than `except`, is produced by a conv
 /// that reads `tensor`: a sibling branch to merge with.
-fn has_conv_sibling(ctx: &Ctx, j: usize, tensor: &str, except: &str) -> bool {
+pub(super) fn has_conv_sibling(ctx: &Ctx, j: usize, tensor: &str, except: &str) -> bool {
     ctx.node(j).inputs.iter().filter(|t| t.as_str() != except).any(|t| {
         ctx.producer(t)
             .map(|p| matches!(ctx.node(p).op, Op::Conv2d(_)) && ctx.node(p).inputs[0] == tensor)
@@ -23,7 +23,7 @@ fn has_conv_sibling(ctx: &Ctx, j: usize, tensor: &str, except: &str) -> bool {
 }
 
 /// Follows `tensor` through sole-consumer BNs to the join node it feeds, if any.
-fn join_after(ctx: &Ctx, tensor: &str) -> Option<(usize, String)> {
+pub(super) fn join_after(ctx: &Ctx, tensor: &str) -> Option<(usize, String)> {
     let mut t = tensor.to_string();
     loop {
         let c = ctx.index.sole_consumer(&t)?;

@@ -80,7 +80,6 @@ pub fn fuse(graph: &Graph, opts: &FuseOptions) -> Result<Fusion> {
             counter: &mut counter,
             refusals: &mut refusals,
             seen_refusals: &mut seen,
-            widen_shortcuts: opts.widen_shortcuts,
         };
         let found = RULES.iter().find_map(|(_, rule)| (0..g.nodes.len()).find_map(|i| rule(&mut ctx, i)));
         let Some(patch) = found else {

@@ -29,7 +29,6 @@ pub struct Ctx<'a> {
     pub counter: &'a mut usize,
     pub refusals: &'a mut Vec<Refusal>,
     pub seen_refusals: &'a mut BTreeSet<(String, Vec<String>)>,
-    pub widen_shortcuts: bool,
 }
 
 impl Ctx<'_> {

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 pub use index::GraphIndex;
 pub use op::{Activation, AvgPool2d, BatchNorm, Conv2d, Linear, Op, Opaque};
-pub use shape::{infer_shapes, window_out, Shapes};
+pub use shape::{infer_shapes, node_flops, window_out, Shapes};
 
 /// Output length of a conv axis (no ceil mode).
 pub fn infer_out(input: usize, kernel: usize, stride: usize, pad_total: usize, dilation: usize) -> Option<usize> {

@@ -1,0 +1,177 @@
+//! Builds training-form graphs with seeded random weights and random, non-identity BN
+//! statistics, so a wrong fold shows up as a large error instead of hiding behind
+//! gamma=1, beta=0, mean=0, var=1.
+
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+use crate::graph::{Activation, AvgPool2d, BatchNorm, Conv2d, Graph, Linear, Node, Op, ValueInfo};
+use crate::tensor::Tensor;
+use crate::weights::Weights;
+
+/// Geometry of one conv to add.
+#[derive(Clone, Copy, Debug)]
+pub struct ConvSpec {
+    pub out: usize,
+    pub kernel: [usize; 2],
+    pub stride: usize,
+    pub pads: [usize; 4],
+    pub dilation: usize,
+    pub groups: usize,
+    pub bias: bool,
+}
+
+impl ConvSpec {
+    /// A KxK conv with PyTorch's "same" padding `(k-1)/2 * dilation` per side.
+    pub fn same(out: usize, k: usize, stride: usize, groups: usize) -> Self {
+        ConvSpec { out, kernel: [k, k], stride, pads: [k / 2; 4], dilation: 1, groups, bias: false }
+    }
+    pub fn kernel_hw(out: usize, kh: usize, kw: usize, stride: usize) -> Self {
+        ConvSpec { out, kernel: [kh, kw], stride, pads: [kh / 2, kw / 2, kh / 2, kw / 2], dilation: 1, groups: 1, bias: false }
+    }
+    pub fn pad(mut self, p: usize) -> Self {
+        self.pads = [p; 4];
+        self
+    }
+    pub fn dilated(mut self, d: usize) -> Self {
+        self.dilation = d;
+        self.pads = [(self.kernel[0] / 2) * d, (self.kernel[1] / 2) * d, (self.kernel[0] / 2) * d, (self.kernel[1] / 2) * d];
+        self
+    }
+    pub fn with_bias(mut self) -> Self {
+        self.bias = true;
+        self
+    }
+}
+
+pub struct GraphBuilder {
+    pub graph: Graph,
+    pub weights: Weights,
+    rng: StdRng,
+    count: usize,
+}
+
+impl GraphBuilder {
+    pub fn new(seed: u64) -> Self {
+        GraphBuilder { graph: Graph::default(), weights: Weights::new(), rng: StdRng::seed_from_u64(seed), count: 0 }
+    }
+
+    pub fn input(&mut self, name: &str, shape: &[usize]) -> String {
+        self.graph.inputs.push(ValueInfo { name: name.to_string(), shape: shape.to_vec() });
+        name.to_string()
+    }
+
+    pub fn output(&mut self, t: &str) {
+        self.graph.outputs.push(t.to_string());
+    }
+
+    fn name(&mut self, kind: &str) -> String {
+        self.count += 1;
+        format!("{}{}", kind, self.count)
+    }
+
+    fn param(&mut self, name: String, shape: Vec<usize>, lo: f32, hi: f32) -> String {
+        let n = shape.iter().product();
+        let data = (0..n).map(|_| self.rng.random_range(lo..hi)).collect();
+        self.graph.params.insert(name.clone(), shape.clone());
+        self.weights.insert(name.clone(), Tensor::from_parts(shape, data));
+        name
+    }
+
+    fn node(&mut self, name: String, op: Op, inputs: Vec<String>) -> String {
+        let out = format!("{}.out", name);
+        self.graph.nodes.push(Node { name, op, inputs, outputs: vec![out.clone()] });
+        out
+    }
+
+    /// Channel count of a tensor built so far.
+    pub fn channels(&self, t: &str) -> usize {
+        crate::graph::infer_shapes(&self.graph).expect("builder graphs are valid")[t][1]
+    }
+
+    pub fn conv(&mut self, x: &str, s: ConvSpec) -> String {
+        let cin = self.channels(x);
+        let name = self.name("conv");
+        let fan_in = (cin / s.groups) * s.kernel[0] * s.kernel[1];
+        let b = (3.0 / fan_in as f32).sqrt();
+        let weight = self.param(format!("{}.weight", name), vec![s.out, cin / s.groups, s.kernel[0], s.kernel[1]], -b, b);
+        let bias = s.bias.then(|| self.param(format!("{}.bias", name), vec![s.out], -0.2, 0.2));
+        let op = Op::Conv2d(Conv2d { weight, bias, in_channels: cin, out_channels: s.out, kernel: s.kernel, stride: [s.stride; 2], pads: s.pads, dilation: [s.dilation; 2], groups: s.groups });
+        self.node(name, op, vec![x.to_string()])
+    }
+
+    pub fn bn(&mut self, x: &str) -> String {
+        let c = self.channels(x);
+        let name = self.name("bn");
+        let gamma = self.param(format!("{}.weight", name), vec![c], 0.5, 1.5);
+        let beta = self.param(format!("{}.bias", name), vec![c], -0.5, 0.5);
+        let mean = self.param(format!("{}.running_mean", name), vec![c], -0.5, 0.5);
+        let var = self.param(format!("{}.running_var", name), vec![c], 0.5, 2.0);
+        self.node(name, Op::BatchNorm(BatchNorm { gamma, beta, mean, var, eps: 1e-5, channels: c }), vec![x.to_string()])
+    }
+
+    pub fn conv_bn(&mut self, x: &str, s: ConvSpec) -> String {
+        let y = self.conv(x, s);
+        self.bn(&y)
+    }
+
+    pub fn linear(&mut self, x: &str, out: usize, bias: bool) -> String {
+        let cin = crate::graph::infer_shapes(&self.graph).expect("valid")[x][1];
+        let name = self.name("fc");
+        let b = (3.0 / cin as f32).sqrt();
+        let weight = self.param(format!("{}.weight", name), vec![out, cin], -b, b);
+        let bias = bias.then(|| self.param(format!("{}.bias", name), vec![out], -0.2, 0.2));
+        self.node(name, Op::Linear(Linear { weight, bias, in_features: cin, out_features: out }), vec![x.to_string()])
+    }
+
+    pub fn add(&mut self, xs: &[String]) -> String {
+        let name = self.name("add");
+        self.node(name, Op::Add, xs.to_vec())
+    }
+
+    /// Left-nested binary adds, as PyTorch exports `a + b + c`.
+    pub fn add_chain(&mut self, xs: &[String]) -> String {
+        let mut acc = xs[0].clone();
+        for x in &xs[1..] {
+            acc = self.add(&[acc, x.clone()]);
+        }
+        acc
+    }
+
+    pub fn concat(&mut self, xs: &[String]) -> String {
+        let name = self.name("concat");
+        self.node(name, Op::Concat, xs.to_vec())
+    }
+
+    pub fn act(&mut self, x: &str, a: Activation) -> String {
+        let name = self.name("act");
+        self.node(name, Op::Activation(a), vec![x.to_string()])
+    }
+
+    pub fn relu(&mut self, x: &str) -> String {
+        self.act(x, Activation::Relu)
+    }
+
+    pub fn avg_pool(&mut self, x: &str, k: usize, stride: usize, pad: usize, count_include_pad: bool) -> String {
+        let name = self.name("avgpool");
+        self.node(name, Op::AvgPool2d(AvgPool2d { kernel: [k, k], stride: [stride; 2], pads: [pad; 4], count_include_pad, ceil_mode: false }), vec![x.to_string()])
+    }
+
+    pub fn global_pool(&mut self, x: &str) -> String {
+        let name = self.name("gap");
+        self.node(name, Op::GlobalAvgPool, vec![x.to_string()])
+    }
+
+    pub fn flatten(&mut self, x: &str) -> String {
+        let name = self.name("flatten");
+        self.node(name, Op::Flatten, vec![x.to_string()])
+    }
+
+    pub fn opaque(&mut self, x: &str, op_type: &str) -> String {
+        let name = self.name("opaque");
+        self.node(name, Op::Opaque(crate::graph::Opaque { op_type: op_type.to_string(), payload: vec![] }), vec![x.to_string()])
+    }
+
+    pub fn finish(self) -> (Graph, Weights) {
+        (self.graph, self.weights)
+    }
+}
