@@ -10,6 +10,7 @@
 pub mod cpu;
 pub mod error;
 pub mod fuse;
+pub mod gpu;
 pub mod graph;
 pub mod plan;
 pub mod tensor;

@@ -2,7 +2,10 @@
 //! named tensors. The rewrite engine emits it; the CPU reference (`cpu::plan_exec`)
 //! and the GPU engine execute the same list, so fusion logic exists once.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crate::error::{Error, Result};
+use crate::weights::Weights;
 
 use serde::{Deserialize, Serialize};
 
@@ -163,5 +166,64 @@ impl FusionPlan {
             levels.push(l);
         }
         levels
+    }
+}
+
+impl FusionPlan {
+    /// Source tensors the plan reads (not produced by any step), in first-use order.
+    pub fn sources(&self) -> Vec<&str> {
+        let produced: HashSet<&str> = self.steps.iter().flat_map(|s| s.outputs()).collect();
+        let mut seen = HashSet::new();
+        self.steps.iter().flat_map(|s| s.inputs()).filter(|t| !produced.contains(t) && seen.insert(*t)).collect()
+    }
+
+    /// Checks every source value both executors would read: a NaN or Inf weight, or a
+    /// BN variance that makes `sqrt(var + eps)` meaningless, is an error naming the
+    /// tensor, not a silently poisoned deploy model.
+    pub fn check_sources(&self, weights: &Weights) -> Result<()> {
+        for name in self.sources() {
+            if let Some((i, v)) = weights.get(name)?.first_non_finite() {
+                return Err(Error::tensor(name, format!("holds {} at flat index {}", v, i)));
+            }
+        }
+        for s in &self.steps {
+            let bn = match s {
+                Step::FoldBn { bn, .. } | Step::BnToConv { bn, .. } => bn,
+                _ => continue,
+            };
+            if let Some((c, v)) = weights.get(&bn.var)?.data().iter().enumerate().find(|(_, v)| !(**v >= 0.0 && **v as f64 + bn.eps as f64 > 0.0)) {
+                return Err(Error::tensor(&bn.var, format!("running_var[{}] = {} with eps {}: var must be >= 0 and var + eps > 0", c, v, bn.eps)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Shape of every tensor a step writes, given the source shapes.
+    pub fn output_shapes(&self, weights: &Weights) -> Result<BTreeMap<String, Vec<usize>>> {
+        let mut shapes: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        let shape_of = |shapes: &BTreeMap<String, Vec<usize>>, n: &str| -> Result<Vec<usize>> {
+            match shapes.get(n) {
+                Some(s) => Ok(s.clone()),
+                None => Ok(weights.get(n)?.shape().to_vec()),
+            }
+        };
+        for s in &self.steps {
+            let outs: Vec<(String, Vec<usize>)> = match s {
+                Step::FoldBn { kernel, out_kernel, out_bias, .. } => {
+                    let k = shape_of(&shapes, kernel)?;
+                    vec![(out_bias.clone(), vec![k[0]]), (out_kernel.clone(), k)]
+                }
+                Step::BnToConv { channels, out_kernel, out_bias, .. } => vec![(out_kernel.clone(), vec![*channels, 1, 1, 1]), (out_bias.clone(), vec![*channels])],
+                Step::Dirac { channels, groups, kernel, out_kernel } => vec![(out_kernel.clone(), vec![*channels, channels / groups.max(&1), kernel[0], kernel[1]])],
+                Step::AvgPoolKernel { channels, kernel, out_kernel } => vec![(out_kernel.clone(), vec![*channels, 1, kernel[0], kernel[1]])],
+                Step::Place { out_shape, out_kernel, out_bias, .. } | Step::Compose { out_shape, out_kernel, out_bias, .. } => {
+                    let mut v = vec![(out_kernel.clone(), out_shape.clone())];
+                    v.extend(out_bias.iter().map(|b| (b.clone(), vec![out_shape[0]])));
+                    v
+                }
+            };
+            shapes.extend(outs);
+        }
+        Ok(shapes)
     }
 }

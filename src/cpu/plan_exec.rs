@@ -13,7 +13,6 @@ use crate::weights::Weights;
 struct Slots<'a> {
     source: &'a Weights,
     computed: HashMap<String, Tensor>,
-    checked: std::collections::HashSet<String>,
 }
 
 impl Slots<'_> {
@@ -21,15 +20,7 @@ impl Slots<'_> {
         if self.computed.contains_key(name) {
             return Ok(&self.computed[name]);
         }
-        let t = self.source.get(name)?;
-        // Source values are checked once: a NaN weight is reported by name, not
-        // silently spread through every fused kernel.
-        if self.checked.insert(name.to_string()) {
-            if let Some((i, v)) = t.first_non_finite() {
-                return Err(Error::tensor(name, format!("holds {} at flat index {}", v, i)));
-            }
-        }
-        Ok(t)
+        self.source.get(name)
     }
     fn get_opt(&mut self, name: Option<&String>) -> Result<Option<Tensor>> {
         name.map(|n| self.get(n).cloned()).transpose()
@@ -55,10 +46,10 @@ fn with_shape(name: &str, t: Tensor, shape: &[usize]) -> Result<Tensor> {
 
 /// Executes every step; returns all computed tensors by name.
 pub fn execute_plan(plan: &FusionPlan, weights: &Weights) -> Result<HashMap<String, Tensor>> {
+    plan.check_sources(weights)?;
     let mut slots = Slots {
         source: weights,
         computed: HashMap::new(),
-        checked: Default::default(),
     };
     for step in &plan.steps {
         run_step(step, &mut slots)?;

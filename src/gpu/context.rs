@@ -1,0 +1,218 @@
+//! One wgpu device for the process' work: adapter choice (WGPU_BACKEND,
+//! WGPU_ADAPTER_NAME, WGPU_POWER_PREF as wgpu's own helpers read them), the adapter's
+//! limits requested and recorded, a pipeline cache, one readback path, and every
+//! `device.poll` bounded by a timeout (lavapipe can hang).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use wgpu::util::DeviceExt;
+
+use super::shaders;
+use crate::error::{Error, Result};
+
+/// How long a single wait on the GPU may take before we call it hung.
+pub const POLL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What a binding slot holds, for explicit bind-group layouts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Bind {
+    Uniform,
+    Read,
+    ReadWrite,
+}
+
+/// Binding kinds of each kernel, in binding order.
+fn layout_of(name: &str) -> &'static [Bind] {
+    use Bind::*;
+    match name {
+        "fold_bn" | "fill" | "place" | "compose" => &[ReadWrite, Read],
+        "conv2d" | "linear" | "elementwise" => &[Uniform, Read, Read, Read, ReadWrite],
+        "pool" => &[Uniform, Read, ReadWrite],
+        _ => &[],
+    }
+}
+
+pub struct Kernel {
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+}
+
+pub struct GpuContext {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub timestamps: bool,
+    submissions: AtomicUsize,
+    kernels: Mutex<HashMap<&'static str, Arc<Kernel>>>,
+}
+
+impl GpuContext {
+    /// Opens the adapter the environment asks for (or the default one).
+    pub fn new() -> Result<Self> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = pollster::block_on(pick_adapter(&instance))?;
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let timestamps = adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY);
+        let features = if timestamps { wgpu::Features::TIMESTAMP_QUERY } else { wgpu::Features::empty() };
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("repfuse"),
+            required_features: features,
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .map_err(|e| Error::Gpu(format!("requesting a device from {}: {}", info.name, e)))?;
+        Ok(GpuContext { device, queue, info, limits, timestamps, submissions: AtomicUsize::new(0), kernels: Mutex::new(HashMap::new()) })
+    }
+
+    /// A CPU-emulated adapter (lavapipe, llvmpipe, WARP, SwiftShader).
+    pub fn is_software(&self) -> bool {
+        self.info.device_type == wgpu::DeviceType::Cpu
+    }
+
+    /// Queue submissions made so far (batching is tested by counting them).
+    pub fn submissions(&self) -> usize {
+        self.submissions.load(Ordering::Relaxed)
+    }
+
+    /// The cached pipeline of a kernel, built on first use.
+    pub fn kernel(&self, name: &'static str) -> Result<Arc<Kernel>> {
+        let mut cache = self.kernels.lock().map_err(|_| Error::Gpu("pipeline cache poisoned".into()))?;
+        if let Some(k) = cache.get(name) {
+            return Ok(k.clone());
+        }
+        let source = shaders::ALL.iter().find(|(n, _)| *n == name).ok_or_else(|| Error::Gpu(format!("no kernel `{}`", name)))?.1;
+        shaders::validate(name, source)?;
+        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(name), source: wgpu::ShaderSource::Wgsl(source.into()) });
+        let entries: Vec<wgpu::BindGroupLayoutEntry> = layout_of(name)
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupLayoutEntry {
+                binding: i as u32,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: match b {
+                    Bind::Uniform => wgpu::BindingType::Buffer { ty: wgpu::BufferBindingType::Uniform, has_dynamic_offset: false, min_binding_size: None },
+                    Bind::Read => wgpu::BindingType::Buffer { ty: wgpu::BufferBindingType::Storage { read_only: true }, has_dynamic_offset: false, min_binding_size: None },
+                    Bind::ReadWrite => wgpu::BindingType::Buffer { ty: wgpu::BufferBindingType::Storage { read_only: false }, has_dynamic_offset: false, min_binding_size: None },
+                },
+                count: None,
+            })
+            .collect();
+        let layout = self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(name), entries: &entries });
+        let pl = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor { label: Some(name), bind_group_layouts: &[Some(&layout)], immediate_size: 0 });
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(name),
+            layout: Some(&pl),
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        let k = Arc::new(Kernel { pipeline, layout });
+        cache.insert(name, k.clone());
+        Ok(k)
+    }
+
+    pub fn bind_group(&self, kernel: &Kernel, buffers: &[wgpu::BindingResource]) -> wgpu::BindGroup {
+        let entries: Vec<wgpu::BindGroupEntry> = buffers.iter().enumerate().map(|(i, r)| wgpu::BindGroupEntry { binding: i as u32, resource: r.clone() }).collect();
+        self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &kernel.layout, entries: &entries })
+    }
+
+    /// A storage buffer holding `data` (at least 4 bytes: empty bindings are invalid).
+    pub fn storage(&self, label: &str, data: &[f32]) -> wgpu::Buffer {
+        let bytes: &[u8] = if data.is_empty() { &[0; 4] } else { bytemuck::cast_slice(data) };
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some(label), contents: bytes, usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST })
+    }
+
+    /// A read-only table of u32 records (job descriptors).
+    pub fn table(&self, label: &str, data: &[u32]) -> wgpu::Buffer {
+        let bytes: &[u8] = if data.is_empty() { &[0; 4] } else { bytemuck::cast_slice(data) };
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some(label), contents: bytes, usage: wgpu::BufferUsages::STORAGE })
+    }
+
+    pub fn uniform<T: bytemuck::Pod>(&self, label: &str, value: &T) -> wgpu::Buffer {
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some(label), contents: bytemuck::bytes_of(value), usage: wgpu::BufferUsages::UNIFORM })
+    }
+
+    /// An uninitialised storage buffer of `len` f32, checked against the limits first.
+    pub fn empty(&self, label: &str, len: usize) -> Result<wgpu::Buffer> {
+        let size = (len.max(1) as u64).checked_mul(4).ok_or_else(|| Error::Limit { what: "buffer size".into(), need: u64::MAX, have: self.limits.max_buffer_size })?;
+        self.check_binding(size)?;
+        Ok(self.device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size, usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST, mapped_at_creation: false }))
+    }
+
+    pub fn check_binding(&self, bytes: u64) -> Result<()> {
+        let have = self.limits.max_storage_buffer_binding_size;
+        if bytes > have {
+            return Err(Error::Limit { what: "max_storage_buffer_binding_size".into(), need: bytes, have });
+        }
+        Ok(())
+    }
+
+    /// Submits `encoder` after appending a copy of `ranges` of `src` into one staging
+    /// buffer, waits (with a timeout) and returns the f32 contents of each range.
+    /// This is the one readback path: the work and its download share a submission.
+    pub fn submit_and_read(&self, mut encoder: wgpu::CommandEncoder, src: &[(&wgpu::Buffer, u64, u64)]) -> Result<Vec<Vec<f32>>> {
+        let total: u64 = src.iter().map(|(_, _, len)| len * 4).sum();
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor { label: Some("readback"), size: total.max(4), usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST, mapped_at_creation: false });
+        let mut at = 0;
+        for (buf, off, len) in src {
+            if *len > 0 {
+                encoder.copy_buffer_to_buffer(buf, off * 4, &staging, at, len * 4);
+            }
+            at += len * 4;
+        }
+        let index = self.queue.submit([encoder.finish()]);
+        self.submissions.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::Wait { submission_index: Some(index), timeout: Some(POLL_TIMEOUT) })
+            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {}", e)))?;
+        rx.recv_timeout(POLL_TIMEOUT)
+            .map_err(|_| Error::Gpu("readback map did not complete".into()))?
+            .map_err(|e| Error::Gpu(format!("mapping the readback buffer: {}", e)))?;
+        let view = staging.get_mapped_range(..).map_err(|e| Error::Gpu(format!("reading the readback buffer: {:?}", e)))?;
+        let all: &[f32] = bytemuck::cast_slice(&view);
+        let mut out = Vec::with_capacity(src.len());
+        let mut at = 0usize;
+        for (_, _, len) in src {
+            out.push(all[at..at + *len as usize].to_vec());
+            at += *len as usize;
+        }
+        drop(view);
+        staging.unmap();
+        Ok(out)
+    }
+}
+
+async fn pick_adapter(instance: &wgpu::Instance) -> Result<wgpu::Adapter> {
+    if let Ok(want) = std::env::var("WGPU_ADAPTER_NAME") {
+        let want = want.to_lowercase();
+        let adapters = instance.enumerate_adapters(wgpu::Backends::all()).await;
+        let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+        return adapters
+            .into_iter()
+            .find(|a| a.get_info().name.to_lowercase().contains(&want))
+            .ok_or_else(|| Error::NoAdapter(format!("WGPU_ADAPTER_NAME={} matches none of {:?}", want, names)));
+    }
+    instance
+        .request_adapter(&wgpu::RequestAdapterOptions { power_preference: wgpu::PowerPreference::from_env().unwrap_or(wgpu::PowerPreference::HighPerformance), ..Default::default() })
+        .await
+        .map_err(|e| Error::NoAdapter(format!("{} (install a Vulkan driver, e.g. mesa-vulkan-drivers for lavapipe)", e)))
+}
+
+/// Grid for `n` elements with a grid-stride loop: x <= 65535 workgroups of 256, the
+/// rest folded into y (lavapipe allows 65535 per dimension).
+pub fn grid(n: usize) -> (u32, u32) {
+    let groups = n.div_ceil(256).max(1);
+    let x = groups.min(65535);
+    let y = groups.div_ceil(x).min(65535);
+    (x as u32, y as u32)
+}

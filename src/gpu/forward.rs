@@ -1,0 +1,232 @@
+//! Forward pass of a graph on the GPU for verification: every node's dispatch is
+//! recorded into one command encoder and the outputs come back in one readback, so a
+//! whole network is one submission. A conv followed only by an activation runs as one
+//! dispatch with the activation fused.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use super::context::{grid, GpuContext, Kernel};
+use crate::error::{Error, Result};
+use crate::graph::{infer_shapes, Activation, Graph, Op};
+use crate::tensor::Tensor;
+use crate::weights::Weights;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct ConvParams {
+    pub n: u32, pub c: u32, pub h: u32, pub w: u32,
+    pub o: u32, pub ho: u32, pub wo: u32, pub groups: u32,
+    pub kh: u32, pub kw: u32, pub sh: u32, pub sw: u32,
+    pub pt: u32, pub pl: u32, pub dh: u32, pub dw: u32,
+    pub has_bias: u32, pub act: u32, pub alpha: f32, pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct ElementwiseParams {
+    pub op: u32, pub numel: u32, pub channels: u32, pub inner: u32,
+    pub act: u32, pub alpha: f32, pub eps: f32, pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct PoolParams {
+    pub planes: u32, pub h: u32, pub w: u32, pub ho: u32,
+    pub wo: u32, pub kh: u32, pub kw: u32, pub sh: u32,
+    pub sw: u32, pub pt: u32, pub pl: u32, pub pb: u32,
+    pub pr: u32, pub count_include_pad: u32, pub _pad0: u32, pub _pad1: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct LinearParams {
+    pub n: u32, pub fin: u32, pub fout: u32, pub has_bias: u32,
+}
+
+/// Activation code shared with `activation.wgsl`.
+pub fn act_code(a: Option<Activation>) -> (u32, f32) {
+    match a {
+        None => (0, 0.0),
+        Some(Activation::Relu) => (1, 0.0),
+        Some(Activation::LeakyRelu(alpha)) => (2, alpha),
+        Some(Activation::Sigmoid) => (3, 0.0),
+        Some(Activation::Tanh) => (4, 0.0),
+        Some(Activation::Gelu) => (5, 0.0),
+        Some(Activation::Silu) => (6, 0.0),
+        Some(Activation::HardSwish) => (7, 0.0),
+        Some(Activation::HardSigmoid) => (8, 0.0),
+    }
+}
+
+fn u(x: usize) -> u32 {
+    x as u32
+}
+
+struct Recorder<'a> {
+    ctx: &'a GpuContext,
+    encoder: wgpu::CommandEncoder,
+    keep: Vec<wgpu::Buffer>,
+}
+
+impl Recorder<'_> {
+    fn dispatch<P: bytemuck::Pod>(&mut self, kernel: &Kernel, params: &P, buffers: &[&wgpu::Buffer], elems: usize) {
+        let ub = self.ctx.uniform("params", params);
+        let mut res = vec![ub.as_entire_binding()];
+        res.extend(buffers.iter().map(|b| b.as_entire_binding()));
+        let bg = self.ctx.bind_group(kernel, &res);
+        let mut pass = self.encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
+        pass.set_pipeline(&kernel.pipeline);
+        pass.set_bind_group(0, &bg, &[]);
+        let (x, y) = grid(elems);
+        pass.dispatch_workgroups(x, y, 1);
+        drop(pass);
+        self.keep.push(ub);
+    }
+}
+
+/// Runs `g` forward on the GPU; returns every graph output by name.
+pub fn forward_gpu(ctx: &GpuContext, g: &Graph, weights: &Weights, inputs: &HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>> {
+    let shapes = infer_shapes(g)?;
+    let mut consumers: HashMap<&str, usize> = HashMap::new();
+    for n in &g.nodes {
+        for t in &n.inputs {
+            *consumers.entry(t).or_default() += 1;
+        }
+    }
+    let mut bufs: HashMap<String, Rc<wgpu::Buffer>> = HashMap::new();
+    for v in &g.inputs {
+        let t = inputs.get(&v.name).ok_or_else(|| Error::tensor(&v.name, "graph input not supplied"))?;
+        bufs.insert(v.name.clone(), Rc::new(ctx.storage(&v.name, t.data())));
+    }
+    let mut params: HashMap<&str, Rc<wgpu::Buffer>> = HashMap::new();
+    let mut param = |name: &str| -> Result<Rc<wgpu::Buffer>> {
+        if let Some(b) = params.get(name) {
+            return Ok(b.clone());
+        }
+        let b = Rc::new(ctx.storage(name, weights.get(name)?.data()));
+        let key: &str = g.params.get_key_value(name).map(|(k, _)| k.as_str()).unwrap_or("");
+        if !key.is_empty() {
+            params.insert(key, b.clone());
+        }
+        Ok(b)
+    };
+    let dummy = ctx.storage("dummy", &[0.0]);
+    let mut rec = Recorder { ctx, encoder: ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") }), keep: vec![] };
+    let mut fused_act: HashMap<String, String> = HashMap::new();
+    for (i, n) in g.nodes.iter().enumerate() {
+        if let Some(alias) = fused_act.remove(&n.name) {
+            // This activation already ran inside the conv before it.
+            let b = bufs[&alias].clone();
+            bufs.insert(n.outputs[0].clone(), b);
+            continue;
+        }
+        let shape = |t: &str| shapes.get(t).cloned().ok_or_else(|| Error::unsupported(&n.name, format!("shape of `{}` unknown", t)));
+        let out_shape = shape(&n.outputs[0])?;
+        let numel: usize = out_shape.iter().product();
+        let x = n.inputs.first().map(|t| bufs.get(t).cloned().ok_or_else(|| Error::Graph(format!("`{}` not computed", t)))).transpose()?;
+        let out = match &n.op {
+            Op::Conv2d(c) => {
+                let xs = shape(&n.inputs[0])?;
+                // Fuse a following activation when it is the conv's only reader.
+                let next = g.nodes.get(i + 1).filter(|m| matches!(m.op, Op::Activation(_)) && m.inputs[0] == n.outputs[0] && consumers.get(n.outputs[0].as_str()) == Some(&1) && !g.outputs.contains(&n.outputs[0]));
+                let act = next.and_then(|m| if let Op::Activation(a) = m.op { Some(a) } else { None });
+                if let Some(m) = next {
+                    fused_act.insert(m.name.clone(), n.outputs[0].clone());
+                }
+                let (act, alpha) = act_code(act);
+                let p = ConvParams {
+                    n: u(xs[0]), c: u(xs[1]), h: u(xs[2]), w: u(xs[3]), o: u(c.out_channels), ho: u(out_shape[2]), wo: u(out_shape[3]), groups: u(c.groups),
+                    kh: u(c.kernel[0]), kw: u(c.kernel[1]), sh: u(c.stride[0]), sw: u(c.stride[1]), pt: u(c.pads[0]), pl: u(c.pads[1]), dh: u(c.dilation[0]), dw: u(c.dilation[1]),
+                    has_bias: c.bias.is_some() as u32, act, alpha, _pad: 0,
+                };
+                let w = param(&c.weight)?;
+                let b = c.bias.as_deref().map(&mut param).transpose()?;
+                let y = ctx.empty(&n.name, numel)?;
+                let k = ctx.kernel("conv2d")?;
+                rec.dispatch(&k, &p, &[x.as_ref().expect("one input"), &w, b.as_deref().unwrap_or(&dummy), &y], numel);
+                y
+            }
+            Op::Linear(l) => {
+                let p = LinearParams { n: u(out_shape[0]), fin: u(l.in_features), fout: u(l.out_features), has_bias: l.bias.is_some() as u32 };
+                let w = param(&l.weight)?;
+                let b = l.bias.as_deref().map(&mut param).transpose()?;
+                let y = ctx.empty(&n.name, numel)?;
+                rec.dispatch(&*ctx.kernel("linear")?, &p, &[x.as_ref().expect("one input"), &w, b.as_deref().unwrap_or(&dummy), &y], numel);
+                y
+            }
+            Op::BatchNorm(b) => {
+                let mut stats = Vec::with_capacity(4 * b.channels);
+                for t in [&b.gamma, &b.beta, &b.mean, &b.var] {
+                    stats.extend_from_slice(weights.get(t)?.data());
+                }
+                let sb = ctx.storage(&n.name, &stats);
+                let inner = numel / (out_shape[0] * b.channels).max(1);
+                let p = ElementwiseParams { op: 0, numel: u(numel), channels: u(b.channels), inner: u(inner), act: 0, alpha: 0.0, eps: b.eps, _pad: 0 };
+                let y = ctx.empty(&n.name, numel)?;
+                rec.dispatch(&*ctx.kernel("elementwise")?, &p, &[x.as_ref().expect("one input"), &dummy, &sb, &y], numel);
+                rec.keep.push(sb);
+                y
+            }
+            Op::Activation(a) => {
+                let (act, alpha) = act_code(Some(*a));
+                let p = ElementwiseParams { op: 1, numel: u(numel), act, alpha, ..Default::default() };
+                let y = ctx.empty(&n.name, numel)?;
+                rec.dispatch(&*ctx.kernel("elementwise")?, &p, &[x.as_ref().expect("one input"), &dummy, &dummy, &y], numel);
+                y
+            }
+            Op::Add => {
+                let mut acc = x.expect("one input");
+                for t in &n.inputs[1..] {
+                    let p = ElementwiseParams { op: 2, numel: u(numel), ..Default::default() };
+                    let y = ctx.empty(&n.name, numel)?;
+                    rec.dispatch(&*ctx.kernel("elementwise")?, &p, &[&acc, &bufs[t], &dummy, &y], numel);
+                    acc = Rc::new(y);
+                }
+                bufs.insert(n.outputs[0].clone(), acc);
+                continue;
+            }
+            Op::AvgPool2d(_) | Op::GlobalAvgPool => {
+                let xs = shape(&n.inputs[0])?;
+                let mut p = PoolParams { planes: u(xs[0] * xs[1]), h: u(xs[2]), w: u(xs[3]), ho: u(out_shape[2]), wo: u(out_shape[3]), kh: u(xs[2]), kw: u(xs[3]), sh: 1, sw: 1, count_include_pad: 1, ..Default::default() };
+                if let Op::AvgPool2d(a) = &n.op {
+                    (p.kh, p.kw, p.sh, p.sw) = (u(a.kernel[0]), u(a.kernel[1]), u(a.stride[0]), u(a.stride[1]));
+                    (p.pt, p.pl, p.pb, p.pr) = (u(a.pads[0]), u(a.pads[1]), u(a.pads[2]), u(a.pads[3]));
+                    p.count_include_pad = a.count_include_pad as u32;
+                }
+                let y = ctx.empty(&n.name, numel)?;
+                rec.dispatch(&*ctx.kernel("pool")?, &p, &[x.as_ref().expect("one input"), &y], numel);
+                y
+            }
+            Op::Concat => {
+                let y = ctx.empty(&n.name, numel)?;
+                let batch = out_shape[0];
+                let mut at = 0u64;
+                for b in 0..batch {
+                    for t in &n.inputs {
+                        let per = (shape(t)?.iter().product::<usize>() / batch) as u64;
+                        rec.encoder.copy_buffer_to_buffer(&bufs[t], b as u64 * per * 4, &y, at * 4, per * 4);
+                        at += per;
+                    }
+                }
+                y
+            }
+            Op::Flatten => {
+                let b = x.expect("one input");
+                bufs.insert(n.outputs[0].clone(), b);
+                continue;
+            }
+            Op::Opaque(o) => return Err(Error::unsupported(&n.name, format!("the GPU forward cannot run op `{}`", o.op_type))),
+        };
+        bufs.insert(n.outputs[0].clone(), Rc::new(out));
+    }
+    let outs: Vec<(String, Rc<wgpu::Buffer>, Vec<usize>)> = g
+        .outputs
+        .iter()
+        .map(|o| Ok((o.clone(), bufs.get(o).cloned().ok_or_else(|| Error::Graph(format!("output `{}` not computed", o)))?, shapes.get(o).cloned().unwrap_or_default())))
+        .collect::<Result<_>>()?;
+    let ranges: Vec<(&wgpu::Buffer, u64, u64)> = outs.iter().map(|(_, b, s)| (b.as_ref(), 0, s.iter().product::<usize>() as u64)).collect();
+    let Recorder { encoder, .. } = rec;
+    let data = ctx.submit_and_read(encoder, &ranges)?;
+    Ok(outs.into_iter().zip(data).map(|((name, _, shape), d)| (name, Tensor::from_parts(shape, d))).collect())
+}

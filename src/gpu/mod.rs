@@ -1,0 +1,11 @@
+//! The GPU engine: WGSL kernels through wgpu for the weight primitives (batched over
+//! whole plans) and the verification forward pass.
+
+mod context;
+mod forward;
+mod plan_exec;
+pub mod shaders;
+
+pub use context::{grid, GpuContext, POLL_TIMEOUT};
+pub use forward::{forward_gpu, ConvParams, ElementwiseParams, LinearParams, PoolParams};
+pub use plan_exec::{execute_plan_gpu, COMPOSE_STRIDE, FILL_STRIDE, FOLD_BN_STRIDE, PLACE_SRC_STRIDE, PLACE_STRIDE};

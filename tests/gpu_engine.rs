@@ -1,0 +1,101 @@
+//! The GPU engine against the CPU reference: plan primitives batched over whole
+//! networks, and the forward pass of original and fused graphs.
+
+mod common;
+
+use repfuse::verify::{compare, random_inputs, Tolerance};
+use repfuse::zoo::{blocks, ConvSpec, GraphBuilder};
+use repfuse::{fuse, FuseOptions};
+
+/// Fused weights from the GPU executor equal the CPU reference's. Both compute the
+/// same few-term sums; the GPU sums in f32 and the CPU in f64, so the single-conv
+/// tolerance applies.
+fn assert_plan_matches(name: &str, g: &repfuse::Graph, w: &repfuse::Weights) {
+    let Some(ctx) = common::gpu() else { return };
+    let f = fuse(g, &FuseOptions::default()).unwrap();
+    let cpu = repfuse::cpu::execute_plan(&f.plan, w).unwrap();
+    let gpu = repfuse::gpu::execute_plan_gpu(ctx, &f.plan, w).unwrap();
+    assert_eq!(cpu.len(), gpu.len(), "{}: same tensors computed", name);
+    assert!(!cpu.is_empty(), "{}: the plan computes something", name);
+    for (k, t) in &cpu {
+        let s = compare(&gpu[k], t, Tolerance::SINGLE_CONV).unwrap();
+        assert!(s.passed(), "{}: tensor {} differs: {:?}", name, k, s);
+    }
+}
+
+#[test]
+fn plan_primitives_match_cpu_on_every_zoo_block() {
+    // Each block exercises primitives: repvgg (fold_bn, bn_to_conv, place with group
+    // expansion), dbb (avgpool fill, compose 1x1->KxK), mobileone (depthwise groups),
+    // acnet (asymmetric place), identity (dirac), grouped repvgg (grouped place).
+    type Block = fn(&mut GraphBuilder, &str) -> String;
+    let cases: &[(&str, Block)] = &[
+        ("repvgg", |b, x| blocks::repvgg_block(b, x, 6, 1, 1)),
+        ("repvgg_g2_s2", |b, x| blocks::repvgg_block(b, x, 6, 2, 2)),
+        ("dbb", |b, x| blocks::dbb_block(b, x, 5, 3, 1)),
+        ("mobileone_dw", |b, x| blocks::mobileone_block(b, x, 6, 3, 1, 6, 3)),
+        ("acnet", |b, x| blocks::acnet_block(b, x, 7, 3, 2)),
+        ("identity", |b, x| {
+            let c = b.conv_bn(x, ConvSpec::same(6, 3, 1, 1));
+            b.add(&[c, x.to_string()])
+        }),
+        ("seq_kxk_1x1", |b, x| {
+            let c = b.conv_bn(x, ConvSpec::same(4, 3, 1, 2));
+            b.conv_bn(&c, ConvSpec::same(8, 1, 1, 1))
+        }),
+    ];
+    for (name, block) in cases {
+        let mut b = GraphBuilder::new(3);
+        let x = b.input("x", &[2, 6, 9, 7]);
+        let y = block(&mut b, &x);
+        b.output(&y);
+        let (g, w) = b.finish();
+        assert_plan_matches(name, &g, &w);
+    }
+}
+
+#[test]
+fn forward_original_and_fused_on_gpu_match_cpu_reference() {
+    let Some(ctx) = common::gpu() else { return };
+    for model in ["dbb", "acnet", "repnext"] {
+        let (g, w, _) = repfuse::zoo::build(model, 1, 32, 5).unwrap();
+        let f = fuse(&g, &FuseOptions::default()).unwrap();
+        let fw = repfuse::gpu::execute_plan_gpu(ctx, &f.plan, &w).map(|c| f.assemble_weights(&w, &c)).unwrap().unwrap();
+        let inputs = random_inputs(&g, 9);
+        let reference = repfuse::cpu::forward(&g, &w, &inputs).unwrap();
+        let tol = Tolerance::for_graph(&g);
+        for (graph, weights, what) in [(&g, &w, "original"), (&f.graph, &fw, "fused")] {
+            let out = repfuse::gpu::forward_gpu(ctx, graph, weights, &inputs).unwrap();
+            for (k, r) in &reference {
+                let s = compare(&out[k], r, tol).unwrap();
+                assert!(s.passed(), "{} {} on GPU vs CPU reference: {:?}", model, what, s);
+            }
+        }
+    }
+}
+
+fn repvgg_chain(blocks_n: usize) -> (repfuse::Graph, repfuse::Weights) {
+    let mut b = GraphBuilder::new(1);
+    let mut t = b.input("x", &[1, 4, 6, 6]);
+    for _ in 0..blocks_n {
+        t = blocks::repvgg_block(&mut b, &t, 4, 1, 1);
+    }
+    b.output(&t);
+    b.finish()
+}
+
+#[test]
+fn plan_submissions_do_not_grow_with_depth() {
+    let Some(ctx) = common::gpu() else { return };
+    let mut counts = vec![];
+    for n in [4, 64] {
+        let (g, w) = repvgg_chain(n);
+        let f = fuse(&g, &FuseOptions::default()).unwrap();
+        assert_eq!(f.graph.count("Conv"), n);
+        let before = ctx.submissions();
+        repfuse::gpu::execute_plan_gpu(ctx, &f.plan, &w).unwrap();
+        counts.push(ctx.submissions() - before);
+    }
+    assert_eq!(counts[0], counts[1], "submissions for 4 vs 64 blocks: {:?}", counts);
+    assert_eq!(counts[0], 1);
+}
