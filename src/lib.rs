@@ -12,6 +12,7 @@ pub mod error;
 pub mod fuse;
 pub mod gpu;
 pub mod graph;
+pub mod io;
 pub mod plan;
 pub mod tensor;
 pub mod verify;

@@ -1,0 +1,189 @@
+//! IR -> ONNX. The written model keeps the source's graph inputs and outputs (names,
+//! types), opset and metadata; initializers are written once, in the source's float
+//! type; nodes come out in topological order; Opaque nodes are written back verbatim.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use onnx_protobuf::{Message, ModelProto, NodeProto};
+
+use super::attrs::{make_float, make_int, make_ints};
+use super::tensor::{encode, FloatType};
+use super::OnnxModel;
+use crate::error::{Error, Result};
+use crate::graph::{Activation, Graph, Node, Op};
+use crate::weights::Weights;
+
+fn node(name: &str, op_type: &str, inputs: Vec<String>, outputs: Vec<String>) -> NodeProto {
+    let mut n = NodeProto::new();
+    n.name = name.to_string();
+    n.op_type = op_type.to_string();
+    n.input = inputs;
+    n.output = outputs;
+    n
+}
+
+fn to_protos(n: &Node) -> Result<Vec<NodeProto>> {
+    let mut p = node(&n.name, n.op.kind(), n.inputs.clone(), n.outputs.clone());
+    match &n.op {
+        Op::Conv2d(c) => {
+            p.input.push(c.weight.clone());
+            p.input.extend(c.bias.clone());
+            p.attribute = vec![make_ints("kernel_shape", &c.kernel), make_ints("strides", &c.stride), make_ints("pads", &c.pads), make_ints("dilations", &c.dilation), make_int("group", c.groups as i64)];
+        }
+        Op::BatchNorm(b) => {
+            p.op_type = "BatchNormalization".into();
+            p.input.extend([b.gamma.clone(), b.beta.clone(), b.mean.clone(), b.var.clone()]);
+            p.attribute = vec![make_float("epsilon", b.eps)];
+        }
+        Op::Linear(l) => {
+            p.op_type = "Gemm".into();
+            p.input.push(l.weight.clone());
+            p.input.extend(l.bias.clone());
+            p.attribute = vec![make_int("transB", 1)];
+        }
+        Op::AvgPool2d(a) => {
+            p.op_type = "AveragePool".into();
+            p.attribute = vec![make_ints("kernel_shape", &a.kernel), make_ints("strides", &a.stride), make_ints("pads", &a.pads), make_int("count_include_pad", a.count_include_pad as i64), make_int("ceil_mode", a.ceil_mode as i64)];
+        }
+        Op::GlobalAvgPool => p.op_type = "GlobalAveragePool".into(),
+        Op::Add => {
+            if n.inputs.len() != 2 {
+                p.op_type = "Sum".into();
+            }
+        }
+        Op::Concat => p.attribute = vec![make_int("axis", 1)],
+        Op::Flatten => p.attribute = vec![make_int("axis", 1)],
+        Op::Activation(a) => match a {
+            Activation::Relu => p.op_type = "Relu".into(),
+            Activation::LeakyRelu(alpha) => {
+                p.op_type = "LeakyRelu".into();
+                p.attribute = vec![make_float("alpha", *alpha)];
+            }
+            Activation::Sigmoid => p.op_type = "Sigmoid".into(),
+            Activation::Tanh => p.op_type = "Tanh".into(),
+            Activation::Gelu => p.op_type = "Gelu".into(),
+            Activation::HardSwish => p.op_type = "HardSwish".into(),
+            Activation::HardSigmoid => {
+                p.op_type = "HardSigmoid".into();
+                p.attribute = vec![make_float("alpha", 1.0 / 6.0), make_float("beta", 0.5)];
+            }
+            Activation::Silu => {
+                // ONNX has no SiLU: x * sigmoid(x).
+                let sig = format!("{}.sigmoid", n.outputs[0]);
+                let s = node(&format!("{}.sigmoid", n.name), "Sigmoid", n.inputs.clone(), vec![sig.clone()]);
+                let m = node(&n.name, "Mul", vec![n.inputs[0].clone(), sig], n.outputs.clone());
+                return Ok(vec![s, m]);
+            }
+        },
+        Op::Opaque(o) => {
+            let mut q = NodeProto::parse_from_bytes(&o.payload).map_err(|e| Error::unsupported(&n.name, format!("carried node `{}` cannot be decoded: {}", o.op_type, e)))?;
+            q.input = q.input.iter().map(|i| if i.is_empty() { i.clone() } else { n.inputs.iter().find(|x| *x == i).cloned().unwrap_or_else(|| i.clone()) }).collect();
+            return Ok(vec![q]);
+        }
+    }
+    Ok(vec![p])
+}
+
+/// A model proto to write `graph` into: the source's when there is one (same inputs,
+/// outputs, opset, metadata), else a fresh opset-17 model.
+fn base_proto(src: Option<&OnnxModel>, graph: &Graph) -> ModelProto {
+    if let Some(m) = src {
+        let mut p = m.proto.clone();
+        if let Some(g) = p.graph.as_mut() {
+            g.node.clear();
+            g.initializer.clear();
+            g.value_info.clear();
+        }
+        return p;
+    }
+    use onnx_protobuf::{type_proto, GraphProto, OperatorSetIdProto, TensorShapeProto, TypeProto, ValueInfoProto};
+    let vi = |name: &str, shape: Option<&[usize]>| {
+        let mut tt = type_proto::Tensor::new();
+        tt.elem_type = FloatType::F32.onnx() as i32;
+        if let Some(shape) = shape {
+            let mut sp = TensorShapeProto::new();
+            sp.dim = shape
+                .iter()
+                .map(|&d| {
+                    let mut dim = onnx_protobuf::tensor_shape_proto::Dimension::new();
+                    dim.value = Some(onnx_protobuf::tensor_shape_proto::dimension::Value::DimValue(d as i64));
+                    dim
+                })
+                .collect();
+            tt.shape = Some(sp).into();
+        }
+        let mut t = TypeProto::new();
+        t.value = Some(type_proto::Value::TensorType(tt));
+        let mut v = ValueInfoProto::new();
+        v.name = name.to_string();
+        v.type_ = Some(t).into();
+        v
+    };
+    let shapes = crate::graph::infer_shapes(graph).unwrap_or_default();
+    let mut g = GraphProto::new();
+    g.name = "repfuse".into();
+    g.input = graph.inputs.iter().map(|i| vi(&i.name, Some(&i.shape))).collect();
+    g.output = graph.outputs.iter().map(|o| vi(o, shapes.get(o).map(Vec::as_slice))).collect();
+    let mut p = ModelProto::new();
+    p.ir_version = 8;
+    p.producer_name = "repfuse".into();
+    p.producer_version = env!("CARGO_PKG_VERSION").into();
+    let mut op = OperatorSetIdProto::new();
+    op.version = 17;
+    p.opset_import = vec![op];
+    p.graph = Some(g).into();
+    p
+}
+
+/// Serialises `graph` with `weights` as ONNX bytes. `src` is the model it was read
+/// from (None for graphs built in code).
+pub fn onnx_bytes(src: Option<&OnnxModel>, graph: &Graph, weights: &Weights) -> Result<Vec<u8>> {
+    let mut proto = base_proto(src, graph);
+    let default_type = src.map_or(FloatType::F32, |m| m.float_type);
+    let g = proto.graph.as_mut().expect("base_proto makes a graph");
+    for n in &graph.nodes {
+        g.node.extend(to_protos(n)?);
+    }
+    let mut written = BTreeSet::new();
+    for (name, shape) in &graph.params {
+        let t = match src.and_then(|m| m.passthrough.get(name)) {
+            Some(t) => t.clone(),
+            None => {
+                let w = weights.get(name)?;
+                if w.shape() != shape.as_slice() {
+                    return Err(Error::tensor(name, format!("weights hold {:?}, graph expects {:?}", w.shape(), shape)));
+                }
+                let ft = src.and_then(|m| m.dtypes.get(name)).copied().unwrap_or(default_type);
+                encode(name, shape, w.data(), ft)
+            }
+        };
+        written.insert(name.clone());
+        g.initializer.push(t);
+    }
+    // Old-IR models list initializers as graph inputs; drop those we fused away.
+    if let Some(m) = src {
+        let was_init: BTreeSet<&String> = m.graph.params.keys().collect();
+        g.input.retain(|i| !was_init.contains(&i.name) || written.contains(&i.name));
+    }
+    proto.write_to_bytes().map_err(|e| Error::Graph(format!("serialising ONNX: {}", e)))
+}
+
+/// Writes `graph` + `weights` as an ONNX file, atomically.
+pub fn write_onnx(src: Option<&OnnxModel>, graph: &Graph, weights: &Weights, path: &Path) -> Result<()> {
+    let bytes = onnx_bytes(src, graph, weights)?;
+    if bytes.len() >= (2usize << 30) {
+        return Err(Error::File { path: path.to_path_buf(), why: "model over 2 GiB: writing external data is not supported yet".into() });
+    }
+    crate::io::write_atomic(path, &bytes)
+}
+
+/// Count of nodes per ONNX op type in an ONNX file's bytes (for reports and tests).
+pub fn op_counts(bytes: &[u8]) -> Result<BTreeMap<String, usize>> {
+    let p = ModelProto::parse_from_bytes(bytes).map_err(|e| Error::Graph(format!("not ONNX: {}", e)))?;
+    let mut h = BTreeMap::new();
+    for n in &p.graph.as_ref().map(|g| g.node.clone()).unwrap_or_default() {
+        *h.entry(n.op_type.clone()).or_insert(0) += 1;
+    }
+    Ok(h)
+}

@@ -1,0 +1,44 @@
+//! ONNX in and out. Reads what PyTorch's exporter writes for a training-form model in
+//! eval mode (BatchNormalization kept), opsets 11-21, external data included; maps the
+//! ops repfuse models to the IR and carries every other node through byte for byte.
+
+mod attrs;
+mod export;
+mod import;
+pub mod tensor;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+pub use export::{onnx_bytes, op_counts, write_onnx};
+pub use import::{read_onnx, read_onnx_bytes};
+pub use tensor::FloatType;
+
+use crate::graph::Graph;
+use crate::weights::Weights;
+
+/// A model read from ONNX: the IR, its f32 weights, and what the writer needs to give
+/// back the same file shape (opset, metadata, inputs/outputs, dtypes, non-float
+/// initializers).
+#[derive(Clone, Debug)]
+pub struct OnnxModel {
+    pub path: PathBuf,
+    pub graph: Graph,
+    pub weights: Weights,
+    /// Element type of the model's float initializers (new tensors are written in it).
+    pub float_type: FloatType,
+    pub(crate) proto: onnx_protobuf::ModelProto,
+    /// Non-float initializers (shape tensors, indices), written back unchanged.
+    pub(crate) passthrough: BTreeMap<String, onnx_protobuf::TensorProto>,
+    /// Element type of each float initializer as read.
+    pub(crate) dtypes: BTreeMap<String, FloatType>,
+    /// Graph inputs whose batch (or other) dimension was symbolic; set to 1.
+    pub dynamic_dims: Vec<String>,
+}
+
+impl OnnxModel {
+    /// The default-domain opset the model declares.
+    pub fn opset(&self) -> i64 {
+        self.proto.opset_import.iter().find(|o| o.domain.is_empty() || o.domain == "ai.onnx").map_or(0, |o| o.version)
+    }
+}

@@ -1,0 +1,127 @@
+//! ONNX TensorProto <-> f32 data, for float32, float16 and bfloat16 initializers,
+//! inline (raw_data or typed fields) or in external data files.
+
+use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
+
+use onnx_protobuf::tensor_proto::{DataLocation, DataType};
+use onnx_protobuf::TensorProto;
+
+use crate::error::{Error, Result};
+use crate::tensor::checked_numel;
+
+/// Float element types repfuse reads and writes back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum FloatType {
+    F32,
+    F16,
+    BF16,
+}
+
+impl FloatType {
+    pub fn from_onnx(dt: i32) -> Option<FloatType> {
+        match dt {
+            x if x == DataType::FLOAT as i32 => Some(FloatType::F32),
+            x if x == DataType::FLOAT16 as i32 => Some(FloatType::F16),
+            x if x == DataType::BFLOAT16 as i32 => Some(FloatType::BF16),
+            _ => None,
+        }
+    }
+    pub fn onnx(self) -> DataType {
+        match self {
+            FloatType::F32 => DataType::FLOAT,
+            FloatType::F16 => DataType::FLOAT16,
+            FloatType::BF16 => DataType::BFLOAT16,
+        }
+    }
+    fn size(self) -> usize {
+        match self {
+            FloatType::F32 => 4,
+            _ => 2,
+        }
+    }
+}
+
+/// Reads external data files once each, relative to the model's folder.
+pub struct ExternalData {
+    dir: PathBuf,
+    files: HashMap<String, Vec<u8>>,
+}
+
+impl ExternalData {
+    pub fn new(model_path: &Path) -> Self {
+        ExternalData { dir: model_path.parent().map(Path::to_path_buf).unwrap_or_default(), files: HashMap::new() }
+    }
+
+    fn bytes(&mut self, t: &TensorProto) -> Result<&[u8]> {
+        let get = |k: &str| t.external_data.iter().find(|e| e.key == k).map(|e| e.value.clone());
+        let location = get("location").ok_or_else(|| Error::tensor(&t.name, "external data without a `location`"))?;
+        let rel = Path::new(&location);
+        if rel.is_absolute() || rel.components().any(|c| matches!(c, Component::ParentDir)) {
+            return Err(Error::tensor(&t.name, format!("external data location `{}` leaves the model's folder", location)));
+        }
+        let parse = |k: &str| -> Result<Option<usize>> { get(k).map(|v| v.parse::<usize>().map_err(|_| Error::tensor(&t.name, format!("external data `{}` is not a number: {}", k, v)))).transpose() };
+        let (offset, length) = (parse("offset")?.unwrap_or(0), parse("length")?);
+        if !self.files.contains_key(&location) {
+            let path = self.dir.join(rel);
+            let data = std::fs::read(&path).map_err(|e| Error::File { path: path.clone(), why: format!("external data of tensor `{}`: {}", t.name, e) })?;
+            self.files.insert(location.clone(), data);
+        }
+        let data = &self.files[&location];
+        let end = match length {
+            Some(l) => offset.checked_add(l),
+            None => Some(data.len()),
+        };
+        match end {
+            Some(end) if end <= data.len() && offset <= end => Ok(&data[offset..end]),
+            _ => Err(Error::tensor(&t.name, format!("external data range offset {} length {:?} is outside `{}` ({} bytes)", offset, length, location, data.len()))),
+        }
+    }
+}
+
+pub fn dims(t: &TensorProto) -> Result<Vec<usize>> {
+    t.dims.iter().map(|&d| usize::try_from(d).map_err(|_| Error::tensor(&t.name, format!("negative dimension {} in {:?}", d, t.dims)))).collect()
+}
+
+/// Decodes a float initializer to f32 values, checking the byte count first.
+pub fn decode(t: &TensorProto, ext: &mut ExternalData) -> Result<(FloatType, Vec<usize>, Vec<f32>)> {
+    let ft = FloatType::from_onnx(t.data_type).ok_or_else(|| Error::tensor(&t.name, format!("data type {} is not a float type repfuse can fuse", t.data_type)))?;
+    let shape = dims(t)?;
+    let n = checked_numel(&shape).ok_or_else(|| Error::tensor(&t.name, format!("dimensions {:?} overflow", shape)))?;
+    let external = t.data_location.enum_value() == Ok(DataLocation::EXTERNAL);
+    let raw: Option<&[u8]> = if external { Some(ext.bytes(t)?) } else if !t.raw_data.is_empty() { Some(&t.raw_data) } else { None };
+    let data = match (raw, ft) {
+        (Some(raw), ft) => {
+            let want = n.checked_mul(ft.size()).ok_or_else(|| Error::tensor(&t.name, "byte count overflows"))?;
+            if raw.len() != want {
+                return Err(Error::tensor(&t.name, format!("holds {} bytes, shape {:?} of {:?} needs {}", raw.len(), shape, ft, want)));
+            }
+            match ft {
+                FloatType::F32 => raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+                FloatType::F16 => raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+                FloatType::BF16 => raw.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            }
+        }
+        (None, FloatType::F32) => t.float_data.clone(),
+        (None, FloatType::F16) => t.int32_data.iter().map(|&v| half::f16::from_bits(v as u16).to_f32()).collect(),
+        (None, FloatType::BF16) => t.int32_data.iter().map(|&v| half::bf16::from_bits(v as u16).to_f32()).collect::<Vec<f32>>(),
+    };
+    if data.len() != n {
+        return Err(Error::tensor(&t.name, format!("holds {} values, shape {:?} needs {}", data.len(), shape, n)));
+    }
+    Ok((ft, shape, data))
+}
+
+/// Encodes f32 values as an inline initializer of type `ft`.
+pub fn encode(name: &str, shape: &[usize], data: &[f32], ft: FloatType) -> TensorProto {
+    let mut t = TensorProto::new();
+    t.name = name.to_string();
+    t.dims = shape.iter().map(|&d| d as i64).collect();
+    t.data_type = ft.onnx() as i32;
+    t.raw_data = match ft {
+        FloatType::F32 => data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        FloatType::F16 => data.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
+        FloatType::BF16 => data.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect(),
+    };
+    t
+}
