@@ -73,6 +73,7 @@ pub fn compare(actual: &Tensor, reference: &Tensor, tol: Tolerance) -> Result<Er
         return Err(Error::tensor("output", format!("shapes differ: {:?} vs reference {:?}", actual.shape(), reference.shape())));
     }
     let scale = reference.data().iter().fold(0f64, |m, &v| m.max((v as f64).abs()));
+    let tol = Tolerance { atol: tol.atol * scale.max(1.0), rtol: tol.rtol };
     let mut s = ErrorStats { max_abs: 0.0, max_rel: 0.0, worst_index: 0, over_tolerance: 0, count: actual.numel(), tolerance: tol };
     let mut worst_excess = f64::NEG_INFINITY;
     for (i, (&x, &r)) in actual.data().iter().zip(reference.data()).enumerate() {

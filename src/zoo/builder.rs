@@ -102,7 +102,9 @@ impl GraphBuilder {
     pub fn bn(&mut self, x: &str) -> String {
         let c = self.channels(x);
         let name = self.name("bn");
-        let gamma = self.param(format!("{}.weight", name), vec![c], 0.5, 1.5);
+        // gamma in [0.25, 0.75]: far from identity, yet sums of several branches keep
+        // deep random networks at O(1) activations.
+        let gamma = self.param(format!("{}.weight", name), vec![c], 0.25, 0.75);
         let beta = self.param(format!("{}.bias", name), vec![c], -0.5, 0.5);
         let mean = self.param(format!("{}.running_mean", name), vec![c], -0.5, 0.5);
         let var = self.param(format!("{}.running_var", name), vec![c], 0.5, 2.0);

@@ -130,7 +130,9 @@ fn base_proto(src: Option<&OnnxModel>, graph: &Graph) -> ModelProto {
     p.producer_name = "repfuse".into();
     p.producer_version = env!("CARGO_PKG_VERSION").into();
     let mut op = OperatorSetIdProto::new();
-    op.version = 17;
+    // Gelu became an ONNX op in opset 20; everything else repfuse writes is in 17.
+    let gelu = graph.nodes.iter().any(|n| n.op == Op::Activation(Activation::Gelu));
+    op.version = if gelu { 20 } else { 17 };
     p.opset_import = vec![op];
     p.graph = Some(g).into();
     p

@@ -1,0 +1,95 @@
+//! ONNX Runtime judges what repfuse writes: for every fixture and every zoo model, the
+//! original and the fused ONNX run in ONNX Runtime on the same random inputs and must
+//! agree; a read -> write round trip without fusion must run identically.
+//!
+//! Needs a Python with onnxruntime: $REPFUSE_PYTHON, else ./.venv/bin/python (the
+//! README's test command creates it). Without one the tests skip loudly, unless
+//! REPFUSE_REQUIRE_ORT=1 (set by .ci/run), which makes that a failure.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use repfuse::io::onnx::{read_onnx, write_onnx};
+use repfuse::verify::Tolerance;
+use repfuse::{fuse, FuseOptions};
+
+fn python() -> Option<PathBuf> {
+    let candidates = [std::env::var("REPFUSE_PYTHON").ok().map(PathBuf::from), Some(Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"))];
+    for p in candidates.into_iter().flatten() {
+        if Command::new(&p).args(["-c", "import onnxruntime, numpy"]).output().is_ok_and(|o| o.status.success()) {
+            return Some(p);
+        }
+    }
+    if std::env::var("REPFUSE_REQUIRE_ORT").as_deref() == Ok("1") {
+        panic!("REPFUSE_REQUIRE_ORT=1 but no Python with onnxruntime (set REPFUSE_PYTHON or create .venv)");
+    }
+    eprintln!("\n!!!!!!!! SKIPPING ONNX RUNTIME TEST: no Python with onnxruntime. Run the README's test command to create .venv. !!!!!!!!\n");
+    None
+}
+
+/// Runs both models in ORT; panics with the numbers when they disagree.
+fn ort_agree(py: &Path, what: &str, a: &Path, b: &Path, atol: f64) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ort_check.py");
+    let out = Command::new(py).arg(script).arg(a).arg(b).arg("11").arg(atol.to_string()).output().unwrap();
+    assert!(out.status.success(), "{}: ORT failed: {}", what, String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["same_outputs"], true, "{}: output names differ: {}", what, v);
+    let outs = v["outputs"].as_array().unwrap();
+    assert!(!outs.is_empty(), "{}: no outputs", what);
+    for o in outs {
+        assert!(o["shape_equal"] == true && o["allclose"] == true, "{}: ORT outputs differ: {}", what, o);
+    }
+    eprintln!("{:<36} ORT max_abs {:.3e} (|ref| max {:.3})", what, outs[0]["max_abs"].as_f64().unwrap(), outs[0]["ref_abs_max"].as_f64().unwrap());
+}
+
+fn fixtures() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures");
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.join("train.onnx").exists()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn fused_fixtures_run_in_onnx_runtime_like_the_originals() {
+    let Some(py) = python() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    for dir in fixtures() {
+        let case = dir.file_name().unwrap().to_string_lossy().to_string();
+        let m = read_onnx(&dir.join("train.onnx")).unwrap();
+        let f = fuse(&m.graph, &FuseOptions::default()).unwrap();
+        let w = f.weights_cpu(&m.weights).unwrap();
+        let out = tmp.path().join(format!("{}.deploy.onnx", case));
+        write_onnx(Some(&m), &f.graph, &w, &out).unwrap();
+        ort_agree(&py, &case, &dir.join("train.onnx"), &out, Tolerance::for_graph(&m.graph).atol);
+    }
+}
+
+#[test]
+fn round_trip_without_fusion_runs_identically() {
+    let Some(py) = python() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    for dir in fixtures() {
+        let case = dir.file_name().unwrap().to_string_lossy().to_string();
+        let m = read_onnx(&dir.join("train.onnx")).unwrap();
+        let out = tmp.path().join(format!("{}.roundtrip.onnx", case));
+        write_onnx(Some(&m), &m.graph, &m.weights, &out).unwrap();
+        // Same graph, same weights: ORT must give the same numbers up to its own
+        // kernel choice, so the single-conv tolerance applies.
+        ort_agree(&py, &format!("{} (round trip)", case), &dir.join("train.onnx"), &out, Tolerance::SINGLE_CONV.atol);
+    }
+}
+
+#[test]
+fn zoo_models_written_by_repfuse_run_in_onnx_runtime() {
+    let Some(py) = python() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    for m in repfuse::zoo::MODELS.iter().filter(|m| !m.name.contains("b2") && !m.name.contains("b3") && !m.name.contains("s4")) {
+        let (g, w, _) = repfuse::zoo::build(m.name, 1, 32, 2).unwrap();
+        let f = fuse(&g, &FuseOptions::default()).unwrap();
+        let fw = f.weights_cpu(&w).unwrap();
+        let (a, b) = (tmp.path().join(format!("{}.train.onnx", m.name)), tmp.path().join(format!("{}.deploy.onnx", m.name)));
+        write_onnx(None, &g, &w, &a).unwrap();
+        write_onnx(None, &f.graph, &fw, &b).unwrap();
+        ort_agree(&py, m.name, &a, &b, Tolerance::for_graph(&g).atol);
+    }
+}

@@ -1,0 +1,53 @@
+"""Runs two ONNX models in ONNX Runtime on the same seeded random inputs and prints
+their largest output difference as JSON. Used by tests/onnx_runtime.rs: ONNX Runtime
+is the independent judge of what repfuse writes."""
+import json
+import sys
+
+import numpy as np
+import onnxruntime as ort
+
+DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+
+
+def run(path, feeds):
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    # No graph optimisation: compare the models as written, not as ORT rewrites them.
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    s = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    return s, s.run(None, feeds)
+
+
+def main():
+    a, b, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    rng = np.random.default_rng(seed)
+    probe = ort.InferenceSession(a, providers=["CPUExecutionProvider"])
+    feeds = {}
+    for i in probe.get_inputs():
+        shape = [d if isinstance(d, int) else 1 for d in i.shape]
+        feeds[i.name] = rng.uniform(-1, 1, shape).astype(DTYPES[i.type])
+    _, out_a = run(a, feeds)
+    sb, out_b = run(b, feeds)
+    names_b = [o.name for o in sb.get_outputs()]
+    res = {"outputs": [], "same_outputs": names_b == [o.name for o in probe.get_outputs()]}
+    for x, y in zip(out_a, out_b):
+        x64, y64 = x.astype(np.float64), y.astype(np.float64)
+        diff = np.abs(x64 - y64)
+        res["outputs"].append({
+            "shape_equal": list(x.shape) == list(y.shape),
+            "max_abs": float(diff.max()) if diff.size else 0.0,
+            "ref_abs_max": float(np.abs(x64).max()) if x.size else 0.0,
+            # Same policy as src/verify.rs: the absolute floor scales with max |reference|.
+            "allclose": bool(np.all(diff <= TOL[x.dtype.name][0] * max(1.0, float(np.abs(x64).max(initial=0.0))) + TOL[x.dtype.name][1] * np.abs(x64))),
+        })
+    print(json.dumps(res))
+
+
+# (atol, rtol) per output dtype; the Rust side passes a depth-scaled atol in argv[4].
+TOL = {"float32": (1e-5, 5e-4), "float16": (2e-2, 1e-2), "float64": (1e-9, 1e-7)}
+
+if __name__ == "__main__":
+    if len(sys.argv) > 4:
+        TOL["float32"] = (float(sys.argv[4]), 5e-4)
+    main()
