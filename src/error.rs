@@ -9,11 +9,7 @@ use std::path::PathBuf;
 pub enum Error {
     /// A node's shapes or attributes are inconsistent.
     #[error("node `{node}`: {field}: {why}")]
-    Shape {
-        node: String,
-        field: String,
-        why: String,
-    },
+    Shape { node: String, field: String, why: String },
     /// An op or configuration repfuse cannot handle here.
     #[error("node `{node}`: unsupported: {why}")]
     Unsupported { node: String, why: String },
@@ -51,22 +47,12 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub fn shape(node: &str, field: &str, why: impl Into<String>) -> Self {
-        Error::Shape {
-            node: node.to_string(),
-            field: field.to_string(),
-            why: why.into(),
-        }
+        Error::Shape { node: node.to_string(), field: field.to_string(), why: why.into() }
     }
     pub fn tensor(tensor: &str, why: impl Into<String>) -> Self {
-        Error::Tensor {
-            tensor: tensor.to_string(),
-            why: why.into(),
-        }
+        Error::Tensor { tensor: tensor.to_string(), why: why.into() }
     }
     pub fn unsupported(node: &str, why: impl Into<String>) -> Self {
-        Error::Unsupported {
-            node: node.to_string(),
-            why: why.into(),
-        }
+        Error::Unsupported { node: node.to_string(), why: why.into() }
     }
 }

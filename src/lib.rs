@@ -10,6 +10,7 @@
 pub mod cpu;
 pub mod error;
 pub mod fuse;
+pub mod fuser;
 pub mod gpu;
 pub mod graph;
 pub mod io;
@@ -21,6 +22,7 @@ pub mod zoo;
 
 pub use error::{Error, Result};
 pub use fuse::{fuse, FuseOptions, Fusion, FusionReport};
+pub use fuser::{Backend, Fused, Fuser};
 pub use graph::Graph;
 pub use plan::FusionPlan;
 pub use tensor::Tensor;

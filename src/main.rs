@@ -1,13 +1,94 @@
+//! The `repfuse` command: parse arguments, call the library, print, exit.
+
+mod cli;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use cli::commands;
+use repfuse::Backend;
+
+#[derive(Parser)]
+#[command(
+    name = "repfuse",
+    version,
+    about = "Structural re-parameterization of ConvNets: fuse training-form multi-branch blocks into plain convs, exactly.",
+    after_help = "Exit codes: 0 success; 1 error (bad input, unreadable or unwritable file, GPU failure); 2 verification over tolerance (nothing written)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build a zoo model, fuse it, verify it, print a table.
+    Demo {
+        #[arg(long, default_value = "repvgg_a0")]
+        model: String,
+        /// Input height and width.
+        #[arg(long, default_value_t = 128)]
+        size: usize,
+        #[arg(long, value_enum, default_value = "auto")]
+        backend: Backend,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fuse a model file (.onnx, or .json + .safetensors) into its deploy form.
+    Fuse {
+        input: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+        #[arg(long, value_enum, default_value = "auto")]
+        backend: Backend,
+        /// Run original and fused forward on seeded random inputs; refuse to write
+        /// the output when over tolerance.
+        #[arg(long)]
+        verify: bool,
+        #[arg(long)]
+        json: bool,
+        /// Compose 1x1/KxK sequences only up to this MAC ratio.
+        #[arg(long, default_value_t = 1.5)]
+        compose_cost_limit: f64,
+    },
+    /// Run two models on the same seeded random inputs and compare their outputs.
+    Verify {
+        original: PathBuf,
+        fused: PathBuf,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show ops, parameters, FLOPs, and what would be fused or refused (writes nothing).
+    Inspect {
+        input: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List every wgpu adapter with its key limits.
+    Adapters {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 fn main() {
-    let name = std::env::args().nth(1).unwrap_or("repvgg_a0".into());
-    let size: usize = std::env::args().nth(2).map(|s| s.parse().unwrap()).unwrap_or(64);
-    let (g, w, m) = repfuse::zoo::build(&name, 1, size, 1).unwrap();
-    let t = std::time::Instant::now();
-    let f = repfuse::fuse(&g, &Default::default()).unwrap();
-    let t1 = t.elapsed();
-    let fw = f.weights_cpu(&w).unwrap();
-    let t2 = t.elapsed();
-    println!("{} expected {} convs; before {:?}\nafter {:?}\nrefused {:?}\nrewrite {:?} plan {:?}", m.name, m.deploy_convs, f.report.ops_before, f.report.ops_after, f.report.refused, t1, t2 - t1);
-    let e = repfuse::verify::check_equivalence(&g, &w, &f.graph, &fw, 7).unwrap();
-    println!("max_abs {:e} max_rel {:e} passed {} ({:?})", e.max_abs(), e.max_rel(), e.passed(), t.elapsed());
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Demo { model, size, backend, json } => commands::demo(&model, size, backend, json),
+        Command::Fuse { input, output, backend, verify, json, compose_cost_limit } => {
+            commands::fuse(&commands::FuseArgs { input, output, backend, verify, json, compose_cost_limit })
+        }
+        Command::Verify { original, fused, seed, json } => commands::verify(&original, &fused, seed, json),
+        Command::Inspect { input, json } => commands::inspect(&input, json),
+        Command::Adapters { json } => commands::adapters(json),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {:#}", e);
+            std::process::exit(1);
+        }
+    }
 }

@@ -44,53 +44,18 @@ pub struct PlaceSource {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Step {
     /// Paradigms 1/8: `k' = k * s[o]`, `b' = (b - mean) * s + beta`, `s = gamma/sqrt(var+eps)`.
-    FoldBn {
-        kernel: String,
-        bias: Option<String>,
-        bn: BnParams,
-        out_kernel: String,
-        out_bias: String,
-    },
+    FoldBn { kernel: String, bias: Option<String>, bn: BnParams, out_kernel: String, out_bias: String },
     /// A lone BN as a depthwise 1x1 conv `[C, 1, 1, 1]` with bias.
-    BnToConv {
-        bn: BnParams,
-        channels: usize,
-        out_kernel: String,
-        out_bias: String,
-    },
+    BnToConv { bn: BnParams, channels: usize, out_kernel: String, out_bias: String },
     /// Paradigm 6a: identity as a kernel `[C, C/groups, kh, kw]`, 1 at the centre tap.
-    Dirac {
-        channels: usize,
-        groups: usize,
-        kernel: [usize; 2],
-        out_kernel: String,
-    },
+    Dirac { channels: usize, groups: usize, kernel: [usize; 2], out_kernel: String },
     /// Paradigm 7: average pooling as a depthwise kernel `[C, 1, kh, kw]` of 1/(kh*kw).
-    AvgPoolKernel {
-        channels: usize,
-        kernel: [usize; 2],
-        out_kernel: String,
-    },
+    AvgPoolKernel { channels: usize, kernel: [usize; 2], out_kernel: String },
     /// Paradigms 2/3/4: the sum of `sources` placed into a zero kernel of `out_shape`
     /// (`[O, C/groups, KH, KW]`, or `[O, C]` for a Linear) with `groups` groups.
-    Place {
-        out_shape: Vec<usize>,
-        groups: usize,
-        in_channels: usize,
-        sources: Vec<PlaceSource>,
-        out_kernel: String,
-        out_bias: Option<String>,
-    },
+    Place { out_shape: Vec<usize>, groups: usize, in_channels: usize, sources: Vec<PlaceSource>, out_kernel: String, out_bias: Option<String> },
     /// Paradigm 5: `second(first(x))` as one kernel; one of the two is 1x1.
-    Compose {
-        first: ConvOperand,
-        second: ConvOperand,
-        in_channels: usize,
-        out_shape: Vec<usize>,
-        groups: usize,
-        out_kernel: String,
-        out_bias: Option<String>,
-    },
+    Compose { first: ConvOperand, second: ConvOperand, in_channels: usize, out_shape: Vec<usize>, groups: usize, out_kernel: String, out_bias: Option<String> },
 }
 
 impl Step {
@@ -116,14 +81,10 @@ impl Step {
             }
             Step::BnToConv { bn, .. } => vec![&bn.gamma, &bn.beta, &bn.mean, &bn.var],
             Step::Dirac { .. } | Step::AvgPoolKernel { .. } => vec![],
-            Step::Place { sources, .. } => sources
-                .iter()
-                .flat_map(|s| std::iter::once(s.kernel.as_str()).chain(s.bias.as_deref()))
-                .collect(),
-            Step::Compose { first, second, .. } => [first, second]
-                .into_iter()
-                .flat_map(|o| std::iter::once(o.kernel.as_str()).chain(o.bias.as_deref()))
-                .collect(),
+            Step::Place { sources, .. } => sources.iter().flat_map(|s| std::iter::once(s.kernel.as_str()).chain(s.bias.as_deref())).collect(),
+            Step::Compose { first, second, .. } => {
+                [first, second].into_iter().flat_map(|o| std::iter::once(o.kernel.as_str()).chain(o.bias.as_deref())).collect()
+            }
         }
     }
 
@@ -154,12 +115,7 @@ impl FusionPlan {
         let mut level_of: HashMap<&str, usize> = HashMap::new();
         let mut levels = Vec::with_capacity(self.steps.len());
         for s in &self.steps {
-            let l = s
-                .inputs()
-                .iter()
-                .filter_map(|t| level_of.get(t).map(|l| l + 1))
-                .max()
-                .unwrap_or(0);
+            let l = s.inputs().iter().filter_map(|t| level_of.get(t).map(|l| l + 1)).max().unwrap_or(0);
             for o in s.outputs() {
                 level_of.insert(o, l);
             }
@@ -213,8 +169,12 @@ impl FusionPlan {
                     let k = shape_of(&shapes, kernel)?;
                     vec![(out_bias.clone(), vec![k[0]]), (out_kernel.clone(), k)]
                 }
-                Step::BnToConv { channels, out_kernel, out_bias, .. } => vec![(out_kernel.clone(), vec![*channels, 1, 1, 1]), (out_bias.clone(), vec![*channels])],
-                Step::Dirac { channels, groups, kernel, out_kernel } => vec![(out_kernel.clone(), vec![*channels, channels / groups.max(&1), kernel[0], kernel[1]])],
+                Step::BnToConv { channels, out_kernel, out_bias, .. } => {
+                    vec![(out_kernel.clone(), vec![*channels, 1, 1, 1]), (out_bias.clone(), vec![*channels])]
+                }
+                Step::Dirac { channels, groups, kernel, out_kernel } => {
+                    vec![(out_kernel.clone(), vec![*channels, channels / groups.max(&1), kernel[0], kernel[1]])]
+                }
                 Step::AvgPoolKernel { channels, kernel, out_kernel } => vec![(out_kernel.clone(), vec![*channels, 1, kernel[0], kernel[1]])],
                 Step::Place { out_shape, out_kernel, out_bias, .. } | Step::Compose { out_shape, out_kernel, out_bias, .. } => {
                     let mut v = vec![(out_kernel.clone(), out_shape.clone())];

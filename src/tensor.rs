@@ -19,24 +19,15 @@ impl Tensor {
     pub fn new(name: &str, shape: Vec<usize>, data: Vec<f32>) -> Result<Self> {
         let n = checked_numel(&shape).ok_or_else(|| Error::tensor(name, "element count overflows"))?;
         if n != data.len() {
-            return Err(Error::tensor(
-                name,
-                format!("shape {:?} needs {} values, got {}", shape, n, data.len()),
-            ));
+            return Err(Error::tensor(name, format!("shape {:?} needs {} values, got {}", shape, n, data.len())));
         }
-        Ok(Tensor {
-            shape,
-            data: data.into(),
-        })
+        Ok(Tensor { shape, data: data.into() })
     }
 
     /// Builds a tensor from data already known to match the shape (internal callers).
     pub(crate) fn from_parts(shape: Vec<usize>, data: Vec<f32>) -> Self {
         debug_assert_eq!(shape.iter().product::<usize>(), data.len());
-        Tensor {
-            shape,
-            data: data.into(),
-        }
+        Tensor { shape, data: data.into() }
     }
 
     pub fn zeros(shape: Vec<usize>) -> Self {
@@ -62,19 +53,12 @@ impl Tensor {
     /// Same data, another shape with the same element count: the free reshape
     /// between a Linear weight `[O, I]` and a 1x1 kernel `[O, I, 1, 1]`.
     pub fn reshaped(&self, shape: Vec<usize>) -> Option<Tensor> {
-        (shape.iter().product::<usize>() == self.numel()).then(|| Tensor {
-            shape,
-            data: self.data.clone(),
-        })
+        (shape.iter().product::<usize>() == self.numel()).then(|| Tensor { shape, data: self.data.clone() })
     }
 
     /// First non-finite value, if any, as (flat index, value).
     pub fn first_non_finite(&self) -> Option<(usize, f32)> {
-        self.data
-            .iter()
-            .enumerate()
-            .find(|(_, v)| !v.is_finite())
-            .map(|(i, v)| (i, *v))
+        self.data.iter().enumerate().find(|(_, v)| !v.is_finite()).map(|(i, v)| (i, *v))
     }
 }
 

@@ -141,3 +141,12 @@ pub fn check_equivalence(original: &Graph, original_w: &Weights, fused: &Graph, 
     }
     Ok(Equivalence { outputs })
 }
+
+/// Op types the reference forward cannot run (Opaque nodes), if any: end-to-end
+/// verification needs none.
+pub fn unrunnable_ops(g: &Graph) -> Vec<String> {
+    let mut v: Vec<String> = g.nodes.iter().filter_map(|n| if let Op::Opaque(o) = &n.op { Some(o.op_type.clone()) } else { None }).collect();
+    v.sort();
+    v.dedup();
+    v
+}

@@ -19,9 +19,7 @@ impl Weights {
         self.tensors.insert(name.into(), t);
     }
     pub fn get(&self, name: &str) -> Result<&Tensor> {
-        self.tensors
-            .get(name)
-            .ok_or_else(|| Error::tensor(name, "missing from the weights"))
+        self.tensors.get(name).ok_or_else(|| Error::tensor(name, "missing from the weights"))
     }
     pub fn contains(&self, name: &str) -> bool {
         self.tensors.contains_key(name)

@@ -23,7 +23,11 @@ pub fn conv2d(node: &str, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, c:
         ref s => return Err(Error::shape(node, "input", format!("conv needs NCHW, got {:?}", s))),
     };
     if ci != c.in_channels || weight.shape() != c.weight_shape().as_slice() {
-        return Err(Error::shape(node, "weight", format!("input {:?} / weight {:?} do not match the conv ({} -> {}, groups {})", x.shape(), weight.shape(), c.in_channels, c.out_channels, c.groups)));
+        return Err(Error::shape(
+            node,
+            "weight",
+            format!("input {:?} / weight {:?} do not match the conv ({} -> {}, groups {})", x.shape(), weight.shape(), c.in_channels, c.out_channels, c.groups),
+        ));
     }
     let out_hw = |a: usize, len: usize| crate::graph::infer_out(len, c.kernel[a], c.stride[a], c.pads[a] + c.pads[a + 2], c.dilation[a]);
     let (Some(ho), Some(wo)) = (out_hw(0, h), out_hw(1, w)) else {

@@ -43,10 +43,7 @@ pub fn forward(g: &Graph, weights: &Weights, inputs: &HashMap<String, Tensor>) -
         }
         live.insert(n.outputs[0].clone(), out);
     }
-    g.outputs
-        .iter()
-        .map(|o| live.get(o).cloned().map(|t| (o.clone(), t)).ok_or_else(|| Error::Graph(format!("output `{}` was not computed", o))))
-        .collect()
+    g.outputs.iter().map(|o| live.get(o).cloned().map(|t| (o.clone(), t)).ok_or_else(|| Error::Graph(format!("output `{}` was not computed", o)))).collect()
 }
 
 fn run_node(n: &Node, ins: &[&Tensor], w: &Weights) -> Result<Tensor> {
@@ -141,7 +138,13 @@ pub fn activate(a: Activation, v: f32) -> f32 {
     let x = v as f64;
     let y = match a {
         Activation::Relu => x.max(0.0),
-        Activation::LeakyRelu(alpha) => if x >= 0.0 { x } else { x * alpha as f64 },
+        Activation::LeakyRelu(alpha) => {
+            if x >= 0.0 {
+                x
+            } else {
+                x * alpha as f64
+            }
+        }
         Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
         Activation::Tanh => x.tanh(),
         Activation::Gelu => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),

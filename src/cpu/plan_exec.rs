@@ -31,26 +31,17 @@ impl Slots<'_> {
 }
 
 fn bn_tensors(slots: &mut Slots, bn: &BnParams) -> Result<[Tensor; 4]> {
-    Ok([
-        slots.get(&bn.gamma)?.clone(),
-        slots.get(&bn.beta)?.clone(),
-        slots.get(&bn.mean)?.clone(),
-        slots.get(&bn.var)?.clone(),
-    ])
+    Ok([slots.get(&bn.gamma)?.clone(), slots.get(&bn.beta)?.clone(), slots.get(&bn.mean)?.clone(), slots.get(&bn.var)?.clone()])
 }
 
 fn with_shape(name: &str, t: Tensor, shape: &[usize]) -> Result<Tensor> {
-    t.reshaped(shape.to_vec())
-        .ok_or_else(|| Error::tensor(name, format!("computed {:?} cannot be viewed as {:?}", t.shape(), shape)))
+    t.reshaped(shape.to_vec()).ok_or_else(|| Error::tensor(name, format!("computed {:?} cannot be viewed as {:?}", t.shape(), shape)))
 }
 
 /// Executes every step; returns all computed tensors by name.
 pub fn execute_plan(plan: &FusionPlan, weights: &Weights) -> Result<HashMap<String, Tensor>> {
     plan.check_sources(weights)?;
-    let mut slots = Slots {
-        source: weights,
-        computed: HashMap::new(),
-    };
+    let mut slots = Slots { source: weights, computed: HashMap::new() };
     for step in &plan.steps {
         run_step(step, &mut slots)?;
     }

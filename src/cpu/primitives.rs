@@ -48,10 +48,7 @@ pub fn bn_scale_shift(bn: &BnTensors, channels: usize) -> Result<(Vec<f64>, Vec<
         let var = bn.var.data()[c] as f64;
         let denom = var + bn.eps as f64;
         if var < 0.0 || denom <= 0.0 {
-            return Err(Error::tensor(
-                "var",
-                format!("batch-norm running_var[{}] = {} with eps {}: var must be >= 0 and var + eps > 0", c, var, bn.eps),
-            ));
+            return Err(Error::tensor("var", format!("batch-norm running_var[{}] = {} with eps {}: var must be >= 0 and var + eps > 0", c, var, bn.eps)));
         }
         let s = bn.gamma.data()[c] as f64 / denom.sqrt();
         scale.push(s);
@@ -163,7 +160,18 @@ pub fn place(out_shape: &[usize], groups: usize, in_channels: usize, sources: &[
             && s.offset[0] + (sh - 1) * s.step[0] < kh_out
             && s.offset[1] + (sw - 1) * s.step[1] < kw_out;
         if !fits {
-            return Err(Error::tensor("place", format!("source {:?} (groups {}, offset {:?}, step {:?}, out offset {}) does not fit destination {:?}", s.kernel.shape(), s.groups, s.offset, s.step, s.out_offset, out_shape)));
+            return Err(Error::tensor(
+                "place",
+                format!(
+                    "source {:?} (groups {}, offset {:?}, step {:?}, out offset {}) does not fit destination {:?}",
+                    s.kernel.shape(),
+                    s.groups,
+                    s.offset,
+                    s.step,
+                    s.out_offset,
+                    out_shape
+                ),
+            ));
         }
         if let Some(b) = s.bias {
             want_len("place bias", b, so)?;
@@ -229,12 +237,30 @@ pub fn compose(first: &ComposeInput, second: &ComposeInput, in_channels: usize, 
     let [m, ca, ah, aw] = kernel_dims("compose first", first.kernel)?;
     let [o, mb, bh, bw] = kernel_dims("compose second", second.kernel)?;
     let (ga, gb) = (first.groups, second.groups);
-    let ok = ga > 0 && gb > 0 && groups > 0
-        && in_channels % ga == 0 && ca == in_channels / ga && m % ga == 0
-        && m % gb == 0 && mb == m / gb && o % gb == 0
-        && in_channels % groups == 0 && o % groups == 0;
+    let ok = ga > 0
+        && gb > 0
+        && groups > 0
+        && in_channels % ga == 0
+        && ca == in_channels / ga
+        && m % ga == 0
+        && m % gb == 0
+        && mb == m / gb
+        && o % gb == 0
+        && in_channels % groups == 0
+        && o % groups == 0;
     if !ok {
-        return Err(Error::tensor("compose", format!("kernels {:?} (groups {}) then {:?} (groups {}) do not chain over {} input channels into {} groups", first.kernel.shape(), ga, second.kernel.shape(), gb, in_channels, groups)));
+        return Err(Error::tensor(
+            "compose",
+            format!(
+                "kernels {:?} (groups {}) then {:?} (groups {}) do not chain over {} input channels into {} groups",
+                first.kernel.shape(),
+                ga,
+                second.kernel.shape(),
+                gb,
+                in_channels,
+                groups
+            ),
+        ));
     }
     let first_is_1x1 = ah == 1 && aw == 1;
     if !first_is_1x1 && !(bh == 1 && bw == 1) {

@@ -15,11 +15,11 @@ fn is_join(op: &Op) -> bool {
 /// True when some input of join node `j`, other than `except`, is produced by a conv
 /// that reads `tensor`: a sibling branch to merge with.
 pub(super) fn has_conv_sibling(ctx: &Ctx, j: usize, tensor: &str, except: &str) -> bool {
-    ctx.node(j).inputs.iter().filter(|t| t.as_str() != except).any(|t| {
-        ctx.producer(t)
-            .map(|p| matches!(ctx.node(p).op, Op::Conv2d(_)) && ctx.node(p).inputs[0] == tensor)
-            .unwrap_or(false)
-    })
+    ctx.node(j)
+        .inputs
+        .iter()
+        .filter(|t| t.as_str() != except)
+        .any(|t| ctx.producer(t).map(|p| matches!(ctx.node(p).op, Op::Conv2d(_)) && ctx.node(p).inputs[0] == tensor).unwrap_or(false))
 }
 
 /// Follows `tensor` through sole-consumer BNs to the join node it feeds, if any.
@@ -52,7 +52,12 @@ pub fn identity_to_conv(ctx: &mut Ctx, i: usize) -> Option<Patch> {
     let channels = ctx.channels(t)?;
     let w = ctx.fresh(t, "identity");
     let out = ctx.fresh(t, "identity_out");
-    let id_node = Node { name: ctx.fresh(&n.name, "identity"), op: depthwise(w.clone(), None, channels, [1, 1], [1, 1], [0; 4]), inputs: vec![t.clone()], outputs: vec![out.clone()] };
+    let id_node = Node {
+        name: ctx.fresh(&n.name, "identity"),
+        op: depthwise(w.clone(), None, channels, [1, 1], [1, 1], [0; 4]),
+        inputs: vec![t.clone()],
+        outputs: vec![out.clone()],
+    };
     let mut add = n.clone();
     for x in add.inputs.iter_mut().filter(|x| *x == t) {
         *x = out.clone();
@@ -110,7 +115,10 @@ pub fn avgpool_to_conv(ctx: &mut Ctx, i: usize) -> Option<Patch> {
     }
     let in_shape = ctx.shapes.get(input)?.clone();
     if p.ceil_mode {
-        let floor = (0..2).all(|a| crate::graph::window_out(in_shape[2 + a], p.kernel[a], p.stride[a], p.pads[a] + p.pads[a + 2], 1, true) == crate::graph::window_out(in_shape[2 + a], p.kernel[a], p.stride[a], p.pads[a] + p.pads[a + 2], 1, false));
+        let floor = (0..2).all(|a| {
+            crate::graph::window_out(in_shape[2 + a], p.kernel[a], p.stride[a], p.pads[a] + p.pads[a + 2], 1, true)
+                == crate::graph::window_out(in_shape[2 + a], p.kernel[a], p.stride[a], p.pads[a] + p.pads[a + 2], 1, false)
+        });
         if !floor {
             ctx.refuse("avgpool_to_conv", &[&n.name], "ceil_mode adds partial windows at the border, which no conv can do".into());
             return None;

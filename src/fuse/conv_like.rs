@@ -71,12 +71,7 @@ impl ConvLike {
             }),
             Kind::Linear => {
                 debug_assert!(self.groups == 1 && self.kernel == [1, 1]);
-                Op::Linear(Linear {
-                    weight: self.weight.clone(),
-                    bias: self.bias.clone(),
-                    in_features: self.in_channels,
-                    out_features: self.out_channels,
-                })
+                Op::Linear(Linear { weight: self.weight.clone(), bias: self.bias.clone(), in_features: self.in_channels, out_features: self.out_channels })
             }
         }
     }

@@ -23,7 +23,8 @@ pub fn conv1x1_to_linear(ctx: &mut Ctx, i: usize) -> Option<Patch> {
     }
     // Only where it lets a merge happen: the flattened output is summed with a Linear.
     let j = ctx.index.sole_consumer(&flat.outputs[0])?;
-    let has_linear_sibling = ctx.node(j).op == Op::Add && ctx.node(j).inputs.iter().any(|t| ctx.producer(t).is_some_and(|q| matches!(ctx.node(q).op, Op::Linear(_))));
+    let has_linear_sibling =
+        ctx.node(j).op == Op::Add && ctx.node(j).inputs.iter().any(|t| ctx.producer(t).is_some_and(|q| matches!(ctx.node(q).op, Op::Linear(_))));
     if !has_linear_sibling {
         return None;
     }

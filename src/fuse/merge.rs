@@ -52,7 +52,8 @@ fn conv_branches(ctx: &Ctx, join: usize) -> BTreeMap<(u8, String), Vec<(usize, B
 /// Builds the merged conv of `branches` (summed when `stack` is false, stacked on
 /// output channels when true), or returns why it would not be exact.
 fn merge_branches(ctx: &mut Ctx, branches: &[&Branch], stack: bool, name: &str) -> Result<(ConvLike, Step, Vec<(String, Vec<usize>)>), String> {
-    let windows: Vec<Window> = branches.iter().map(|b| Window { kernel: b.conv.kernel, stride: b.conv.stride, pads: b.conv.pads, dilation: b.conv.dilation }).collect();
+    let windows: Vec<Window> =
+        branches.iter().map(|b| Window { kernel: b.conv.kernel, stride: b.conv.stride, pads: b.conv.pads, dilation: b.conv.dilation }).collect();
     let merged = merge_windows(&windows)?;
     let in_channels = branches[0].conv.in_channels;
     let mut out_offsets = Vec::with_capacity(branches.len());
@@ -83,7 +84,14 @@ fn merge_branches(ctx: &mut Ctx, branches: &[&Branch], stack: bool, name: &str) 
     let sources = branches
         .iter()
         .enumerate()
-        .map(|(k, b)| PlaceSource { kernel: b.conv.weight.clone(), bias: b.conv.bias.clone(), groups: b.conv.groups, offset: merged.offsets[k], step: merged.steps[k], out_offset: out_offsets[k] })
+        .map(|(k, b)| PlaceSource {
+            kernel: b.conv.weight.clone(),
+            bias: b.conv.bias.clone(),
+            groups: b.conv.groups,
+            offset: merged.offsets[k],
+            step: merged.steps[k],
+            out_offset: out_offsets[k],
+        })
         .collect();
     let mut params = vec![(w.clone(), conv.weight_shape())];
     params.extend(bias.iter().map(|b| (b.clone(), vec![out_channels])));
@@ -115,7 +123,20 @@ fn replace_in_join(ctx: &mut Ctx, join: usize, members: &[(usize, &Branch)], sta
     if !whole {
         // The merged output takes the place of the first member; the rest drop out.
         let first = members[0].0;
-        let inputs = n.inputs.iter().enumerate().filter_map(|(k, t)| if k == first { Some(out.clone()) } else if members.iter().any(|(p, _)| *p == k) { None } else { Some(t.clone()) }).collect();
+        let inputs = n
+            .inputs
+            .iter()
+            .enumerate()
+            .filter_map(|(k, t)| {
+                if k == first {
+                    Some(out.clone())
+                } else if members.iter().any(|(p, _)| *p == k) {
+                    None
+                } else {
+                    Some(t.clone())
+                }
+            })
+            .collect();
         add.push(Node { inputs, ..n.clone() });
     }
     Some(Patch { remove, add, params, steps: vec![step], rule, into: node_name })

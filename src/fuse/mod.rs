@@ -23,10 +23,19 @@ use crate::plan::FusionPlan;
 use crate::tensor::Tensor;
 use crate::weights::Weights;
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct FuseOptions {
-    /// Paradigm 6b (multi-layer shortcut into one block) widens the network; opt-in.
-    pub widen_shortcuts: bool,
+    /// A 1x1/KxK sequence is composed only when the fused conv costs at most this
+    /// many times the pair's MACs (and does not densify a grouped KxK), unless it then
+    /// merges into a sibling branch. One layer fewer saves a feature-map round trip,
+    /// so a little more arithmetic can still be faster.
+    pub compose_cost_limit: f64,
+}
+
+impl Default for FuseOptions {
+    fn default() -> Self {
+        FuseOptions { compose_cost_limit: 1.5 }
+    }
 }
 
 /// Rules in priority order. Declutter (make every branch a conv) comes before merge
@@ -58,12 +67,8 @@ pub fn fuse(graph: &Graph, opts: &FuseOptions) -> Result<Fusion> {
     let shapes_before = graph.validate()?;
     let mut g = graph.clone();
     let mut plan = FusionPlan::default();
-    let mut report = FusionReport {
-        ops_before: graph.op_histogram(),
-        params_before: graph.param_count(),
-        flops_before: graph.flops(&shapes_before),
-        ..Default::default()
-    };
+    let mut report =
+        FusionReport { ops_before: graph.op_histogram(), params_before: graph.param_count(), flops_before: graph.flops(&shapes_before), ..Default::default() };
     let mut counter = 0usize;
     let mut seen = BTreeSet::new();
     let mut refusals = Vec::new();
@@ -80,6 +85,7 @@ pub fn fuse(graph: &Graph, opts: &FuseOptions) -> Result<Fusion> {
             counter: &mut counter,
             refusals: &mut refusals,
             seen_refusals: &mut seen,
+            compose_cost_limit: opts.compose_cost_limit,
         };
         let found = RULES.iter().find_map(|(_, rule)| (0..g.nodes.len()).find_map(|i| rule(&mut ctx, i)));
         let Some(patch) = found else {
@@ -112,11 +118,7 @@ fn apply(g: &mut Graph, plan: &mut FusionPlan, report: &mut FusionReport, patch:
 }
 
 fn finish(mut g: Graph, plan: FusionPlan, mut report: FusionReport, refusals: Vec<Refusal>) -> Result<Fusion> {
-    let used: BTreeSet<String> = g
-        .nodes
-        .iter()
-        .flat_map(|n| n.op.params().into_iter().map(str::to_string).chain(n.inputs.iter().cloned()))
-        .collect();
+    let used: BTreeSet<String> = g.nodes.iter().flat_map(|n| n.op.params().into_iter().map(str::to_string).chain(n.inputs.iter().cloned())).collect();
     g.params.retain(|k, _| used.contains(k));
     let shapes = g.validate()?;
     // A refusal stays in the report only while the nodes it names still exist: a

@@ -29,6 +29,7 @@ pub struct Ctx<'a> {
     pub counter: &'a mut usize,
     pub refusals: &'a mut Vec<Refusal>,
     pub seen_refusals: &'a mut BTreeSet<(String, Vec<String>)>,
+    pub compose_cost_limit: f64,
 }
 
 impl Ctx<'_> {

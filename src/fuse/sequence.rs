@@ -57,19 +57,21 @@ pub fn compose_sequence(ctx: &mut Ctx, i: usize) -> Option<Patch> {
     let groups = coarsest_groups(b.out_channels, a.in_channels, &ranges);
     // Composition is exact either way; it is only worth it when it does not densify
     // the KxK kernel (a depthwise KxK then a dense 1x1 becomes a dense KxK) and costs at
-    // most 1.5x the pair's MACs (one layer fewer saves a whole feature-map round trip).
+    // most `compose_cost_limit` (1.5 by default) times the pair's MACs (one layer fewer saves a whole feature-map round trip).
     let kernel_cost = |c: &ConvLike| (c.in_channels / c.groups) * c.kernel[0] * c.kernel[1];
     let out_px = ctx.shapes.get(&second_node.outputs[0]).map_or(1, |s| s.iter().skip(2).product::<usize>());
     let mid_px = ctx.shapes.get(t).map_or(1, |s| s.iter().skip(2).product::<usize>());
     let before = a.out_channels * kernel_cost(&a) * mid_px + b.out_channels * kernel_cost(&b) * out_px;
     let after = b.out_channels * (a.in_channels / groups) * fused_geometry.kernel[0] * fused_geometry.kernel[1] * out_px;
     let spatial_groups = if a.is_pointwise() { b.groups } else { a.groups };
-    let worth_it = groups >= spatial_groups && 2 * after <= 3 * before;
+    let worth_it = groups >= spatial_groups && after as f64 <= ctx.compose_cost_limit * before as f64;
     // ...unless the result then merges into a sibling conv of the same input (DBB's
     // 1x1 -> avg and 1x1 -> KxK branches), where its kernel costs nothing extra.
-    let merges_next = super::branch::join_after(ctx, &second_node.outputs[0]).is_some_and(|(j, t)| super::branch::has_conv_sibling(ctx, j, &first_node.inputs[0], &t));
+    let merges_next =
+        super::branch::join_after(ctx, &second_node.outputs[0]).is_some_and(|(j, t)| super::branch::has_conv_sibling(ctx, j, &first_node.inputs[0], &t));
     if !worth_it && !merges_next {
-        let reason = format!("exact, but not worth it: the fused conv ({} groups) would cost {} MACs per sample against {} for the pair", groups, after, before);
+        let reason =
+            format!("exact, but not worth it: the fused conv ({} groups) would cost {} MACs per sample against {} for the pair", groups, after, before);
         ctx.refuse("compose_sequence", &names, reason);
         return None;
     }

@@ -96,14 +96,23 @@ impl GpuContext {
                 visibility: wgpu::ShaderStages::COMPUTE,
                 ty: match b {
                     Bind::Uniform => wgpu::BindingType::Buffer { ty: wgpu::BufferBindingType::Uniform, has_dynamic_offset: false, min_binding_size: None },
-                    Bind::Read => wgpu::BindingType::Buffer { ty: wgpu::BufferBindingType::Storage { read_only: true }, has_dynamic_offset: false, min_binding_size: None },
-                    Bind::ReadWrite => wgpu::BindingType::Buffer { ty: wgpu::BufferBindingType::Storage { read_only: false }, has_dynamic_offset: false, min_binding_size: None },
+                    Bind::Read => wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Storage { read_only: true },
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
+                    Bind::ReadWrite => wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Storage { read_only: false },
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
                 },
                 count: None,
             })
             .collect();
         let layout = self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(name), entries: &entries });
-        let pl = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor { label: Some(name), bind_group_layouts: &[Some(&layout)], immediate_size: 0 });
+        let pl =
+            self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor { label: Some(name), bind_group_layouts: &[Some(&layout)], immediate_size: 0 });
         let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(name),
             layout: Some(&pl),
@@ -118,14 +127,19 @@ impl GpuContext {
     }
 
     pub fn bind_group(&self, kernel: &Kernel, buffers: &[wgpu::BindingResource]) -> wgpu::BindGroup {
-        let entries: Vec<wgpu::BindGroupEntry> = buffers.iter().enumerate().map(|(i, r)| wgpu::BindGroupEntry { binding: i as u32, resource: r.clone() }).collect();
+        let entries: Vec<wgpu::BindGroupEntry> =
+            buffers.iter().enumerate().map(|(i, r)| wgpu::BindGroupEntry { binding: i as u32, resource: r.clone() }).collect();
         self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &kernel.layout, entries: &entries })
     }
 
     /// A storage buffer holding `data` (at least 4 bytes: empty bindings are invalid).
     pub fn storage(&self, label: &str, data: &[f32]) -> wgpu::Buffer {
         let bytes: &[u8] = if data.is_empty() { &[0; 4] } else { bytemuck::cast_slice(data) };
-        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some(label), contents: bytes, usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST })
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: bytes,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+        })
     }
 
     /// A read-only table of u32 records (job descriptors).
@@ -135,14 +149,24 @@ impl GpuContext {
     }
 
     pub fn uniform<T: bytemuck::Pod>(&self, label: &str, value: &T) -> wgpu::Buffer {
-        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some(label), contents: bytemuck::bytes_of(value), usage: wgpu::BufferUsages::UNIFORM })
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: bytemuck::bytes_of(value),
+            usage: wgpu::BufferUsages::UNIFORM,
+        })
     }
 
     /// An uninitialised storage buffer of `len` f32, checked against the limits first.
     pub fn empty(&self, label: &str, len: usize) -> Result<wgpu::Buffer> {
-        let size = (len.max(1) as u64).checked_mul(4).ok_or_else(|| Error::Limit { what: "buffer size".into(), need: u64::MAX, have: self.limits.max_buffer_size })?;
+        let size =
+            (len.max(1) as u64).checked_mul(4).ok_or_else(|| Error::Limit { what: "buffer size".into(), need: u64::MAX, have: self.limits.max_buffer_size })?;
         self.check_binding(size)?;
-        Ok(self.device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size, usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST, mapped_at_creation: false }))
+        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        }))
     }
 
     pub fn check_binding(&self, bytes: u64) -> Result<()> {
@@ -158,7 +182,12 @@ impl GpuContext {
     /// This is the one readback path: the work and its download share a submission.
     pub fn submit_and_read(&self, mut encoder: wgpu::CommandEncoder, src: &[(&wgpu::Buffer, u64, u64)]) -> Result<Vec<Vec<f32>>> {
         let total: u64 = src.iter().map(|(_, _, len)| len * 4).sum();
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor { label: Some("readback"), size: total.max(4), usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST, mapped_at_creation: false });
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: total.max(4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
         let mut at = 0;
         for (buf, off, len) in src {
             if *len > 0 {
@@ -203,7 +232,10 @@ async fn pick_adapter(instance: &wgpu::Instance) -> Result<wgpu::Adapter> {
             .ok_or_else(|| Error::NoAdapter(format!("WGPU_ADAPTER_NAME={} matches none of {:?}", want, names)));
     }
     instance
-        .request_adapter(&wgpu::RequestAdapterOptions { power_preference: wgpu::PowerPreference::from_env().unwrap_or(wgpu::PowerPreference::HighPerformance), ..Default::default() })
+        .request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::from_env().unwrap_or(wgpu::PowerPreference::HighPerformance),
+            ..Default::default()
+        })
         .await
         .map_err(|e| Error::NoAdapter(format!("{} (install a Vulkan driver, e.g. mesa-vulkan-drivers for lavapipe)", e)))
 }

@@ -15,33 +15,69 @@ use crate::weights::Weights;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct ConvParams {
-    pub n: u32, pub c: u32, pub h: u32, pub w: u32,
-    pub o: u32, pub ho: u32, pub wo: u32, pub groups: u32,
-    pub kh: u32, pub kw: u32, pub sh: u32, pub sw: u32,
-    pub pt: u32, pub pl: u32, pub dh: u32, pub dw: u32,
-    pub has_bias: u32, pub act: u32, pub alpha: f32, pub _pad: u32,
+    pub n: u32,
+    pub c: u32,
+    pub h: u32,
+    pub w: u32,
+    pub o: u32,
+    pub ho: u32,
+    pub wo: u32,
+    pub groups: u32,
+    pub kh: u32,
+    pub kw: u32,
+    pub sh: u32,
+    pub sw: u32,
+    pub pt: u32,
+    pub pl: u32,
+    pub dh: u32,
+    pub dw: u32,
+    pub has_bias: u32,
+    pub act: u32,
+    pub alpha: f32,
+    pub _pad: u32,
 }
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct ElementwiseParams {
-    pub op: u32, pub numel: u32, pub channels: u32, pub inner: u32,
-    pub act: u32, pub alpha: f32, pub eps: f32, pub _pad: u32,
+    pub op: u32,
+    pub numel: u32,
+    pub channels: u32,
+    pub inner: u32,
+    pub act: u32,
+    pub alpha: f32,
+    pub eps: f32,
+    pub _pad: u32,
 }
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct PoolParams {
-    pub planes: u32, pub h: u32, pub w: u32, pub ho: u32,
-    pub wo: u32, pub kh: u32, pub kw: u32, pub sh: u32,
-    pub sw: u32, pub pt: u32, pub pl: u32, pub pb: u32,
-    pub pr: u32, pub count_include_pad: u32, pub _pad0: u32, pub _pad1: u32,
+    pub planes: u32,
+    pub h: u32,
+    pub w: u32,
+    pub ho: u32,
+    pub wo: u32,
+    pub kh: u32,
+    pub kw: u32,
+    pub sh: u32,
+    pub sw: u32,
+    pub pt: u32,
+    pub pl: u32,
+    pub pb: u32,
+    pub pr: u32,
+    pub count_include_pad: u32,
+    pub _pad0: u32,
+    pub _pad1: u32,
 }
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct LinearParams {
-    pub n: u32, pub fin: u32, pub fout: u32, pub has_bias: u32,
+    pub n: u32,
+    pub fin: u32,
+    pub fout: u32,
+    pub has_bias: u32,
 }
 
 /// Activation code shared with `activation.wgsl`.
@@ -129,16 +165,38 @@ pub fn forward_gpu(ctx: &GpuContext, g: &Graph, weights: &Weights, inputs: &Hash
             Op::Conv2d(c) => {
                 let xs = shape(&n.inputs[0])?;
                 // Fuse a following activation when it is the conv's only reader.
-                let next = g.nodes.get(i + 1).filter(|m| matches!(m.op, Op::Activation(_)) && m.inputs[0] == n.outputs[0] && consumers.get(n.outputs[0].as_str()) == Some(&1) && !g.outputs.contains(&n.outputs[0]));
+                let next = g.nodes.get(i + 1).filter(|m| {
+                    matches!(m.op, Op::Activation(_))
+                        && m.inputs[0] == n.outputs[0]
+                        && consumers.get(n.outputs[0].as_str()) == Some(&1)
+                        && !g.outputs.contains(&n.outputs[0])
+                });
                 let act = next.and_then(|m| if let Op::Activation(a) = m.op { Some(a) } else { None });
                 if let Some(m) = next {
                     fused_act.insert(m.name.clone(), n.outputs[0].clone());
                 }
                 let (act, alpha) = act_code(act);
                 let p = ConvParams {
-                    n: u(xs[0]), c: u(xs[1]), h: u(xs[2]), w: u(xs[3]), o: u(c.out_channels), ho: u(out_shape[2]), wo: u(out_shape[3]), groups: u(c.groups),
-                    kh: u(c.kernel[0]), kw: u(c.kernel[1]), sh: u(c.stride[0]), sw: u(c.stride[1]), pt: u(c.pads[0]), pl: u(c.pads[1]), dh: u(c.dilation[0]), dw: u(c.dilation[1]),
-                    has_bias: c.bias.is_some() as u32, act, alpha, _pad: 0,
+                    n: u(xs[0]),
+                    c: u(xs[1]),
+                    h: u(xs[2]),
+                    w: u(xs[3]),
+                    o: u(c.out_channels),
+                    ho: u(out_shape[2]),
+                    wo: u(out_shape[3]),
+                    groups: u(c.groups),
+                    kh: u(c.kernel[0]),
+                    kw: u(c.kernel[1]),
+                    sh: u(c.stride[0]),
+                    sw: u(c.stride[1]),
+                    pt: u(c.pads[0]),
+                    pl: u(c.pads[1]),
+                    dh: u(c.dilation[0]),
+                    dw: u(c.dilation[1]),
+                    has_bias: c.bias.is_some() as u32,
+                    act,
+                    alpha,
+                    _pad: 0,
                 };
                 let w = param(&c.weight)?;
                 let b = c.bias.as_deref().map(&mut param).transpose()?;
@@ -188,7 +246,19 @@ pub fn forward_gpu(ctx: &GpuContext, g: &Graph, weights: &Weights, inputs: &Hash
             }
             Op::AvgPool2d(_) | Op::GlobalAvgPool => {
                 let xs = shape(&n.inputs[0])?;
-                let mut p = PoolParams { planes: u(xs[0] * xs[1]), h: u(xs[2]), w: u(xs[3]), ho: u(out_shape[2]), wo: u(out_shape[3]), kh: u(xs[2]), kw: u(xs[3]), sh: 1, sw: 1, count_include_pad: 1, ..Default::default() };
+                let mut p = PoolParams {
+                    planes: u(xs[0] * xs[1]),
+                    h: u(xs[2]),
+                    w: u(xs[3]),
+                    ho: u(out_shape[2]),
+                    wo: u(out_shape[3]),
+                    kh: u(xs[2]),
+                    kw: u(xs[3]),
+                    sh: 1,
+                    sw: 1,
+                    count_include_pad: 1,
+                    ..Default::default()
+                };
                 if let Op::AvgPool2d(a) = &n.op {
                     (p.kh, p.kw, p.sh, p.sw) = (u(a.kernel[0]), u(a.kernel[1]), u(a.stride[0]), u(a.stride[1]));
                     (p.pt, p.pl, p.pb, p.pr) = (u(a.pads[0]), u(a.pads[1]), u(a.pads[2]), u(a.pads[3]));
@@ -223,7 +293,13 @@ pub fn forward_gpu(ctx: &GpuContext, g: &Graph, weights: &Weights, inputs: &Hash
     let outs: Vec<(String, Rc<wgpu::Buffer>, Vec<usize>)> = g
         .outputs
         .iter()
-        .map(|o| Ok((o.clone(), bufs.get(o).cloned().ok_or_else(|| Error::Graph(format!("output `{}` not computed", o)))?, shapes.get(o).cloned().unwrap_or_default())))
+        .map(|o| {
+            Ok((
+                o.clone(),
+                bufs.get(o).cloned().ok_or_else(|| Error::Graph(format!("output `{}` not computed", o)))?,
+                shapes.get(o).cloned().unwrap_or_default(),
+            ))
+        })
         .collect::<Result<_>>()?;
     let ranges: Vec<(&wgpu::Buffer, u64, u64)> = outs.iter().map(|(_, b, s)| (b.as_ref(), 0, s.iter().product::<usize>() as u64)).collect();
     let Recorder { encoder, .. } = rec;

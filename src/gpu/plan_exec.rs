@@ -158,12 +158,37 @@ fn encode(step: &Step, arena: &Arena, shape_of: &dyn Fn(&str) -> Result<Vec<usiz
             let k = shape_of(kernel)?;
             let o = k[0];
             let row: usize = k.iter().skip(1).product();
-            let mut r = vec![arena.at(kernel)?, arena.at_opt(bias.as_ref())?, arena.at(&bn.gamma)?, arena.at(&bn.beta)?, arena.at(&bn.mean)?, arena.at(&bn.var)?, arena.at(out_kernel)?, arena.at(out_bias)?, u(o), u(row), bn.eps.to_bits()];
+            let mut r = vec![
+                arena.at(kernel)?,
+                arena.at_opt(bias.as_ref())?,
+                arena.at(&bn.gamma)?,
+                arena.at(&bn.beta)?,
+                arena.at(&bn.mean)?,
+                arena.at(&bn.var)?,
+                arena.at(out_kernel)?,
+                arena.at(out_bias)?,
+                u(o),
+                u(row),
+                bn.eps.to_bits(),
+            ];
             r.resize(FOLD_BN_STRIDE, 0);
             ((r, vec![]), o * row + o)
         }
         Step::BnToConv { bn, channels, out_kernel, out_bias } => {
-            let mut r = vec![2, u(*channels), 1, 1, 1, arena.at(out_kernel)?, arena.at(out_bias)?, arena.at(&bn.gamma)?, arena.at(&bn.beta)?, arena.at(&bn.mean)?, arena.at(&bn.var)?, bn.eps.to_bits()];
+            let mut r = vec![
+                2,
+                u(*channels),
+                1,
+                1,
+                1,
+                arena.at(out_kernel)?,
+                arena.at(out_bias)?,
+                arena.at(&bn.gamma)?,
+                arena.at(&bn.beta)?,
+                arena.at(&bn.mean)?,
+                arena.at(&bn.var)?,
+                bn.eps.to_bits(),
+            ];
             r.resize(FILL_STRIDE, 0);
             ((r, vec![]), 2 * channels)
         }
@@ -187,11 +212,24 @@ fn encode(step: &Step, arena: &Arena, shape_of: &dyn Fn(&str) -> Result<Vec<usiz
             let mut srcs = vec![];
             for s in sources {
                 let [so, _, sh, sw] = dims4(&shape_of(&s.kernel)?);
-                let mut q = vec![arena.at(&s.kernel)?, arena.at_opt(s.bias.as_ref())?, u(so), u(s.groups), u(sh), u(sw), u(s.offset[0]), u(s.offset[1]), u(s.step[0]), u(s.step[1]), u(s.out_offset)];
+                let mut q = vec![
+                    arena.at(&s.kernel)?,
+                    arena.at_opt(s.bias.as_ref())?,
+                    u(so),
+                    u(s.groups),
+                    u(sh),
+                    u(sw),
+                    u(s.offset[0]),
+                    u(s.offset[1]),
+                    u(s.step[0]),
+                    u(s.step[1]),
+                    u(s.out_offset),
+                ];
                 q.resize(PLACE_SRC_STRIDE, 0);
                 srcs.extend(q);
             }
-            let mut r = vec![arena.at(out_kernel)?, arena.at_opt(out_bias.as_ref())?, u(o), u(per), u(kh), u(kw), u(*groups), u(*in_channels), 0, u(sources.len())];
+            let mut r =
+                vec![arena.at(out_kernel)?, arena.at_opt(out_bias.as_ref())?, u(o), u(per), u(kh), u(kw), u(*groups), u(*in_channels), 0, u(sources.len())];
             r.resize(PLACE_STRIDE, 0);
             ((r, srcs), o * per * kh * kw + o)
         }
@@ -199,9 +237,24 @@ fn encode(step: &Step, arena: &Arena, shape_of: &dyn Fn(&str) -> Result<Vec<usiz
             let [m, ca, ah, aw] = dims4(&shape_of(&first.kernel)?);
             let [o, mb, bh, bw] = dims4(&shape_of(&second.kernel)?);
             let mut r = vec![
-                arena.at(&first.kernel)?, arena.at_opt(first.bias.as_ref())?, u(first.groups), u(m), u(ca), u(ah), u(aw),
-                arena.at(&second.kernel)?, arena.at_opt(second.bias.as_ref())?, u(second.groups), u(o), u(mb), u(bh), u(bw),
-                u(*in_channels), u(*groups), arena.at(out_kernel)?, arena.at_opt(out_bias.as_ref())?,
+                arena.at(&first.kernel)?,
+                arena.at_opt(first.bias.as_ref())?,
+                u(first.groups),
+                u(m),
+                u(ca),
+                u(ah),
+                u(aw),
+                arena.at(&second.kernel)?,
+                arena.at_opt(second.bias.as_ref())?,
+                u(second.groups),
+                u(o),
+                u(mb),
+                u(bh),
+                u(bw),
+                u(*in_channels),
+                u(*groups),
+                arena.at(out_kernel)?,
+                arena.at_opt(out_bias.as_ref())?,
             ];
             r.resize(COMPOSE_STRIDE, 0);
             let n: usize = out_shape.iter().product();

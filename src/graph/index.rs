@@ -25,11 +25,7 @@ impl GraphIndex {
                 }
             }
         }
-        GraphIndex {
-            producer,
-            consumers,
-            outputs: g.outputs.iter().cloned().collect(),
-        }
+        GraphIndex { producer, consumers, outputs: g.outputs.iter().cloned().collect() }
     }
 
     pub fn producer(&self, tensor: &str) -> Option<usize> {

@@ -61,12 +61,7 @@ impl Graph {
     /// Number of parameter values the ops reference (each name counted once).
     pub fn param_count(&self) -> usize {
         let mut seen = std::collections::BTreeSet::new();
-        self.nodes
-            .iter()
-            .flat_map(|n| n.op.params())
-            .filter(|p| seen.insert(*p))
-            .map(|p| self.params.get(p).map_or(0, |s| s.iter().product()))
-            .sum()
+        self.nodes.iter().flat_map(|n| n.op.params()).filter(|p| seen.insert(*p)).map(|p| self.params.get(p).map_or(0, |s| s.iter().product())).sum()
     }
 
     pub fn node(&self, name: &str) -> Option<&Node> {

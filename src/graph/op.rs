@@ -22,12 +22,7 @@ pub struct Conv2d {
 impl Conv2d {
     /// Weight shape this conv expects.
     pub fn weight_shape(&self) -> Vec<usize> {
-        vec![
-            self.out_channels,
-            self.in_channels / self.groups.max(1),
-            self.kernel[0],
-            self.kernel[1],
-        ]
+        vec![self.out_channels, self.in_channels / self.groups.max(1), self.kernel[0], self.kernel[1]]
     }
     pub fn is_pointwise(&self) -> bool {
         self.kernel == [1, 1]
@@ -124,12 +119,8 @@ impl Op {
     /// Names of the parameter tensors this op reads.
     pub fn params(&self) -> Vec<&str> {
         match self {
-            Op::Conv2d(c) => std::iter::once(c.weight.as_str())
-                .chain(c.bias.as_deref())
-                .collect(),
-            Op::Linear(l) => std::iter::once(l.weight.as_str())
-                .chain(l.bias.as_deref())
-                .collect(),
+            Op::Conv2d(c) => std::iter::once(c.weight.as_str()).chain(c.bias.as_deref()).collect(),
+            Op::Linear(l) => std::iter::once(l.weight.as_str()).chain(l.bias.as_deref()).collect(),
             Op::BatchNorm(b) => vec![&b.gamma, &b.beta, &b.mean, &b.var],
             _ => vec![],
         }

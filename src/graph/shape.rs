@@ -73,8 +73,13 @@ fn node_output_shape(n: &Node, ins: &[&Vec<usize>]) -> Result<Option<Vec<usize>>
             want_channels(n, first, c.in_channels)?;
             let mut hw = [0; 2];
             for a in 0..2 {
-                hw[a] = window_out(first[2 + a], c.kernel[a], c.stride[a], c.pads[a] + c.pads[a + 2], c.dilation[a], false)
-                    .ok_or_else(|| Error::shape(&n.name, "kernel", format!("dilated kernel {:?} (dilation {:?}) does not fit the padded input {:?}", c.kernel, c.dilation, first)))?;
+                hw[a] = window_out(first[2 + a], c.kernel[a], c.stride[a], c.pads[a] + c.pads[a + 2], c.dilation[a], false).ok_or_else(|| {
+                    Error::shape(
+                        &n.name,
+                        "kernel",
+                        format!("dilated kernel {:?} (dilation {:?}) does not fit the padded input {:?}", c.kernel, c.dilation, first),
+                    )
+                })?;
             }
             vec![first[0], c.out_channels, hw[0], hw[1]]
         }

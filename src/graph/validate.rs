@@ -88,7 +88,11 @@ fn check_op(n: &Node, params: &BTreeMap<String, Vec<usize>>) -> Result<()> {
             positive(n, "dilation", &c.dilation)?;
             positive(n, "channels", &[c.in_channels, c.out_channels, c.groups])?;
             if c.in_channels % c.groups != 0 || c.out_channels % c.groups != 0 {
-                return Err(Error::shape(&n.name, "groups", format!("groups {} must divide in {} and out {} channels", c.groups, c.in_channels, c.out_channels)));
+                return Err(Error::shape(
+                    &n.name,
+                    "groups",
+                    format!("groups {} must divide in {} and out {} channels", c.groups, c.in_channels, c.out_channels),
+                ));
             }
             want_param(n, params, "weight", &c.weight, &c.weight_shape())?;
             if let Some(b) = &c.bias {
@@ -132,12 +136,7 @@ fn check_op(n: &Node, params: &BTreeMap<String, Vec<usize>>) -> Result<()> {
 /// Kahn's algorithm, taking ready nodes in their current order so sorted graphs keep
 /// their order.
 pub fn sort_topologically(g: &mut Graph) -> Result<()> {
-    let producer: HashMap<&str, usize> = g
-        .nodes
-        .iter()
-        .enumerate()
-        .flat_map(|(i, n)| n.outputs.iter().map(move |o| (o.as_str(), i)))
-        .collect();
+    let producer: HashMap<&str, usize> = g.nodes.iter().enumerate().flat_map(|(i, n)| n.outputs.iter().map(move |o| (o.as_str(), i))).collect();
     let n = g.nodes.len();
     let mut indeg = vec![0usize; n];
     let mut users: Vec<Vec<usize>> = vec![vec![]; n];

@@ -7,3 +7,49 @@ pub mod native;
 pub mod onnx;
 
 pub use atomic::write_atomic;
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::graph::Graph;
+use crate::weights::Weights;
+
+/// A model read from a file, with what is needed to write it back in kind.
+pub struct LoadedModel {
+    pub graph: Graph,
+    pub weights: Weights,
+    /// Set for ONNX input: the writer keeps its opset, metadata, io and dtypes.
+    pub onnx: Option<onnx::OnnxModel>,
+}
+
+fn is_onnx(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+}
+
+fn is_native(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"))
+}
+
+/// Reads `.onnx`, or `.json` (native graph) with its `.safetensors` beside it.
+pub fn load_model(path: &Path) -> Result<LoadedModel> {
+    if is_onnx(path) {
+        let m = onnx::read_onnx(path)?;
+        Ok(LoadedModel { graph: m.graph.clone(), weights: m.weights.clone(), onnx: Some(m) })
+    } else if is_native(path) {
+        let (graph, weights) = native::read_native(path)?;
+        Ok(LoadedModel { graph, weights, onnx: None })
+    } else {
+        Err(Error::File { path: path.to_path_buf(), why: "unknown model format: expected .onnx, or .json with a .safetensors beside it".into() })
+    }
+}
+
+/// Writes `.onnx` (keeping `src`'s file shape when it was ONNX) or native `.json`.
+pub fn save_model(path: &Path, src: Option<&onnx::OnnxModel>, graph: &Graph, weights: &Weights) -> Result<()> {
+    if is_onnx(path) {
+        onnx::write_onnx(src, graph, weights, path)
+    } else if is_native(path) {
+        native::write_native(graph, weights, path)
+    } else {
+        Err(Error::File { path: path.to_path_buf(), why: "unknown output format: use .onnx or .json".into() })
+    }
+}

@@ -95,7 +95,17 @@ impl GraphBuilder {
         let b = (3.0 / fan_in as f32).sqrt();
         let weight = self.param(format!("{}.weight", name), vec![s.out, cin / s.groups, s.kernel[0], s.kernel[1]], -b, b);
         let bias = s.bias.then(|| self.param(format!("{}.bias", name), vec![s.out], -0.2, 0.2));
-        let op = Op::Conv2d(Conv2d { weight, bias, in_channels: cin, out_channels: s.out, kernel: s.kernel, stride: [s.stride; 2], pads: s.pads, dilation: [s.dilation; 2], groups: s.groups });
+        let op = Op::Conv2d(Conv2d {
+            weight,
+            bias,
+            in_channels: cin,
+            out_channels: s.out,
+            kernel: s.kernel,
+            stride: [s.stride; 2],
+            pads: s.pads,
+            dilation: [s.dilation; 2],
+            groups: s.groups,
+        });
         self.node(name, op, vec![x.to_string()])
     }
 
@@ -155,7 +165,11 @@ impl GraphBuilder {
 
     pub fn avg_pool(&mut self, x: &str, k: usize, stride: usize, pad: usize, count_include_pad: bool) -> String {
         let name = self.name("avgpool");
-        self.node(name, Op::AvgPool2d(AvgPool2d { kernel: [k, k], stride: [stride; 2], pads: [pad; 4], count_include_pad, ceil_mode: false }), vec![x.to_string()])
+        self.node(
+            name,
+            Op::AvgPool2d(AvgPool2d { kernel: [k, k], stride: [stride; 2], pads: [pad; 4], count_include_pad, ceil_mode: false }),
+            vec![x.to_string()],
+        )
     }
 
     pub fn global_pool(&mut self, x: &str) -> String {

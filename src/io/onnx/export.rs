@@ -29,7 +29,13 @@ fn to_protos(n: &Node) -> Result<Vec<NodeProto>> {
         Op::Conv2d(c) => {
             p.input.push(c.weight.clone());
             p.input.extend(c.bias.clone());
-            p.attribute = vec![make_ints("kernel_shape", &c.kernel), make_ints("strides", &c.stride), make_ints("pads", &c.pads), make_ints("dilations", &c.dilation), make_int("group", c.groups as i64)];
+            p.attribute = vec![
+                make_ints("kernel_shape", &c.kernel),
+                make_ints("strides", &c.stride),
+                make_ints("pads", &c.pads),
+                make_ints("dilations", &c.dilation),
+                make_int("group", c.groups as i64),
+            ];
         }
         Op::BatchNorm(b) => {
             p.op_type = "BatchNormalization".into();
@@ -44,7 +50,13 @@ fn to_protos(n: &Node) -> Result<Vec<NodeProto>> {
         }
         Op::AvgPool2d(a) => {
             p.op_type = "AveragePool".into();
-            p.attribute = vec![make_ints("kernel_shape", &a.kernel), make_ints("strides", &a.stride), make_ints("pads", &a.pads), make_int("count_include_pad", a.count_include_pad as i64), make_int("ceil_mode", a.ceil_mode as i64)];
+            p.attribute = vec![
+                make_ints("kernel_shape", &a.kernel),
+                make_ints("strides", &a.stride),
+                make_ints("pads", &a.pads),
+                make_int("count_include_pad", a.count_include_pad as i64),
+                make_int("ceil_mode", a.ceil_mode as i64),
+            ];
         }
         Op::GlobalAvgPool => p.op_type = "GlobalAveragePool".into(),
         Op::Add => {
@@ -77,8 +89,13 @@ fn to_protos(n: &Node) -> Result<Vec<NodeProto>> {
             }
         },
         Op::Opaque(o) => {
-            let mut q = NodeProto::parse_from_bytes(&o.payload).map_err(|e| Error::unsupported(&n.name, format!("carried node `{}` cannot be decoded: {}", o.op_type, e)))?;
-            q.input = q.input.iter().map(|i| if i.is_empty() { i.clone() } else { n.inputs.iter().find(|x| *x == i).cloned().unwrap_or_else(|| i.clone()) }).collect();
+            let mut q = NodeProto::parse_from_bytes(&o.payload)
+                .map_err(|e| Error::unsupported(&n.name, format!("carried node `{}` cannot be decoded: {}", o.op_type, e)))?;
+            q.input = q
+                .input
+                .iter()
+                .map(|i| if i.is_empty() { i.clone() } else { n.inputs.iter().find(|x| *x == i).cloned().unwrap_or_else(|| i.clone()) })
+                .collect();
             return Ok(vec![q]);
         }
     }

@@ -86,7 +86,16 @@ pub fn read_onnx_bytes(path: &Path, bytes: &[u8]) -> Result<OnnxModel> {
         }
     }
     let float_type = st.dtypes.values().next().copied().unwrap_or(FloatType::F32);
-    Ok(OnnxModel { path: path.to_path_buf(), graph: st.graph, weights: st.weights, float_type, proto, passthrough: st.passthrough, dtypes: st.dtypes, dynamic_dims })
+    Ok(OnnxModel {
+        path: path.to_path_buf(),
+        graph: st.graph,
+        weights: st.weights,
+        float_type,
+        proto,
+        passthrough: st.passthrough,
+        dtypes: st.dtypes,
+        dynamic_dims,
+    })
 }
 
 fn input_shape(vi: &onnx_protobuf::ValueInfoProto, dynamic: &mut Vec<String>) -> Result<Vec<usize>> {
@@ -220,7 +229,10 @@ impl State {
                 let (x, w) = (inp(0)?, inp(1)?);
                 let ws = self.param_shape(&w)?.clone();
                 let b = inp(2);
-                if ws.len() != 4 || b.as_ref().is_some_and(|b| !self.is_float_param(b)) || !matches!(attrs::string(n, "auto_pad").as_deref(), None | Some("NOTSET")) {
+                if ws.len() != 4
+                    || b.as_ref().is_some_and(|b| !self.is_float_param(b))
+                    || !matches!(attrs::string(n, "auto_pad").as_deref(), None | Some("NOTSET"))
+                {
                     return None;
                 }
                 let groups = usize::try_from(attrs::int(n, "group", 1)).ok().filter(|&g| g > 0)?;
@@ -239,11 +251,21 @@ impl State {
             }
             "BatchNormalization" => {
                 let names: Vec<String> = (1..5).map(inp).collect::<Option<_>>()?;
-                if !names.iter().all(|p| self.param_shape(p).is_some_and(|s| s.len() == 1)) || attrs::int(n, "training_mode", 0) != 0 || n.output.iter().skip(1).any(|o| !o.is_empty()) {
+                if !names.iter().all(|p| self.param_shape(p).is_some_and(|s| s.len() == 1))
+                    || attrs::int(n, "training_mode", 0) != 0
+                    || n.output.iter().skip(1).any(|o| !o.is_empty())
+                {
                     return None;
                 }
                 let channels = self.param_shape(&names[0])?[0];
-                let bn = BatchNorm { gamma: names[0].clone(), beta: names[1].clone(), mean: names[2].clone(), var: names[3].clone(), eps: attrs::float(n, "epsilon", 1e-5), channels };
+                let bn = BatchNorm {
+                    gamma: names[0].clone(),
+                    beta: names[1].clone(),
+                    mean: names[2].clone(),
+                    var: names[3].clone(),
+                    eps: attrs::float(n, "epsilon", 1e-5),
+                    channels,
+                };
                 Some(KnownOp::Op(Op::BatchNorm(bn), vec![inp(0)?]))
             }
             "Gemm" => {
@@ -280,10 +302,15 @@ impl State {
                 }
                 Some(KnownOp::Op(Op::Add, ins))
             }
-            "Concat" if attrs::int(n, "axis", 0) == 1 && n.input.iter().all(|i| !self.graph.params.contains_key(i)) => Some(KnownOp::Op(Op::Concat, n.input.clone())),
+            "Concat" if attrs::int(n, "axis", 0) == 1 && n.input.iter().all(|i| !self.graph.params.contains_key(i)) => {
+                Some(KnownOp::Op(Op::Concat, n.input.clone()))
+            }
             "AveragePool" => {
                 let kernel = attrs::pair(attrs::ints(n, "kernel_shape"), [0, 0])?;
-                if kernel.contains(&0) || !matches!(attrs::string(n, "auto_pad").as_deref(), None | Some("NOTSET")) || attrs::ints(n, "dilations").is_some_and(|d| d.iter().any(|&x| x != 1)) {
+                if kernel.contains(&0)
+                    || !matches!(attrs::string(n, "auto_pad").as_deref(), None | Some("NOTSET"))
+                    || attrs::ints(n, "dilations").is_some_and(|d| d.iter().any(|&x| x != 1))
+                {
                     return None;
                 }
                 let p = AvgPool2d {

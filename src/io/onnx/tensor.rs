@@ -60,7 +60,9 @@ impl ExternalData {
         if rel.is_absolute() || rel.components().any(|c| matches!(c, Component::ParentDir)) {
             return Err(Error::tensor(&t.name, format!("external data location `{}` leaves the model's folder", location)));
         }
-        let parse = |k: &str| -> Result<Option<usize>> { get(k).map(|v| v.parse::<usize>().map_err(|_| Error::tensor(&t.name, format!("external data `{}` is not a number: {}", k, v)))).transpose() };
+        let parse = |k: &str| -> Result<Option<usize>> {
+            get(k).map(|v| v.parse::<usize>().map_err(|_| Error::tensor(&t.name, format!("external data `{}` is not a number: {}", k, v)))).transpose()
+        };
         let (offset, length) = (parse("offset")?.unwrap_or(0), parse("length")?);
         if !self.files.contains_key(&location) {
             let path = self.dir.join(rel);
@@ -74,7 +76,10 @@ impl ExternalData {
         };
         match end {
             Some(end) if end <= data.len() && offset <= end => Ok(&data[offset..end]),
-            _ => Err(Error::tensor(&t.name, format!("external data range offset {} length {:?} is outside `{}` ({} bytes)", offset, length, location, data.len()))),
+            _ => Err(Error::tensor(
+                &t.name,
+                format!("external data range offset {} length {:?} is outside `{}` ({} bytes)", offset, length, location, data.len()),
+            )),
         }
     }
 }
@@ -85,11 +90,18 @@ pub fn dims(t: &TensorProto) -> Result<Vec<usize>> {
 
 /// Decodes a float initializer to f32 values, checking the byte count first.
 pub fn decode(t: &TensorProto, ext: &mut ExternalData) -> Result<(FloatType, Vec<usize>, Vec<f32>)> {
-    let ft = FloatType::from_onnx(t.data_type).ok_or_else(|| Error::tensor(&t.name, format!("data type {} is not a float type repfuse can fuse", t.data_type)))?;
+    let ft =
+        FloatType::from_onnx(t.data_type).ok_or_else(|| Error::tensor(&t.name, format!("data type {} is not a float type repfuse can fuse", t.data_type)))?;
     let shape = dims(t)?;
     let n = checked_numel(&shape).ok_or_else(|| Error::tensor(&t.name, format!("dimensions {:?} overflow", shape)))?;
     let external = t.data_location.enum_value() == Ok(DataLocation::EXTERNAL);
-    let raw: Option<&[u8]> = if external { Some(ext.bytes(t)?) } else if !t.raw_data.is_empty() { Some(&t.raw_data) } else { None };
+    let raw: Option<&[u8]> = if external {
+        Some(ext.bytes(t)?)
+    } else if !t.raw_data.is_empty() {
+        Some(&t.raw_data)
+    } else {
+        None
+    };
     let data = match (raw, ft) {
         (Some(raw), ft) => {
             let want = n.checked_mul(ft.size()).ok_or_else(|| Error::tensor(&t.name, "byte count overflows"))?;

@@ -1,0 +1,196 @@
+//! One function per subcommand. Each returns the process exit code.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use serde_json::json;
+
+use super::table;
+use repfuse::verify::{check_equivalence, unrunnable_ops, Equivalence};
+use repfuse::{Backend, FuseOptions, Fuser};
+
+/// Exit codes, documented in `--help`.
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_OVER_TOLERANCE: i32 = 2;
+
+fn print_equivalence(e: &Equivalence) {
+    for (name, s) in &e.outputs {
+        println!(
+            "  output {:<20} max_abs {:.3e}  max_rel {:.3e}  tolerance atol {:.1e} (x max|ref|) rtol {:.1e}  {}",
+            name,
+            s.max_abs,
+            s.max_rel,
+            s.tolerance.atol,
+            s.tolerance.rtol,
+            if s.passed() { "PASS" } else { "FAIL" }
+        );
+    }
+}
+
+pub fn demo(model: &str, size: usize, backend: Backend, json_out: bool) -> Result<i32> {
+    let (g, w, m) = repfuse::zoo::build(model, 1, size, 2024)
+        .with_context(|| format!("no zoo model `{}`; try one of: {}", model, repfuse::zoo::MODELS.iter().map(|m| m.name).collect::<Vec<_>>().join(", ")))?;
+    let fuser = Fuser::new(backend);
+    let t = Instant::now();
+    let fused = fuser.fuse(&g, &w, &FuseOptions::default())?;
+    let fuse_ms = t.elapsed().as_secs_f64() * 1e3;
+    let t = Instant::now();
+    let eq = check_equivalence(&g, &w, &fused.graph, &fused.weights, 7)?;
+    let verify_ms = t.elapsed().as_secs_f64() * 1e3;
+    let code = if eq.passed() { EXIT_OK } else { EXIT_OVER_TOLERANCE };
+    if json_out {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"model": m.name, "input": [1, 3, size, size], "backend": fused.backend, "backend_reason": fused.backend_reason, "fuse_ms": fuse_ms, "verify_ms": verify_ms, "report": fused.report, "verification": eq, "passed": eq.passed()})
+            )?
+        );
+        return Ok(code);
+    }
+    println!("repfuse demo: {} (training form, random weights and BN statistics), input 1x3x{}x{}", m.name, size, size);
+    println!("backend: {:?} ({})\n", fused.backend, fused.backend_reason);
+    table::print_report(&fused.report);
+    println!(
+        "\n  fused in {:.1} ms ({} plan steps); published deploy form has {} convs, repfuse made {}",
+        fuse_ms,
+        fused.report.plan_steps,
+        m.deploy_convs,
+        fused.graph.count("Conv")
+    );
+    println!("\nverification on the CPU reference (f64 sums), seeded random input, {:.0} ms:", verify_ms);
+    print_equivalence(&eq);
+    Ok(code)
+}
+
+pub struct FuseArgs {
+    pub input: PathBuf,
+    pub output: PathBuf,
+    pub backend: Backend,
+    pub verify: bool,
+    pub json: bool,
+    pub compose_cost_limit: f64,
+}
+
+pub fn fuse(a: &FuseArgs) -> Result<i32> {
+    let t = Instant::now();
+    let model = repfuse::io::load_model(&a.input).with_context(|| format!("reading {}", a.input.display()))?;
+    let read_ms = t.elapsed().as_secs_f64() * 1e3;
+    let fuser = Fuser::new(a.backend);
+    let t = Instant::now();
+    let fused = fuser.fuse(&model.graph, &model.weights, &FuseOptions { compose_cost_limit: a.compose_cost_limit })?;
+    let fuse_ms = t.elapsed().as_secs_f64() * 1e3;
+    let (eq, skipped) = if a.verify { verify_pair(&model.graph, &model.weights, &fused.graph, &fused.weights)? } else { (None, None) };
+    let code = if eq.as_ref().is_some_and(|e| !e.passed()) { EXIT_OVER_TOLERANCE } else { EXIT_OK };
+    // A fusion that fails verification is not written: no deploy model that lies.
+    if code == EXIT_OK {
+        repfuse::io::save_model(&a.output, model.onnx.as_ref(), &fused.graph, &fused.weights).with_context(|| format!("writing {}", a.output.display()))?;
+    }
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"input": a.input, "output": a.output, "written": code == EXIT_OK, "backend": fused.backend, "backend_reason": fused.backend_reason, "read_ms": read_ms, "fuse_ms": fuse_ms, "report": fused.report, "verification": eq, "verification_skipped": skipped})
+            )?
+        );
+        return Ok(code);
+    }
+    println!("{} -> {}  (backend {:?}: {})\n", a.input.display(), a.output.display(), fused.backend, fused.backend_reason);
+    table::print_report(&fused.report);
+    println!("\n  read {:.1} ms, fused {:.1} ms, {} regions fused", read_ms, fuse_ms, fused.report.fused.len());
+    if let Some(e) = &eq {
+        println!("\nverification (CPU reference, seeded random input):");
+        print_equivalence(e);
+    }
+    if let Some(s) = skipped {
+        println!("\nverification skipped: {}", s);
+    }
+    if code != EXIT_OK {
+        println!("\nnot written: the fused model is over tolerance");
+    }
+    Ok(code)
+}
+
+fn verify_pair(g: &repfuse::Graph, w: &repfuse::Weights, fg: &repfuse::Graph, fw: &repfuse::Weights) -> Result<(Option<Equivalence>, Option<String>)> {
+    let ops = unrunnable_ops(g);
+    if !ops.is_empty() {
+        return Ok((None, Some(format!("the graph has ops the reference cannot run: {}", ops.join(", ")))));
+    }
+    Ok((Some(check_equivalence(g, w, fg, fw, 7)?), None))
+}
+
+pub fn verify(original: &Path, fused: &Path, seed: u64, json_out: bool) -> Result<i32> {
+    let a = repfuse::io::load_model(original).with_context(|| format!("reading {}", original.display()))?;
+    let b = repfuse::io::load_model(fused).with_context(|| format!("reading {}", fused.display()))?;
+    for (m, p) in [(&a, original), (&b, fused)] {
+        let ops = unrunnable_ops(&m.graph);
+        anyhow::ensure!(ops.is_empty(), "{}: the reference cannot run ops {}", p.display(), ops.join(", "));
+    }
+    anyhow::ensure!(a.graph.inputs == b.graph.inputs, "the models take different inputs: {:?} vs {:?}", a.graph.inputs, b.graph.inputs);
+    let eq = check_equivalence(&a.graph, &a.weights, &b.graph, &b.weights, seed)?;
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&json!({"original": original, "fused": fused, "seed": seed, "verification": eq, "passed": eq.passed()}))?);
+    } else {
+        println!("{} vs {} (seed {}):", original.display(), fused.display(), seed);
+        print_equivalence(&eq);
+    }
+    Ok(if eq.passed() { EXIT_OK } else { EXIT_OVER_TOLERANCE })
+}
+
+pub fn inspect(input: &Path, json_out: bool) -> Result<i32> {
+    let model = repfuse::io::load_model(input).with_context(|| format!("reading {}", input.display()))?;
+    let f = repfuse::fuse(&model.graph, &FuseOptions::default())?;
+    if json_out {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"input": input, "inputs": model.graph.inputs, "outputs": model.graph.outputs, "report": f.report, "unrunnable_ops": unrunnable_ops(&model.graph)})
+            )?
+        );
+        return Ok(EXIT_OK);
+    }
+    println!(
+        "{}: {} nodes, inputs {:?}\n",
+        input.display(),
+        model.graph.nodes.len(),
+        model.graph.inputs.iter().map(|i| (&i.name, &i.shape)).collect::<Vec<_>>()
+    );
+    table::print_report(&f.report);
+    println!("\n  fusable regions ({}):", f.report.fused.len());
+    for r in &f.report.fused {
+        println!("    {:<16} {} <- [{}]", r.rule, r.into, r.from.join(", "));
+    }
+    Ok(EXIT_OK)
+}
+
+pub fn adapters(json_out: bool) -> Result<i32> {
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+    let rows: Vec<serde_json::Value> = adapters
+        .iter()
+        .map(|a| {
+            let (i, l) = (a.get_info(), a.limits());
+            json!({"name": i.name, "backend": format!("{:?}", i.backend), "device_type": format!("{:?}", i.device_type), "driver": i.driver, "driver_info": i.driver_info,
+                "max_storage_buffer_binding_size": l.max_storage_buffer_binding_size, "max_buffer_size": l.max_buffer_size,
+                "max_compute_workgroups_per_dimension": l.max_compute_workgroups_per_dimension, "max_compute_invocations_per_workgroup": l.max_compute_invocations_per_workgroup,
+                "timestamp_query": a.features().contains(wgpu::Features::TIMESTAMP_QUERY)})
+        })
+        .collect();
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else if rows.is_empty() {
+        println!("no GPU adapters (install a Vulkan driver; mesa-vulkan-drivers gives lavapipe)");
+    } else {
+        let t: Vec<Vec<String>> = rows
+            .iter()
+            .map(|r| {
+                ["name", "backend", "device_type", "driver", "max_storage_buffer_binding_size", "max_compute_workgroups_per_dimension", "timestamp_query"]
+                    .iter()
+                    .map(|k| r[k].to_string().trim_matches('"').to_string())
+                    .collect()
+            })
+            .collect();
+        table::print(&["name", "backend", "type", "driver", "max binding", "max groups/dim", "timestamps"], &t);
+    }
+    Ok(EXIT_OK)
+}

@@ -1,0 +1,47 @@
+//! Aligned text tables for the human output.
+
+pub fn print(header: &[&str], rows: &[Vec<String>]) {
+    let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let s: Vec<String> =
+            cells.iter().zip(&width).enumerate().map(|(i, (c, w))| if i == 0 { format!("{:<w$}", c, w = *w) } else { format!("{:>w$}", c, w = *w) }).collect();
+        println!("  {}", s.join("  "));
+    };
+    line(header.iter().map(|s| s.to_string()).collect());
+    println!("  {}", width.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("  "));
+    for r in rows {
+        line(r.clone());
+    }
+}
+
+/// Before/after op counts, parameters and FLOPs of a fusion report.
+pub fn print_report(r: &repfuse::FusionReport) {
+    let mut kinds: Vec<&String> = r.ops_before.keys().chain(r.ops_after.keys()).collect();
+    kinds.sort();
+    kinds.dedup();
+    let mut rows: Vec<Vec<String>> =
+        kinds.iter().map(|k| vec![k.to_string(), r.ops_before.get(*k).unwrap_or(&0).to_string(), r.ops_after.get(*k).unwrap_or(&0).to_string()]).collect();
+    rows.push(vec!["parameters".into(), r.params_before.to_string(), r.params_after.to_string()]);
+    rows.push(vec!["FLOPs/sample".into(), human(r.flops_before as f64), human(r.flops_after as f64)]);
+    print(&["", "before", "after"], &rows);
+    if !r.refused.is_empty() {
+        println!("\n  refused ({}):", r.refused.len());
+        for x in &r.refused {
+            println!("    {} [{}]: {}", x.rule, x.nodes.join(", "), x.reason);
+        }
+    }
+}
+
+pub fn human(x: f64) -> String {
+    match x {
+        x if x >= 1e9 => format!("{:.2}G", x / 1e9),
+        x if x >= 1e6 => format!("{:.2}M", x / 1e6),
+        x if x >= 1e3 => format!("{:.1}k", x / 1e3),
+        x => format!("{}", x),
+    }
+}

@@ -1,0 +1,88 @@
+//! The embedding API: a `Fuser` is built once (it holds the GPU context and its
+//! pipeline cache), then fuses any number of models, from any thread.
+
+use std::sync::OnceLock;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::fuse::{fuse, FuseOptions, FusionReport};
+use crate::gpu::GpuContext;
+use crate::graph::Graph;
+use crate::weights::Weights;
+
+/// Where the weight arithmetic runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+pub enum Backend {
+    /// A hardware GPU when one exists; the native CPU reference when the only adapter
+    /// is a software one (lavapipe/llvmpipe/WARP), which is slower than native code.
+    Auto,
+    Gpu,
+    Cpu,
+}
+
+/// A fused model and how it was made.
+#[derive(Clone, Debug)]
+pub struct Fused {
+    pub graph: Graph,
+    pub weights: Weights,
+    pub report: FusionReport,
+    /// The backend that ran and why it was chosen.
+    pub backend: Backend,
+    pub backend_reason: String,
+}
+
+pub struct Fuser {
+    backend: Backend,
+    gpu: OnceLock<std::result::Result<GpuContext, String>>,
+}
+
+impl Fuser {
+    /// A fuser for `backend`. The GPU is opened on first use, not here.
+    pub fn new(backend: Backend) -> Self {
+        Fuser { backend, gpu: OnceLock::new() }
+    }
+
+    /// The GPU context, opened once.
+    pub fn gpu(&self) -> Result<&GpuContext> {
+        self.gpu.get_or_init(|| GpuContext::new().map_err(|e| e.to_string())).as_ref().map_err(|e| Error::NoAdapter(e.clone()))
+    }
+
+    /// Which backend `fuse` will use, and why.
+    pub fn resolve(&self) -> Result<(Backend, String)> {
+        match self.backend {
+            Backend::Cpu => Ok((Backend::Cpu, "asked for the CPU reference".into())),
+            Backend::Gpu => {
+                let g = self.gpu()?;
+                Ok((Backend::Gpu, format!("asked for the GPU: {} ({:?})", g.info.name, g.info.backend)))
+            }
+            Backend::Auto => match self.gpu() {
+                Ok(g) if !g.is_software() => Ok((Backend::Gpu, format!("hardware adapter {} ({:?})", g.info.name, g.info.backend))),
+                Ok(g) => Ok((Backend::Cpu, format!("only a software adapter ({}): the native CPU reference is faster", g.info.name))),
+                Err(e) => Ok((Backend::Cpu, format!("no GPU adapter ({})", e))),
+            },
+        }
+    }
+
+    /// Fuses `graph` and computes its deploy weights on the chosen backend.
+    ///
+    /// ```
+    /// use repfuse::{Backend, Fuser, FuseOptions};
+    /// let (graph, weights, _) = repfuse::zoo::build("acnet", 1, 16, 0).unwrap();
+    /// let fuser = Fuser::new(Backend::Cpu);
+    /// let fused = fuser.fuse(&graph, &weights, &FuseOptions::default()).unwrap();
+    /// assert!(fused.graph.count("Conv") < graph.count("Conv"));
+    /// ```
+    pub fn fuse(&self, graph: &Graph, weights: &Weights, opts: &FuseOptions) -> Result<Fused> {
+        let f = fuse(graph, opts)?;
+        let (backend, backend_reason) = self.resolve()?;
+        let weights = match backend {
+            Backend::Gpu => {
+                let computed = crate::gpu::execute_plan_gpu(self.gpu()?, &f.plan, weights)?;
+                f.assemble_weights(weights, &computed)?
+            }
+            _ => f.weights_cpu(weights)?,
+        };
+        Ok(Fused { graph: f.graph, weights, report: f.report, backend, backend_reason })
+    }
+}
