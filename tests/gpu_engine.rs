@@ -86,7 +86,11 @@ fn repvgg_chain(blocks_n: usize) -> (repfuse::Graph, repfuse::Weights) {
 
 #[test]
 fn plan_submissions_do_not_grow_with_depth() {
-    let Some(ctx) = common::gpu() else { return };
+    if common::gpu().is_none() {
+        return;
+    }
+    // Its own context: the shared one's counter also sees other tests' submissions.
+    let ctx = &repfuse::gpu::GpuContext::new().unwrap();
     let mut counts = vec![];
     for n in [4, 64] {
         let (g, w) = repvgg_chain(n);
@@ -98,4 +102,34 @@ fn plan_submissions_do_not_grow_with_depth() {
     }
     assert_eq!(counts[0], counts[1], "submissions for 4 vs 64 blocks: {:?}", counts);
     assert_eq!(counts[0], 1);
+}
+
+#[test]
+fn a_plan_larger_than_one_storage_binding_fuses_on_the_gpu() {
+    if common::gpu().is_none() {
+        return;
+    }
+    let ctx = &repfuse::gpu::GpuContext::new().unwrap();
+    // 9 RepVGG blocks at 512 channels: ~190 MB of source and fused weights, more than
+    // lavapipe's 128 MiB per storage binding, so the plan must be split into windows.
+    let mut b = GraphBuilder::new(8);
+    let mut t = b.input("x", &[1, 512, 3, 3]);
+    for _ in 0..9 {
+        t = blocks::repvgg_block(&mut b, &t, 512, 1, 1);
+    }
+    b.output(&t);
+    let (g, w) = b.finish();
+    let f = fuse(&g, &FuseOptions::default()).unwrap();
+    let cpu = repfuse::cpu::execute_plan(&f.plan, &w).unwrap();
+    let bytes: usize = w.bytes() + cpu.values().map(|t| t.numel() * 4).sum::<usize>();
+    let limit = ctx.limits.max_storage_buffer_binding_size as usize;
+    eprintln!("plan tensors {} MiB, binding limit {} MiB", bytes >> 20, limit >> 20);
+    assert!(bytes > 128 << 20);
+    let before = ctx.submissions();
+    let gpu = repfuse::gpu::execute_plan_gpu(ctx, &f.plan, &w).unwrap();
+    assert_eq!(ctx.submissions() - before, 1, "one submission however many windows");
+    for (k, t) in &cpu {
+        let s = compare(&gpu[k], t, Tolerance::SINGLE_CONV).unwrap();
+        assert!(s.passed(), "tensor {} differs: {:?}", k, s);
+    }
 }

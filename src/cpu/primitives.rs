@@ -94,10 +94,10 @@ pub fn bn_to_conv(bn: &BnTensors, channels: usize) -> Result<(Tensor, Tensor)> {
 /// centre `k / 2`, so the kernel must be odd in both axes (an even kernel has no centre
 /// and cannot hold a dirac; the seed code's hard-coded `[1, 1]` was right for 3x3 only).
 pub fn dirac(channels: usize, groups: usize, kernel: [usize; 2]) -> Result<Tensor> {
-    if groups == 0 || channels % groups != 0 {
+    if groups == 0 || !channels.is_multiple_of(groups) {
         return Err(Error::tensor("dirac", format!("groups {} must divide channels {}", groups, channels)));
     }
-    if kernel[0] % 2 == 0 || kernel[1] % 2 == 0 {
+    if kernel[0].is_multiple_of(2) || kernel[1].is_multiple_of(2) {
         return Err(Error::tensor("dirac", format!("kernel {:?} is even: a dirac needs a centre tap", kernel)));
     }
     let per = channels / groups;
@@ -127,16 +127,6 @@ pub struct PlaceInput<'a> {
     pub out_offset: usize,
 }
 
-/// Destination input channel (within its group) of source input channel `j` of
-/// source output channel `os` (group `gs` of `gsrc`), for destination output `o`.
-fn regroup(c_in: usize, src_groups: usize, src_out: usize, os: usize, j: usize, dst_groups: usize, dst_out: usize, o: usize) -> Option<usize> {
-    let gs = os / (src_out / src_groups);
-    let c = gs * (c_in / src_groups) + j;
-    let go = o / (dst_out / dst_groups);
-    let base = go * (c_in / dst_groups);
-    (c >= base && c < base + c_in / dst_groups).then(|| c - base)
-}
-
 /// Paradigms 2/3/4: sums kernels into a new zero kernel `[O, C/groups, KH, KW]`, each
 /// at its spatial offset (centring or asymmetric 1xK/Kx1 alignment), tap step
 /// (dilation ratio), output-channel offset (concat) and with group expansion.
@@ -146,14 +136,14 @@ pub fn place(out_shape: &[usize], groups: usize, in_channels: usize, sources: &[
         [o, i] => [o, i, 1, 1],
         ref s => return Err(Error::tensor("place", format!("bad destination shape {:?}", s))),
     };
-    if groups == 0 || in_channels % groups != 0 || o_total % groups != 0 || per != in_channels / groups {
+    if groups == 0 || !in_channels.is_multiple_of(groups) || o_total % groups != 0 || per != in_channels / groups {
         return Err(Error::tensor("place", format!("destination {:?} does not match {} input channels in {} groups", out_shape, in_channels, groups)));
     }
     let mut dims = Vec::with_capacity(sources.len());
     for s in sources {
         let [so, si, sh, sw] = kernel_dims("place source", s.kernel)?;
         let fits = s.groups > 0
-            && in_channels % s.groups == 0
+            && in_channels.is_multiple_of(s.groups)
             && so % s.groups == 0
             && si == in_channels / s.groups
             && s.out_offset + so <= o_total
@@ -187,11 +177,17 @@ pub fn place(out_shape: &[usize], groups: usize, in_channels: usize, sources: &[
                 continue;
             }
             let os = o - s.out_offset;
+            // Source input channel j of output os is global channel c; in the
+            // destination it sits at c - base within output o's group.
+            let c0 = (os / (so / s.groups)) * si;
+            let base = (o / (o_total / groups)) * per;
             for j in 0..si {
-                let Some(cl) = regroup(in_channels, s.groups, so, os, j, groups, o_total, o) else {
+                let c = c0 + j;
+                if c < base || c >= base + per {
                     failed.store(true, std::sync::atomic::Ordering::Relaxed);
                     continue;
-                };
+                }
+                let cl = c - base;
                 let src = &s.kernel.data()[(os * si + j) * sh * sw..][..sh * sw];
                 for a in 0..sh {
                     for b in 0..sw {
@@ -240,13 +236,13 @@ pub fn compose(first: &ComposeInput, second: &ComposeInput, in_channels: usize, 
     let ok = ga > 0
         && gb > 0
         && groups > 0
-        && in_channels % ga == 0
+        && in_channels.is_multiple_of(ga)
         && ca == in_channels / ga
         && m % ga == 0
         && m % gb == 0
         && mb == m / gb
         && o % gb == 0
-        && in_channels % groups == 0
+        && in_channels.is_multiple_of(groups)
         && o % groups == 0;
     if !ok {
         return Err(Error::tensor(
@@ -263,7 +259,8 @@ pub fn compose(first: &ComposeInput, second: &ComposeInput, in_channels: usize, 
         ));
     }
     let first_is_1x1 = ah == 1 && aw == 1;
-    if !first_is_1x1 && !(bh == 1 && bw == 1) {
+    let second_is_1x1 = bh == 1 && bw == 1;
+    if !(first_is_1x1 || second_is_1x1) {
         return Err(Error::tensor("compose", "one of the two kernels must be 1x1 (general KxK->KxK composition is not supported)"));
     }
     let (kh, kw) = if first_is_1x1 { (bh, bw) } else { (ah, aw) };

@@ -79,7 +79,7 @@ pub fn coarsest_groups(out_channels: usize, in_channels: usize, ranges: &[(usize
     let top = gcd(out_channels, in_channels);
     (1..=top)
         .rev()
-        .filter(|g| top % g == 0)
+        .filter(|g| top.is_multiple_of(*g))
         .find(|&g| {
             let (po, pi) = (out_channels / g, in_channels / g);
             ranges.iter().all(|&(o, lo, hi)| {

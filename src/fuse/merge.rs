@@ -49,9 +49,12 @@ fn conv_branches(ctx: &Ctx, join: usize) -> BTreeMap<(u8, String), Vec<(usize, B
     groups
 }
 
+/// The merged conv, the step computing its weights, and its new parameters.
+type Merged = (ConvLike, Step, Vec<(String, Vec<usize>)>);
+
 /// Builds the merged conv of `branches` (summed when `stack` is false, stacked on
 /// output channels when true), or returns why it would not be exact.
-fn merge_branches(ctx: &mut Ctx, branches: &[&Branch], stack: bool, name: &str) -> Result<(ConvLike, Step, Vec<(String, Vec<usize>)>), String> {
+fn merge_branches(ctx: &mut Ctx, branches: &[&Branch], stack: bool, name: &str) -> Result<Merged, String> {
     let windows: Vec<Window> =
         branches.iter().map(|b| Window { kernel: b.conv.kernel, stride: b.conv.stride, pads: b.conv.pads, dilation: b.conv.dilation }).collect();
     let merged = merge_windows(&windows)?;

@@ -177,46 +177,50 @@ impl GpuContext {
         Ok(())
     }
 
-    /// Submits `encoder` after appending a copy of `ranges` of `src` into one staging
-    /// buffer, waits (with a timeout) and returns the f32 contents of each range.
-    /// This is the one readback path: the work and its download share a submission.
+    /// Submits `encoder` after appending a copy of each range of `src` into its own
+    /// staging buffer, waits (with a timeout) and returns the f32 contents of each
+    /// range. This is the one readback path: the work and its download share one
+    /// submission.
     pub fn submit_and_read(&self, mut encoder: wgpu::CommandEncoder, src: &[(&wgpu::Buffer, u64, u64)]) -> Result<Vec<Vec<f32>>> {
-        let total: u64 = src.iter().map(|(_, _, len)| len * 4).sum();
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("readback"),
-            size: total.max(4),
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let mut at = 0;
-        for (buf, off, len) in src {
-            if *len > 0 {
-                encoder.copy_buffer_to_buffer(buf, off * 4, &staging, at, len * 4);
-            }
-            at += len * 4;
-        }
+        let staging: Vec<wgpu::Buffer> = src
+            .iter()
+            .map(|(buf, off, len)| {
+                let s = self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("readback"),
+                    size: (len * 4).max(4),
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                if *len > 0 {
+                    encoder.copy_buffer_to_buffer(buf, off * 4, &s, 0, len * 4);
+                }
+                s
+            })
+            .collect();
         let index = self.queue.submit([encoder.finish()]);
         self.submissions.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = std::sync::mpsc::channel();
-        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
+        for (i, s) in staging.iter().enumerate() {
+            let tx = tx.clone();
+            s.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+                let _ = tx.send((i, r));
+            });
+        }
         self.device
             .poll(wgpu::PollType::Wait { submission_index: Some(index), timeout: Some(POLL_TIMEOUT) })
             .map_err(|e| Error::Gpu(format!("waiting for the GPU: {}", e)))?;
-        rx.recv_timeout(POLL_TIMEOUT)
-            .map_err(|_| Error::Gpu("readback map did not complete".into()))?
-            .map_err(|e| Error::Gpu(format!("mapping the readback buffer: {}", e)))?;
-        let view = staging.get_mapped_range(..).map_err(|e| Error::Gpu(format!("reading the readback buffer: {:?}", e)))?;
-        let all: &[f32] = bytemuck::cast_slice(&view);
-        let mut out = Vec::with_capacity(src.len());
-        let mut at = 0usize;
-        for (_, _, len) in src {
-            out.push(all[at..at + *len as usize].to_vec());
-            at += *len as usize;
+        for _ in 0..staging.len() {
+            let (_, r) = rx.recv_timeout(POLL_TIMEOUT).map_err(|_| Error::Gpu("readback map did not complete".into()))?;
+            r.map_err(|e| Error::Gpu(format!("mapping the readback buffer: {}", e)))?;
         }
-        drop(view);
-        staging.unmap();
+        let mut out = Vec::with_capacity(src.len());
+        for (s, (_, _, len)) in staging.iter().zip(src) {
+            let view = s.get_mapped_range(..).map_err(|e| Error::Gpu(format!("reading the readback buffer: {:?}", e)))?;
+            let all: &[f32] = bytemuck::cast_slice(&view);
+            out.push(all[..*len as usize].to_vec());
+            drop(view);
+            s.unmap();
+        }
         Ok(out)
     }
 }

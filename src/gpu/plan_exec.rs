@@ -83,43 +83,129 @@ impl Batch {
     }
 }
 
+/// Splits the plan's steps into independent groups: steps connected through a
+/// tensor (one fused region) land in the same group.
+fn components(plan: &FusionPlan) -> Vec<usize> {
+    let n = plan.steps.len();
+    let mut parent: Vec<usize> = (0..n).collect();
+    fn find(p: &mut [usize], mut x: usize) -> usize {
+        while p[x] != x {
+            p[x] = p[p[x]];
+            x = p[x];
+        }
+        x
+    }
+    let mut owner: HashMap<&str, usize> = HashMap::new();
+    for (i, s) in plan.steps.iter().enumerate() {
+        for t in s.inputs().into_iter().chain(s.outputs()) {
+            match owner.get(t) {
+                Some(&j) => {
+                    let (a, b) = (find(&mut parent, i), find(&mut parent, j));
+                    parent[a] = b;
+                }
+                None => {
+                    owner.insert(t, i);
+                }
+            }
+        }
+    }
+    (0..n).map(|i| find(&mut parent, i)).collect()
+}
+
+/// One arena buffer, at most one storage binding large, holding whole components.
+struct Window {
+    arena: Arena,
+    steps: Vec<usize>,
+    /// Computed tensors, in arena order, and where that region starts.
+    computed: Vec<(String, Vec<usize>)>,
+    computed_start: usize,
+    /// Elements the window will hold once its computed tensors are placed.
+    planned: usize,
+}
+
 /// Executes `plan` on the GPU; returns every computed tensor by name.
+///
+/// Independent fused regions are packed into windows of at most one storage binding
+/// (`max_storage_buffer_binding_size`, 128 MiB on lavapipe), each its own buffer, so
+/// models of any size fuse; all windows still go in one submission.
 pub fn execute_plan_gpu(ctx: &GpuContext, plan: &FusionPlan, weights: &Weights) -> Result<HashMap<String, Tensor>> {
     plan.check_sources(weights)?;
     let out_shapes = plan.output_shapes(weights)?;
     let shape_of = |n: &str| -> Result<Vec<usize>> { out_shapes.get(n).cloned().map_or_else(|| Ok(weights.get(n)?.shape().to_vec()), Ok) };
-    let mut arena = Arena { offset: HashMap::new(), len: 0 };
-    let sources = plan.sources();
-    for s in &sources {
-        arena.place(s, weights.get(s)?.numel());
+    let numel_of = |n: &str| -> Result<usize> { Ok(shape_of(n)?.iter().product()) };
+    let comp = components(plan);
+    // Steps per component, in plan order; components in order of first step.
+    let mut order: Vec<usize> = vec![];
+    let mut members: HashMap<usize, Vec<usize>> = HashMap::new();
+    for (i, &c) in comp.iter().enumerate() {
+        members.entry(c).or_insert_with(|| {
+            order.push(c);
+            vec![]
+        });
+        members.get_mut(&c).expect("inserted").push(i);
     }
-    let computed_start = arena.len;
-    for (name, shape) in &out_shapes {
-        arena.place(name, shape.iter().product());
+    let limit = (ctx.limits.max_storage_buffer_binding_size.min(ctx.limits.max_buffer_size) / 4).min(u32::MAX as u64) as usize;
+    let mut windows: Vec<Window> = vec![];
+    for c in order {
+        let steps = &members[&c];
+        let mut tensors: Vec<&str> = vec![];
+        for &i in steps {
+            for t in plan.steps[i].inputs().into_iter().chain(plan.steps[i].outputs()) {
+                if !tensors.contains(&t) {
+                    tensors.push(t);
+                }
+            }
+        }
+        let mut need = 0usize;
+        for t in &tensors {
+            need += numel_of(t)?.div_ceil(64).max(1) * 64;
+        }
+        if need > limit {
+            return Err(Error::Limit { what: "max_storage_buffer_binding_size (one fused region)".into(), need: need as u64 * 4, have: limit as u64 * 4 });
+        }
+        if windows.last().is_none_or(|w| w.planned + need > limit) {
+            windows.push(Window { arena: Arena { offset: HashMap::new(), len: 0 }, steps: vec![], computed: vec![], computed_start: 0, planned: 0 });
+        }
+        let w = windows.last_mut().expect("pushed");
+        w.planned += need;
+        w.steps.extend(steps);
+        // Sources first, computed tensors after, so each window downloads one range.
+        for t in tensors.iter().filter(|t| !out_shapes.contains_key(**t)) {
+            w.arena.place(t, numel_of(t)?);
+        }
+        for t in tensors.iter().filter(|t| out_shapes.contains_key(**t)) {
+            w.computed.push((t.to_string(), out_shapes[*t].clone()));
+        }
     }
-    let bytes = arena.len as u64 * 4;
-    ctx.check_binding(bytes)?;
-    let arena_buf = ctx.empty("arena", arena.len)?;
-    for s in &sources {
-        ctx.queue.write_buffer(&arena_buf, arena.offset[*s] as u64 * 4, bytemuck::cast_slice(weights.get(s)?.data()));
+    for w in &mut windows {
+        w.computed_start = w.arena.len;
+        for (t, shape) in &w.computed {
+            w.arena.place(t, shape.iter().product());
+        }
     }
-
-    // (level, primitive) -> batch, in level order.
     let levels = plan.levels();
-    let mut batches: BTreeMap<(usize, &'static str), Batch> = BTreeMap::new();
-    for (step, &level) in plan.steps.iter().zip(&levels) {
-        let kernel = match step {
-            Step::FoldBn { .. } => "fold_bn",
-            Step::BnToConv { .. } | Step::Dirac { .. } | Step::AvgPoolKernel { .. } => "fill",
-            Step::Place { .. } => "place",
-            Step::Compose { .. } => "compose",
-        };
-        let (record, elems) = encode(step, &arena, &shape_of)?;
-        batches.entry((level, kernel)).or_default().push(kernel, record, elems);
-    }
     let mut encoder = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("plan") });
-    let mut keep = vec![];
-    {
+    let mut buffers = Vec::with_capacity(windows.len());
+    for (wi, w) in windows.iter().enumerate() {
+        let buf = ctx.empty(&format!("arena{}", wi), w.arena.len)?;
+        for (t, &off) in &w.arena.offset {
+            if !out_shapes.contains_key(t) {
+                ctx.queue.write_buffer(&buf, off as u64 * 4, bytemuck::cast_slice(weights.get(t)?.data()));
+            }
+        }
+        // (level, primitive) -> batch, in level order.
+        let mut batches: BTreeMap<(usize, &'static str), Batch> = BTreeMap::new();
+        for &i in &w.steps {
+            let step = &plan.steps[i];
+            let kernel = match step {
+                Step::FoldBn { .. } => "fold_bn",
+                Step::BnToConv { .. } | Step::Dirac { .. } | Step::AvgPoolKernel { .. } => "fill",
+                Step::Place { .. } => "place",
+                Step::Compose { .. } => "compose",
+            };
+            let (record, elems) = encode(step, &w.arena, &shape_of)?;
+            batches.entry((levels[i], kernel)).or_default().push(kernel, record, elems);
+        }
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("plan"), timestamp_writes: None });
         for ((_, kernel), b) in batches {
             if b.jobs > 65535 {
@@ -128,21 +214,24 @@ pub fn execute_plan_gpu(ctx: &GpuContext, plan: &FusionPlan, weights: &Weights) 
             let k = ctx.kernel(kernel)?;
             let (x, jobs) = ((b.max_elems.div_ceil(256).clamp(1, 65535)) as u32, b.jobs);
             let table = ctx.table(kernel, &b.table(kernel));
-            let bg = ctx.bind_group(&k, &[arena_buf.as_entire_binding(), table.as_entire_binding()]);
+            let bg = ctx.bind_group(&k, &[buf.as_entire_binding(), table.as_entire_binding()]);
             pass.set_pipeline(&k.pipeline);
             pass.set_bind_group(0, &bg, &[]);
             pass.dispatch_workgroups(x, jobs, 1);
-            keep.push(table);
         }
+        drop(pass);
+        buffers.push(buf);
     }
-    let computed_len = (arena.len - computed_start) as u64;
-    let mut data = ctx.submit_and_read(encoder, &[(&arena_buf, computed_start as u64, computed_len)])?;
-    let all = data.pop().unwrap_or_default();
+    let ranges: Vec<(&wgpu::Buffer, u64, u64)> =
+        windows.iter().zip(&buffers).map(|(w, b)| (b, w.computed_start as u64, (w.arena.len - w.computed_start) as u64)).collect();
+    let data = ctx.submit_and_read(encoder, &ranges)?;
     let mut out = HashMap::new();
-    for (name, shape) in out_shapes {
-        let off = arena.offset[&name] - computed_start;
-        let n: usize = shape.iter().product();
-        out.insert(name, Tensor::from_parts(shape, all[off..off + n].to_vec()));
+    for (w, all) in windows.into_iter().zip(data) {
+        for (name, shape) in w.computed {
+            let off = w.arena.offset[&name] - w.computed_start;
+            let n: usize = shape.iter().product();
+            out.insert(name, Tensor::from_parts(shape, all[off..off + n].to_vec()));
+        }
     }
     Ok(out)
 }

@@ -21,7 +21,7 @@ fn check_names_and_order(g: &Graph) -> Result<()> {
         if !defined.insert(&v.name) {
             return Err(Error::Graph(format!("graph input `{}` is declared twice", v.name)));
         }
-        if v.shape.iter().any(|&d| d == 0) {
+        if v.shape.contains(&0) {
             return Err(Error::shape(&v.name, "shape", format!("graph input has a zero dimension: {:?}", v.shape)));
         }
     }
