@@ -2,9 +2,11 @@
 // each source at a spatial offset (centring, asymmetric 1xK/Kx1), tap step (dilation
 // ratio), output-channel offset (concat) and with group expansion. A gather, so
 // every destination element is written by exactly one invocation, without atomics.
+// A source's channel map (out_stride, in_offset, in_stride, scale) interleaves and
+// scales channels, for widened shortcuts.
 
 const STRIDE: u32 = 16u;
-const SRC_STRIDE: u32 = 12u;
+const SRC_STRIDE: u32 = 16u;
 const NONE: u32 = 0xffffffffu;
 const WG: u32 = 256u;
 
@@ -50,7 +52,11 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
                 let step_h = table[q + 8u];
                 let step_w = table[q + 9u];
                 let out_off = table[q + 10u];
-                if (o < out_off || o >= out_off + os_count || h < off_h || w < off_w) {
+                let out_stride = table[q + 11u];
+                let in_off = table[q + 12u];
+                let in_stride = table[q + 13u];
+                let scale = bitcast<f32>(table[q + 14u]);
+                if (o < out_off || (o - out_off) % out_stride != 0u || (o - out_off) / out_stride >= os_count || h < off_h || w < off_w) {
                     continue;
                 }
                 let dh = h - off_h;
@@ -58,13 +64,18 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
                 if (dh % step_h != 0u || dw % step_w != 0u || dh / step_h >= kh || dw / step_w >= kw) {
                     continue;
                 }
-                let os = o - out_off;
-                let si = c_in / gs;
-                let base = (os / (os_count / gs)) * si;
-                if (c < base || c >= base + si) {
+                let os = (o - out_off) / out_stride;
+                let si = table[q + 15u];
+                // c is a destination input channel; map it back to the source's.
+                if (c < in_off || (c - in_off) % in_stride != 0u) {
                     continue;
                 }
-                acc += arena[k_off + ((os * si + (c - base)) * kh + dh / step_h) * kw + dw / step_w];
+                let cs = (c - in_off) / in_stride;
+                let base = (os / (os_count / gs)) * si;
+                if (cs < base || cs >= base + si) {
+                    continue;
+                }
+                acc += scale * arena[k_off + ((os * si + (cs - base)) * kh + dh / step_h) * kw + dw / step_w];
             }
             arena[out_k + i] = acc;
         } else {
@@ -74,8 +85,10 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
                 let b_off = table[q + 1u];
                 let os_count = table[q + 2u];
                 let out_off = table[q + 10u];
-                if (b_off != NONE && o >= out_off && o < out_off + os_count) {
-                    acc += arena[b_off + o - out_off];
+                let out_stride = table[q + 11u];
+                let scale = bitcast<f32>(table[q + 14u]);
+                if (b_off != NONE && o >= out_off && (o - out_off) % out_stride == 0u && (o - out_off) / out_stride < os_count) {
+                    acc += scale * arena[b_off + (o - out_off) / out_stride];
                 }
             }
             arena[out_b + o] = acc;

@@ -50,6 +50,10 @@ enum Command {
         /// Compose 1x1/KxK sequences only up to this MAC ratio.
         #[arg(long, default_value_t = 1.5)]
         compose_cost_limit: f64,
+        /// Absorb ConvNeXt-style residual shortcuts by widening the block (paradigm
+        /// 6b): exact, fewer nodes, more FLOPs.
+        #[arg(long)]
+        widen_shortcuts: bool,
     },
     /// Run two models on the same seeded random inputs and compare their outputs.
     Verify {
@@ -77,8 +81,8 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo { model, size, backend, json } => commands::demo(&model, size, backend, json),
-        Command::Fuse { input, output, backend, verify, json, compose_cost_limit } => {
-            commands::fuse(&commands::FuseArgs { input, output, backend, verify, json, compose_cost_limit })
+        Command::Fuse { input, output, backend, verify, json, compose_cost_limit, widen_shortcuts } => {
+            commands::fuse(&commands::FuseArgs { input, output, backend, verify, json, compose_cost_limit, widen_shortcuts })
         }
         Command::Verify { original, fused, seed, json } => commands::verify(&original, &fused, seed, json),
         Command::Inspect { input, json } => commands::inspect(&input, json),

@@ -39,6 +39,39 @@ pub struct PlaceSource {
     pub offset: [usize; 2],
     pub step: [usize; 2],
     pub out_offset: usize,
+    /// Strided/scaled channel placement (interleaving for widened shortcuts).
+    #[serde(default)]
+    pub map: ChannelMap,
+}
+
+/// Where a source's channels land in the destination beyond `out_offset`: output `o`
+/// goes to `out_offset + o * out_stride`, input channel `c` reads destination input
+/// `in_offset + c * in_stride`, and every value is multiplied by `scale`. The
+/// identity map is what branch merges use; widened shortcuts (paradigm 6b) interleave
+/// and negate identity kernels with it.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChannelMap {
+    pub out_stride: usize,
+    pub in_offset: usize,
+    pub in_stride: usize,
+    pub scale: f32,
+}
+
+impl ChannelMap {
+    pub const IDENTITY: ChannelMap = ChannelMap { out_stride: 1, in_offset: 0, in_stride: 1, scale: 1.0 };
+}
+
+impl Default for ChannelMap {
+    fn default() -> Self {
+        Self::IDENTITY
+    }
+}
+
+impl PlaceSource {
+    /// A kernel placed at the origin with the identity channel map.
+    pub fn new(kernel: String, bias: Option<String>, groups: usize) -> Self {
+        PlaceSource { kernel, bias, groups, offset: [0, 0], step: [1, 1], out_offset: 0, map: ChannelMap::IDENTITY }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -70,6 +70,7 @@ pub struct FuseArgs {
     pub verify: bool,
     pub json: bool,
     pub compose_cost_limit: f64,
+    pub widen_shortcuts: bool,
 }
 
 pub fn fuse(a: &FuseArgs) -> Result<i32> {
@@ -78,7 +79,7 @@ pub fn fuse(a: &FuseArgs) -> Result<i32> {
     let read_ms = t.elapsed().as_secs_f64() * 1e3;
     let fuser = Fuser::new(a.backend);
     let t = Instant::now();
-    let fused = fuser.fuse(&model.graph, &model.weights, &FuseOptions { compose_cost_limit: a.compose_cost_limit })?;
+    let fused = fuser.fuse(&model.graph, &model.weights, &FuseOptions { compose_cost_limit: a.compose_cost_limit, widen_shortcuts: a.widen_shortcuts })?;
     let fuse_ms = t.elapsed().as_secs_f64() * 1e3;
     let (eq, skipped) = if a.verify { verify_pair(&model.graph, &model.weights, &fused.graph, &fused.weights)? } else { (None, None) };
     let code = if eq.as_ref().is_some_and(|e| !e.passed()) { EXIT_OVER_TOLERANCE } else { EXIT_OK };

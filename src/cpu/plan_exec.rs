@@ -80,7 +80,15 @@ fn run_step(step: &Step, slots: &mut Slots) -> Result<()> {
             let inputs: Vec<PlaceInput> = sources
                 .iter()
                 .zip(&owned)
-                .map(|(s, (k, b))| PlaceInput { kernel: k, bias: b.as_ref(), groups: s.groups, offset: s.offset, step: s.step, out_offset: s.out_offset })
+                .map(|(s, (k, b))| PlaceInput {
+                    kernel: k,
+                    bias: b.as_ref(),
+                    groups: s.groups,
+                    offset: s.offset,
+                    step: s.step,
+                    out_offset: s.out_offset,
+                    map: s.map,
+                })
                 .collect();
             let (k, b) = primitives::place(out_shape, *groups, *in_channels, &inputs).map_err(|e| in_step(e, out_kernel))?;
             slots.put(out_kernel, k);

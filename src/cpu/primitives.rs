@@ -5,6 +5,7 @@
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+pub use crate::plan::ChannelMap;
 use crate::tensor::Tensor;
 
 /// Batch-norm statistics, all `[C]`.
@@ -125,6 +126,7 @@ pub struct PlaceInput<'a> {
     pub offset: [usize; 2],
     pub step: [usize; 2],
     pub out_offset: usize,
+    pub map: ChannelMap,
 }
 
 /// Paradigms 2/3/4: sums kernels into a new zero kernel `[O, C/groups, KH, KW]`, each
@@ -142,11 +144,13 @@ pub fn place(out_shape: &[usize], groups: usize, in_channels: usize, sources: &[
     let mut dims = Vec::with_capacity(sources.len());
     for s in sources {
         let [so, si, sh, sw] = kernel_dims("place source", s.kernel)?;
+        let m = s.map;
         let fits = s.groups > 0
-            && in_channels.is_multiple_of(s.groups)
-            && so % s.groups == 0
-            && si == in_channels / s.groups
-            && s.out_offset + so <= o_total
+            && m.out_stride > 0
+            && m.in_stride > 0
+            && so.is_multiple_of(s.groups)
+            && m.in_offset + (si * s.groups - 1) * m.in_stride < in_channels
+            && s.out_offset + (so - 1) * m.out_stride < o_total
             && s.offset[0] + (sh - 1) * s.step[0] < kh_out
             && s.offset[1] + (sw - 1) * s.step[1] < kw_out;
         if !fits {
@@ -173,16 +177,17 @@ pub fn place(out_shape: &[usize], groups: usize, in_channels: usize, sources: &[
     let failed = std::sync::atomic::AtomicBool::new(false);
     acc.par_chunks_mut(row).enumerate().for_each(|(o, dst)| {
         for (s, &[so, si, sh, sw]) in sources.iter().zip(&dims) {
-            if o < s.out_offset || o >= s.out_offset + so {
+            let m = s.map;
+            if o < s.out_offset || (o - s.out_offset) % m.out_stride != 0 || (o - s.out_offset) / m.out_stride >= so {
                 continue;
             }
-            let os = o - s.out_offset;
+            let os = (o - s.out_offset) / m.out_stride;
             // Source input channel j of output os is global channel c; in the
             // destination it sits at c - base within output o's group.
             let c0 = (os / (so / s.groups)) * si;
             let base = (o / (o_total / groups)) * per;
             for j in 0..si {
-                let c = c0 + j;
+                let c = m.in_offset + (c0 + j) * m.in_stride;
                 if c < base || c >= base + per {
                     failed.store(true, std::sync::atomic::Ordering::Relaxed);
                     continue;
@@ -191,7 +196,7 @@ pub fn place(out_shape: &[usize], groups: usize, in_channels: usize, sources: &[
                 let src = &s.kernel.data()[(os * si + j) * sh * sw..][..sh * sw];
                 for a in 0..sh {
                     for b in 0..sw {
-                        let v = src[a * sw + b] as f64;
+                        let v = src[a * sw + b] as f64 * m.scale as f64;
                         if v != 0.0 {
                             dst[(cl * kh_out + s.offset[0] + a * s.step[0]) * kw_out + s.offset[1] + b * s.step[1]] += v;
                         }
@@ -208,7 +213,7 @@ pub fn place(out_shape: &[usize], groups: usize, in_channels: usize, sources: &[
         for s in sources {
             if let Some(t) = s.bias {
                 for (i, v) in t.data().iter().enumerate() {
-                    b[s.out_offset + i] += *v as f64;
+                    b[s.out_offset + i * s.map.out_stride] += *v as f64 * s.map.scale as f64;
                 }
             }
         }

@@ -51,7 +51,7 @@ pub fn conv1x1_to_linear(ctx: &mut Ctx, i: usize) -> Option<Patch> {
             out_shape: vec![o, ci],
             groups: 1,
             in_channels: ci,
-            sources: vec![PlaceSource { kernel: c.weight.clone(), bias: None, groups: c.groups, offset: [0, 0], step: [1, 1], out_offset: 0 }],
+            sources: vec![PlaceSource::new(c.weight.clone(), None, c.groups)],
             out_kernel: w,
             out_bias: None,
         }],

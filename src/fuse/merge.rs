@@ -94,6 +94,7 @@ fn merge_branches(ctx: &mut Ctx, branches: &[&Branch], stack: bool, name: &str) 
             offset: merged.offsets[k],
             step: merged.steps[k],
             out_offset: out_offsets[k],
+            map: Default::default(),
         })
         .collect();
     let mut params = vec![(w.clone(), conv.weight_shape())];

@@ -11,6 +11,7 @@ mod merge;
 mod report;
 mod rule;
 mod sequence;
+mod shortcut;
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -30,11 +31,14 @@ pub struct FuseOptions {
     /// merges into a sibling branch. One layer fewer saves a feature-map round trip,
     /// so a little more arithmetic can still be faster.
     pub compose_cost_limit: f64,
+    /// Paradigm 6b: absorb ConvNeXt-style residual shortcuts by widening the block
+    /// (exact, but more FLOPs; the report shows how many). Off by default.
+    pub widen_shortcuts: bool,
 }
 
 impl Default for FuseOptions {
     fn default() -> Self {
-        FuseOptions { compose_cost_limit: 1.5 }
+        FuseOptions { compose_cost_limit: 1.5, widen_shortcuts: false }
     }
 }
 
@@ -51,6 +55,7 @@ const RULES: &[(&str, Rule)] = &[
     ("merge_add", merge::merge_add),
     ("merge_concat", merge::merge_concat),
     ("fold_bn_into_next", conv_bn::fold_bn_into_next),
+    ("widen_shortcut", shortcut::widen_shortcut),
 ];
 
 /// The result of fusing a graph: deploy graph, the plan for its weights, the report.
@@ -86,6 +91,7 @@ pub fn fuse(graph: &Graph, opts: &FuseOptions) -> Result<Fusion> {
             refusals: &mut refusals,
             seen_refusals: &mut seen,
             compose_cost_limit: opts.compose_cost_limit,
+            widen_shortcuts: opts.widen_shortcuts,
         };
         let found = RULES.iter().find_map(|(_, rule)| (0..g.nodes.len()).find_map(|i| rule(&mut ctx, i)));
         let Some(patch) = found else {

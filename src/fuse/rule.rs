@@ -30,6 +30,7 @@ pub struct Ctx<'a> {
     pub refusals: &'a mut Vec<Refusal>,
     pub seen_refusals: &'a mut BTreeSet<(String, Vec<String>)>,
     pub compose_cost_limit: f64,
+    pub widen_shortcuts: bool,
 }
 
 impl Ctx<'_> {

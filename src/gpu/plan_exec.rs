@@ -16,7 +16,7 @@ const NONE: u32 = u32::MAX;
 pub const FOLD_BN_STRIDE: usize = 16;
 pub const FILL_STRIDE: usize = 16;
 pub const PLACE_STRIDE: usize = 16;
-pub const PLACE_SRC_STRIDE: usize = 12;
+pub const PLACE_SRC_STRIDE: usize = 16;
 pub const COMPOSE_STRIDE: usize = 20;
 
 /// Where each tensor lives in the arena (in f32 elements).
@@ -300,7 +300,8 @@ fn encode(step: &Step, arena: &Arena, shape_of: &dyn Fn(&str) -> Result<Vec<usiz
             // Source records go in a side list; `src0` (field 8) is set by `Batch`.
             let mut srcs = vec![];
             for s in sources {
-                let [so, _, sh, sw] = dims4(&shape_of(&s.kernel)?);
+                let [so, si, sh, sw] = dims4(&shape_of(&s.kernel)?);
+                let m = s.map;
                 let mut q = vec![
                     arena.at(&s.kernel)?,
                     arena.at_opt(s.bias.as_ref())?,
@@ -313,6 +314,11 @@ fn encode(step: &Step, arena: &Arena, shape_of: &dyn Fn(&str) -> Result<Vec<usiz
                     u(s.step[0]),
                     u(s.step[1]),
                     u(s.out_offset),
+                    u(m.out_stride),
+                    u(m.in_offset),
+                    u(m.in_stride),
+                    m.scale.to_bits(),
+                    u(si),
                 ];
                 q.resize(PLACE_SRC_STRIDE, 0);
                 srcs.extend(q);
