@@ -45,10 +45,9 @@ pub fn identity_to_conv(ctx: &mut Ctx, i: usize) -> Option<Patch> {
     if n.op != Op::Add {
         return None;
     }
-    let t = n.inputs.iter().find(|t| {
-        let from_conv = ctx.producer(t).is_some_and(|p| matches!(ctx.node(p).op, Op::Conv2d(_)));
-        !from_conv && ctx.shapes.get(t.as_str()).is_some_and(|s| s.len() == 4) && has_conv_sibling(ctx, i, t, t)
-    })?;
+    // `t` may itself come from a conv (y = conv(x); y + conv(y)): what matters is
+    // that a sibling conv reads it.
+    let t = n.inputs.iter().find(|t| ctx.shapes.get(t.as_str()).is_some_and(|s| s.len() == 4) && has_conv_sibling(ctx, i, t, t))?;
     let channels = ctx.channels(t)?;
     let w = ctx.fresh(t, "identity");
     let out = ctx.fresh(t, "identity_out");
@@ -102,7 +101,10 @@ pub fn avgpool_to_conv(ctx: &mut Ctx, i: usize) -> Option<Patch> {
     let n = ctx.node(i).clone();
     let Op::AvgPool2d(p) = &n.op else { return None };
     let input = &n.inputs[0];
-    let after_conv = ctx.producer(input).is_some_and(|q| matches!(ctx.node(q).op, Op::Conv2d(_)) && ctx.index.sole_consumer(input) == Some(i));
+    // Only a stride-1 1x1 conv before the pool composes with it (1x1 -> KxK).
+    let after_conv = ctx
+        .producer(input)
+        .is_some_and(|q| matches!(&ctx.node(q).op, Op::Conv2d(c) if c.is_pointwise() && c.stride == [1, 1]) && ctx.index.sole_consumer(input) == Some(i));
     let before_merge = join_after(ctx, &n.outputs[0]).is_some_and(|(j, t)| has_conv_sibling(ctx, j, input, &t));
     if !after_conv && !before_merge {
         return None;

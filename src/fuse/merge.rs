@@ -34,19 +34,42 @@ struct Branch {
 
 /// The conv-like producers of `join`'s inputs that only the join reads, keyed by
 /// (kind, input tensor), in input order.
-fn conv_branches(ctx: &Ctx, join: usize) -> BTreeMap<(u8, String), Vec<(usize, Branch)>> {
-    let n = ctx.node(join);
-    let mut groups: BTreeMap<(u8, String), Vec<(usize, Branch)>> = BTreeMap::new();
+/// Branches whose output is also read elsewhere cannot merge; where they had a
+/// sibling to merge with, that is reported as a refusal.
+fn conv_branches(ctx: &mut Ctx, join: usize) -> BTreeMap<(u8, String), Vec<(usize, Branch)>> {
+    let n = ctx.node(join).clone();
+    // (kind, input tensor) -> (position in the join, branch, output read elsewhere).
+    type Found = Vec<(usize, Branch, bool)>;
+    let mut groups: BTreeMap<(u8, String), Found> = BTreeMap::new();
     for (pos, t) in n.inputs.iter().enumerate() {
-        if n.inputs.iter().filter(|x| *x == t).count() != 1 || ctx.index.sole_consumer(t) != Some(join) {
+        if n.inputs.iter().filter(|x| *x == t).count() != 1 {
             continue;
         }
         let Some(p) = ctx.producer(t) else { continue };
         let Some(conv) = ConvLike::from_op(&ctx.node(p).op) else { continue };
         let key = (if conv.kind == Kind::Conv { 0 } else { 1 }, ctx.node(p).inputs[0].clone());
-        groups.entry(key).or_default().push((pos, Branch { node: p, conv }));
+        let shared = ctx.index.sole_consumer(t) != Some(join);
+        groups.entry(key).or_default().push((pos, Branch { node: p, conv }, shared));
     }
-    groups
+    let mut out = BTreeMap::new();
+    for (key, members) in groups {
+        let mut keep = vec![];
+        let siblings = members.len() >= 2;
+        for (pos, b, shared) in members {
+            if shared {
+                if siblings {
+                    let name = ctx.node(b.node).name.clone();
+                    let reason = format!("`{}` output is also read outside `{}`: merging it would change the other readers", name, n.name);
+                    let rule = if n.op == Op::Concat { "merge_concat" } else { "merge_add" };
+                    ctx.refuse(rule, &[&name, &n.name], reason);
+                }
+                continue;
+            }
+            keep.push((pos, b));
+        }
+        out.insert(key, keep);
+    }
+    out
 }
 
 /// The merged conv, the step computing its weights, and its new parameters.

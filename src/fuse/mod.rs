@@ -77,7 +77,7 @@ pub fn fuse(graph: &Graph, opts: &FuseOptions) -> Result<Fusion> {
     let mut counter = 0usize;
     let mut seen = BTreeSet::new();
     let mut refusals = Vec::new();
-    // Each patch removes at least one node or replaces a pattern by a smaller one; the
+    // Each wave removes at least one node or replaces a pattern by a smaller one; the
     // bound only guards against a rule bug turning into an endless loop.
     let max_patches = 16 * graph.nodes.len() + 16;
     for _ in 0..max_patches {
@@ -93,33 +93,76 @@ pub fn fuse(graph: &Graph, opts: &FuseOptions) -> Result<Fusion> {
             compose_cost_limit: opts.compose_cost_limit,
             widen_shortcuts: opts.widen_shortcuts,
         };
-        let found = RULES.iter().find_map(|(_, rule)| (0..g.nodes.len()).find_map(|i| rule(&mut ctx, i)));
-        let Some(patch) = found else {
+        let wave = next_wave(&mut ctx);
+        if wave.is_empty() {
             return finish(g, plan, report, refusals);
-        };
-        apply(&mut g, &mut plan, &mut report, patch)?;
+        }
+        apply(&mut g, &mut plan, &mut report, wave)?;
     }
     Err(Error::Graph(format!("rewrite did not reach a fixpoint after {} patches (a rule bug)", max_patches)))
 }
 
-fn apply(g: &mut Graph, plan: &mut FusionPlan, report: &mut FusionReport, patch: Patch) -> Result<()> {
-    let mut from: Vec<String> = patch.remove.iter().map(|&i| g.nodes[i].name.clone()).collect();
-    from.sort();
-    let mut remove = patch.remove;
+/// Every patch the highest-priority rule that applies anywhere finds, as long as the
+/// patches are independent: no two remove the same node or touch the same tensor, so
+/// no patch can change what another one's decision was based on (its producers and
+/// consumers). Applying such a wave at once is the same as applying its patches one
+/// by one, without re-indexing the graph between them.
+fn next_wave(ctx: &mut Ctx) -> Vec<Patch> {
+    for (_, rule) in RULES {
+        let mut wave: Vec<Patch> = vec![];
+        let mut nodes = BTreeSet::new();
+        let mut tensors: BTreeSet<String> = BTreeSet::new();
+        for i in 0..ctx.graph.nodes.len() {
+            if nodes.contains(&i) {
+                continue;
+            }
+            let Some(p) = rule(ctx, i) else { continue };
+            let touched: BTreeSet<String> = p
+                .remove
+                .iter()
+                .flat_map(|&k| ctx.graph.nodes[k].inputs.iter().chain(&ctx.graph.nodes[k].outputs))
+                .chain(p.add.iter().flat_map(|n| n.inputs.iter().chain(&n.outputs)))
+                .cloned()
+                .collect();
+            if p.remove.iter().any(|k| nodes.contains(k)) || touched.iter().any(|t| tensors.contains(t)) {
+                continue;
+            }
+            nodes.extend(p.remove.iter().copied());
+            tensors.extend(touched);
+            wave.push(p);
+        }
+        if !wave.is_empty() {
+            return wave;
+        }
+    }
+    vec![]
+}
+
+fn apply(g: &mut Graph, plan: &mut FusionPlan, report: &mut FusionReport, wave: Vec<Patch>) -> Result<()> {
+    let mut remove: Vec<usize> = vec![];
+    let mut add = vec![];
+    let rules: Vec<&'static str> = wave.iter().map(|p| p.rule).collect();
+    for patch in wave {
+        let mut from: Vec<String> = patch.remove.iter().map(|&i| g.nodes[i].name.clone()).collect();
+        from.sort();
+        report.fused.push(FusedRegion { rule: patch.rule.to_string(), from, into: patch.into });
+        remove.extend(patch.remove);
+        add.extend(patch.add);
+        for (name, shape) in patch.params {
+            g.params.insert(name, shape);
+        }
+        plan.steps.extend(patch.steps);
+    }
     remove.sort_unstable();
     remove.dedup();
     for i in remove.into_iter().rev() {
         g.nodes.remove(i);
     }
-    g.nodes.extend(patch.add);
-    for (name, shape) in patch.params {
-        g.params.insert(name, shape);
-    }
-    plan.steps.extend(patch.steps);
+    g.nodes.extend(add);
     g.sort_topologically()?;
-    // The invariant after every patch: a valid graph whose shapes still infer.
-    g.validate().map_err(|e| Error::Graph(format!("rule `{}` produced an invalid graph: {}", patch.rule, e)))?;
-    report.fused.push(FusedRegion { rule: patch.rule.to_string(), from, into: patch.into });
+    // The invariant after every wave of independent patches: a valid graph whose
+    // shapes still infer.
+    g.validate().map_err(|e| Error::Graph(format!("rule `{}` produced an invalid graph: {}", rules[0], e)))?;
     Ok(())
 }
 

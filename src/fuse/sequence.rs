@@ -19,11 +19,19 @@ pub fn compose_sequence(ctx: &mut Ctx, i: usize) -> Option<Patch> {
     let p = ctx.producer(t)?;
     let first_node = ctx.node(p).clone();
     let a = ConvLike::from_op(&first_node.op)?;
-    if a.kind != b.kind || ctx.index.sole_consumer(t) != Some(i) {
+    if a.kind != b.kind {
         return None;
     }
     let names = [first_node.name.as_str(), second_node.name.as_str()];
-    let fused_geometry = if a.is_pointwise() {
+    if ctx.index.sole_consumer(t) != Some(i) {
+        if a.is_pointwise() || b.is_pointwise() {
+            let reason = format!("`{}` output `{}` is also read elsewhere: fusing it into `{}` would change the other readers", names[0], t, names[1]);
+            ctx.refuse("compose_sequence", &names, reason);
+        }
+        return None;
+    }
+    // A strided 1x1 followed by a 1x1 is the KxK -> 1x1 case (one strided 1x1).
+    let fused_geometry = if a.is_pointwise() && !(a.stride != [1, 1] && b.is_pointwise()) {
         if a.stride != [1, 1] {
             let reason = format!("1x1 conv `{}` has stride {:?}: its subsampling cannot move into the following conv", names[0], a.stride);
             ctx.refuse("compose_sequence", &names, reason);

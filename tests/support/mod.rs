@@ -11,11 +11,13 @@ use repfuse::graph::{Conv2d, Linear, Op};
 use repfuse::verify::check_equivalence;
 use repfuse::{fuse, FuseOptions, Fusion, Graph, Weights};
 
-/// Few cases per property: every case builds, fuses and runs two small graphs, and
-/// the whole suite has to stay well under a minute on two cores. Failures print the
+/// Cases per property: every case builds, fuses and runs two small graphs, and the
+/// whole suite has to stay well under a minute on two cores. `PROPTEST_CASES` in the
+/// environment overrides the count (for a long local hunt). Failures print the
 /// minimal input; nothing is written into the source tree.
 pub fn config(cases: u32) -> ProptestConfig {
-    ProptestConfig { cases, failure_persistence: None, max_shrink_iters: 256, ..ProptestConfig::default() }
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(cases);
+    ProptestConfig { cases, max_global_rejects: 1024.max(4 * cases), failure_persistence: None, max_shrink_iters: 256, ..ProptestConfig::default() }
 }
 
 /// A fused graph with its deploy weights computed by the CPU plan executor.
@@ -123,7 +125,7 @@ pub fn gcd(a: usize, b: usize) -> usize {
 }
 
 pub fn divisors(n: usize) -> Vec<usize> {
-    (1..=n).filter(|d| n % d == 0).collect()
+    (1..=n).filter(|d| n.is_multiple_of(*d)).collect()
 }
 
 /// The `i`-th divisor of `n` (cyclically): a group count chosen by a generated index.
@@ -136,4 +138,17 @@ pub fn divisor(n: usize, i: usize) -> usize {
 /// `pad_total` padding.
 pub fn min_len(kernel: usize, dilation: usize, pad_total: usize) -> usize {
     ((kernel - 1) * dilation + 1).saturating_sub(pad_total).max(1)
+}
+
+/// Asserts a refusal by `rule` naming exactly `nodes` (in order), whose reason
+/// mentions `reason_has` (case-insensitive), and that every node it names survives.
+pub fn assert_refused(fused: &Fused, rule: &str, nodes: &[&str], reason_has: &str) {
+    let found = fused.fusion.report.refused.iter().find(|r| r.rule == rule && r.nodes == nodes);
+    let Some(r) = found else {
+        panic!("no `{}` refusal naming {:?}\n{}", rule, nodes, fused.summary());
+    };
+    assert!(r.reason.to_lowercase().contains(&reason_has.to_lowercase()), "refusal reason `{}` does not mention `{}`", r.reason, reason_has);
+    for n in nodes {
+        assert!(fused.graph().node(n).is_some(), "refused node `{}` is gone from the deploy graph\n{}", n, fused.summary());
+    }
 }
