@@ -7,6 +7,7 @@
 //! with a reason, what would not be exact. The weight arithmetic is a [`FusionPlan`]
 //! executed by the CPU reference ([`cpu`]) or the GPU engine.
 
+pub mod bench;
 pub mod cpu;
 pub mod error;
 pub mod fuse;

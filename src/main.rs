@@ -70,6 +70,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Time fusion (CPU and GPU) and forward passes against same-run baselines.
+    Bench {
+        /// Zoo models to fuse (default: repvgg_a0, repvgg_b0, mobileone_s0).
+        #[arg(long)]
+        model: Vec<String>,
+        #[arg(long, value_enum, default_value = "auto")]
+        backend: Backend,
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// Also time the forward pass at this input size (CPU reference).
+        #[arg(long)]
+        forward_size: Option<usize>,
+        /// Write the JSON results under benches/results/, named by adapter.
+        #[arg(long)]
+        save: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// List every wgpu adapter with its key limits.
     Adapters {
         #[arg(long)]
@@ -87,6 +105,7 @@ fn main() {
         Command::Verify { original, fused, seed, json } => commands::verify(&original, &fused, seed, json),
         Command::Inspect { input, json } => commands::inspect(&input, json),
         Command::Adapters { json } => commands::adapters(json),
+        Command::Bench { model, backend, reps, forward_size, save, json } => commands::bench(&model, backend, reps, forward_size, save, json),
     };
     match result {
         Ok(code) => std::process::exit(code),

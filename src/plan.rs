@@ -170,10 +170,14 @@ impl FusionPlan {
     /// BN variance that makes `sqrt(var + eps)` meaningless, is an error naming the
     /// tensor, not a silently poisoned deploy model.
     pub fn check_sources(&self, weights: &Weights) -> Result<()> {
-        for name in self.sources() {
-            if let Some((i, v)) = weights.get(name)?.first_non_finite() {
-                return Err(Error::tensor(name, format!("holds {} at flat index {}", v, i)));
-            }
+        use rayon::prelude::*;
+        let sources: Vec<(&str, &crate::tensor::Tensor)> = self.sources().into_iter().map(|n| Ok((n, weights.get(n)?))).collect::<Result<_>>()?;
+        // A vectorisable all-finite scan per tensor, in parallel; the position is only
+        // searched for in a tensor that fails.
+        let bad = sources.par_iter().find_first(|(_, t)| !t.data().par_chunks(1 << 16).all(|c| c.iter().fold(true, |ok, v| ok & v.is_finite())));
+        if let Some((name, t)) = bad {
+            let (i, v) = t.first_non_finite().expect("a non-finite value was seen");
+            return Err(Error::tensor(name, format!("holds {} at flat index {}", v, i)));
         }
         for s in &self.steps {
             let bn = match s {

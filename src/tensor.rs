@@ -1,6 +1,7 @@
 //! A dense f32 tensor with shared, immutable storage.
 //!
-//! Storage is `Arc<[f32]>`: cloning a tensor never copies data and nothing can write
+//! Storage is `Arc<Vec<f32>>` (wrapping a computed Vec costs no copy): cloning a
+//! tensor never copies data and nothing can write
 //! through a shared tensor, so "fusion never mutates its inputs" holds by construction
 //! (the seed code's `branch_add` destroyed a branch by adding into it in place).
 
@@ -11,7 +12,7 @@ use crate::error::{Error, Result};
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tensor {
     shape: Vec<usize>,
-    data: Arc<[f32]>,
+    data: Arc<Vec<f32>>,
 }
 
 impl Tensor {
@@ -21,13 +22,13 @@ impl Tensor {
         if n != data.len() {
             return Err(Error::tensor(name, format!("shape {:?} needs {} values, got {}", shape, n, data.len())));
         }
-        Ok(Tensor { shape, data: data.into() })
+        Ok(Tensor { shape, data: Arc::new(data) })
     }
 
     /// Builds a tensor from data already known to match the shape (internal callers).
     pub(crate) fn from_parts(shape: Vec<usize>, data: Vec<f32>) -> Self {
         debug_assert_eq!(shape.iter().product::<usize>(), data.len());
-        Tensor { shape, data: data.into() }
+        Tensor { shape, data: Arc::new(data) }
     }
 
     pub fn zeros(shape: Vec<usize>) -> Self {

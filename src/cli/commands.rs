@@ -195,3 +195,64 @@ pub fn adapters(json_out: bool) -> Result<i32> {
     }
     Ok(EXIT_OK)
 }
+
+pub fn bench(models: &[String], backend: Backend, reps: usize, forward_size: Option<usize>, save: bool, json_out: bool) -> Result<i32> {
+    let models: Vec<String> =
+        if models.is_empty() { ["repvgg_a0", "repvgg_b0", "mobileone_s0"].iter().map(|s| s.to_string()).collect() } else { models.to_vec() };
+    let gpu = match backend {
+        Backend::Cpu => None,
+        _ => match repfuse::gpu::GpuContext::new() {
+            Ok(c) => Some(c),
+            Err(e) if backend == Backend::Gpu => return Err(e.into()),
+            Err(e) => {
+                eprintln!("no GPU adapter ({}): CPU only", e);
+                None
+            }
+        },
+    };
+    let opts = repfuse::bench::BenchOptions { reps, forward_size };
+    let mut results = vec![];
+    for m in &models {
+        results.push(repfuse::bench::bench_model(m, gpu.as_ref(), &opts)?);
+    }
+    let conv = gpu.as_ref().map(|c| repfuse::bench::bench_conv(c, 64, 56, reps.min(3))).transpose()?;
+    let adapter = gpu.as_ref().map(|c| json!({"name": c.info.name, "backend": format!("{:?}", c.info.backend), "device_type": format!("{:?}", c.info.device_type), "driver": c.info.driver, "driver_info": c.info.driver_info}));
+    let doc = json!({"adapter": adapter, "cpu_threads": rayon::current_num_threads(), "models": results, "conv3x3": conv});
+    if save {
+        let name = gpu
+            .as_ref()
+            .map_or("cpu-only".to_string(), |c| c.info.name.to_lowercase().chars().map(|ch| if ch.is_ascii_alphanumeric() { ch } else { '-' }).collect());
+        let path = Path::new("benches/results").join(format!("{}.json", name));
+        std::fs::create_dir_all("benches/results")?;
+        repfuse::io::write_atomic(&path, serde_json::to_string_pretty(&doc)?.as_bytes())?;
+        eprintln!("saved {}", path.display());
+    }
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(EXIT_OK);
+    }
+    if let Some(c) = &gpu {
+        println!("adapter: {} ({:?}, {:?})", c.info.name, c.info.backend, c.info.device_type);
+    }
+    let rows: Vec<Vec<String>> = results
+        .iter()
+        .map(|r| {
+            vec![
+                r.model.clone(),
+                format!("{:.1}", (r.bytes_read + r.bytes_written) as f64 / 1e6),
+                format!("{:.1}", r.rewrite_ms),
+                format!("{:.1}", r.cpu_plan_ms),
+                format!("{:.2}", r.memcpy_ms),
+                format!("{:.1}x", r.cpu_ratio_to_memcpy),
+                r.gpu.as_ref().map_or("-".into(), |g| format!("{:.1}", g.plan_ms)),
+                r.gpu.as_ref().map_or("-".into(), |g| format!("{:.0}%", g.bandwidth_fraction * 100.0)),
+                r.forward.as_ref().map_or("-".into(), |f| format!("{:.2}x", f.speedup)),
+            ]
+        })
+        .collect();
+    table::print(&["model", "MB r+w", "rewrite ms", "cpu plan ms", "memcpy ms", "cpu/memcpy", "gpu plan ms", "gpu vs copy", "fwd speedup"], &rows);
+    if let Some(c) = conv {
+        println!("\n  {}: WGSL {:.2} GFLOP/s ({:.0} ms), CPU reference {:.2} GFLOP/s ({:.0} ms)", c.shape, c.gpu_gflops, c.gpu_ms, c.cpu_gflops, c.cpu_ms);
+    }
+    Ok(EXIT_OK)
+}

@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 
+use rayon::prelude::*;
+
 use super::primitives::{self, BnTensors, ComposeInput, PlaceInput};
 use crate::error::{Error, Result};
 use crate::plan::{BnParams, FusionPlan, Step};
@@ -16,21 +18,18 @@ struct Slots<'a> {
 }
 
 impl Slots<'_> {
-    fn get(&mut self, name: &str) -> Result<&Tensor> {
+    fn get(&self, name: &str) -> Result<&Tensor> {
         if self.computed.contains_key(name) {
             return Ok(&self.computed[name]);
         }
         self.source.get(name)
     }
-    fn get_opt(&mut self, name: Option<&String>) -> Result<Option<Tensor>> {
+    fn get_opt(&self, name: Option<&String>) -> Result<Option<Tensor>> {
         name.map(|n| self.get(n).cloned()).transpose()
-    }
-    fn put(&mut self, name: &str, t: Tensor) {
-        self.computed.insert(name.to_string(), t);
     }
 }
 
-fn bn_tensors(slots: &mut Slots, bn: &BnParams) -> Result<[Tensor; 4]> {
+fn bn_tensors(slots: &Slots, bn: &BnParams) -> Result<[Tensor; 4]> {
     Ok([slots.get(&bn.gamma)?.clone(), slots.get(&bn.beta)?.clone(), slots.get(&bn.mean)?.clone(), slots.get(&bn.var)?.clone()])
 }
 
@@ -42,13 +41,20 @@ fn with_shape(name: &str, t: Tensor, shape: &[usize]) -> Result<Tensor> {
 pub fn execute_plan(plan: &FusionPlan, weights: &Weights) -> Result<HashMap<String, Tensor>> {
     plan.check_sources(weights)?;
     let mut slots = Slots { source: weights, computed: HashMap::new() };
-    for step in &plan.steps {
-        run_step(step, &mut slots)?;
+    // Steps of one dependency level are independent: run them in parallel (each
+    // primitive is itself parallel over output channels).
+    let levels = plan.levels();
+    let depth = levels.iter().max().map_or(0, |l| l + 1);
+    for level in 0..depth {
+        let steps: Vec<&Step> = plan.steps.iter().zip(&levels).filter(|(_, l)| **l == level).map(|(s, _)| s).collect();
+        let outputs: Vec<Vec<(String, Tensor)>> = steps.par_iter().map(|s| run_step(s, &slots)).collect::<Result<_>>()?;
+        slots.computed.extend(outputs.into_iter().flatten());
     }
     Ok(slots.computed)
 }
 
-fn run_step(step: &Step, slots: &mut Slots) -> Result<()> {
+fn run_step(step: &Step, slots: &Slots) -> Result<Vec<(String, Tensor)>> {
+    let mut out = Vec::with_capacity(2);
     match step {
         Step::FoldBn { kernel, bias, bn, out_kernel, out_bias } => {
             let k = slots.get(kernel)?.clone();
@@ -56,21 +62,21 @@ fn run_step(step: &Step, slots: &mut Slots) -> Result<()> {
             let [g, be, m, v] = bn_tensors(slots, bn)?;
             let bnt = BnTensors { gamma: &g, beta: &be, mean: &m, var: &v, eps: bn.eps };
             let (k2, b2) = primitives::fold_bn(&k, b.as_ref(), &bnt).map_err(|e| in_step(e, out_kernel))?;
-            slots.put(out_kernel, k2);
-            slots.put(out_bias, b2);
+            out.push((out_kernel.to_string(), k2));
+            out.push((out_bias.to_string(), b2));
         }
         Step::BnToConv { bn, channels, out_kernel, out_bias } => {
             let [g, be, m, v] = bn_tensors(slots, bn)?;
             let bnt = BnTensors { gamma: &g, beta: &be, mean: &m, var: &v, eps: bn.eps };
             let (k, b) = primitives::bn_to_conv(&bnt, *channels).map_err(|e| in_step(e, out_kernel))?;
-            slots.put(out_kernel, k);
-            slots.put(out_bias, b);
+            out.push((out_kernel.to_string(), k));
+            out.push((out_bias.to_string(), b));
         }
         Step::Dirac { channels, groups, kernel, out_kernel } => {
-            slots.put(out_kernel, primitives::dirac(*channels, *groups, *kernel)?);
+            out.push((out_kernel.to_string(), primitives::dirac(*channels, *groups, *kernel)?));
         }
         Step::AvgPoolKernel { channels, kernel, out_kernel } => {
-            slots.put(out_kernel, primitives::avgpool_kernel(*channels, *kernel));
+            out.push((out_kernel.to_string(), primitives::avgpool_kernel(*channels, *kernel)));
         }
         Step::Place { out_shape, groups, in_channels, sources, out_kernel, out_bias } => {
             let mut owned = Vec::with_capacity(sources.len());
@@ -91,8 +97,8 @@ fn run_step(step: &Step, slots: &mut Slots) -> Result<()> {
                 })
                 .collect();
             let (k, b) = primitives::place(out_shape, *groups, *in_channels, &inputs).map_err(|e| in_step(e, out_kernel))?;
-            slots.put(out_kernel, k);
-            put_bias(slots, out_bias, b, out_shape[0]);
+            out.push((out_kernel.to_string(), k));
+            put_bias(&mut out, out_bias, b, out_shape[0]);
         }
         Step::Compose { first, second, in_channels, out_shape, groups, out_kernel, out_bias } => {
             let (ka, ba) = (slots.get(&first.kernel)?.clone(), slots.get_opt(first.bias.as_ref())?);
@@ -104,18 +110,18 @@ fn run_step(step: &Step, slots: &mut Slots) -> Result<()> {
                 *groups,
             )
             .map_err(|e| in_step(e, out_kernel))?;
-            slots.put(out_kernel, with_shape(out_kernel, k, out_shape)?);
-            put_bias(slots, out_bias, b, out_shape[0]);
+            out.push((out_kernel.to_string(), with_shape(out_kernel, k, out_shape)?));
+            put_bias(&mut out, out_bias, b, out_shape[0]);
         }
     }
-    Ok(())
+    Ok(out)
 }
 
 /// Writes the bias a step computed; a step that names a bias output always gets one
 /// (zeros when no source had a bias), so the graph never names a missing tensor.
-fn put_bias(slots: &mut Slots, name: &Option<String>, b: Option<Tensor>, channels: usize) {
+fn put_bias(out: &mut Vec<(String, Tensor)>, name: &Option<String>, b: Option<Tensor>, channels: usize) {
     if let Some(n) = name {
-        slots.put(n, b.unwrap_or_else(|| Tensor::zeros(vec![channels])));
+        out.push((n.to_string(), b.unwrap_or_else(|| Tensor::zeros(vec![channels]))));
     }
 }
 

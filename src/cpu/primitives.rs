@@ -173,38 +173,46 @@ pub fn place(out_shape: &[usize], groups: usize, in_channels: usize, sources: &[
         dims.push([so, si, sh, sw]);
     }
     let row = per * kh_out * kw_out;
-    let mut acc = vec![0f64; o_total * row];
+    let mut out = vec![0f32; o_total * row];
     let failed = std::sync::atomic::AtomicBool::new(false);
-    acc.par_chunks_mut(row).enumerate().for_each(|(o, dst)| {
-        for (s, &[so, si, sh, sw]) in sources.iter().zip(&dims) {
-            let m = s.map;
-            if o < s.out_offset || (o - s.out_offset) % m.out_stride != 0 || (o - s.out_offset) / m.out_stride >= so {
-                continue;
-            }
-            let os = (o - s.out_offset) / m.out_stride;
-            // Source input channel j of output os is global channel c; in the
-            // destination it sits at c - base within output o's group.
-            let c0 = (os / (so / s.groups)) * si;
+    // One output row (output channel) per task, summed in an f64 row buffer and
+    // rounded once: no whole-kernel f64 temporary, no second pass.
+    out.par_chunks_mut(row).enumerate().for_each_init(
+        || vec![0f64; row],
+        |acc, (o, dst)| {
+            acc.iter_mut().for_each(|a| *a = 0.0);
             let base = (o / (o_total / groups)) * per;
-            for j in 0..si {
-                let c = m.in_offset + (c0 + j) * m.in_stride;
-                if c < base || c >= base + per {
+            for (s, &[so, si, sh, sw]) in sources.iter().zip(&dims) {
+                let m = s.map;
+                if o < s.out_offset || (o - s.out_offset) % m.out_stride != 0 || (o - s.out_offset) / m.out_stride >= so {
+                    continue;
+                }
+                let os = (o - s.out_offset) / m.out_stride;
+                // Source input channel c0 + j lands on destination input channel
+                // in_offset + (c0 + j) * in_stride, which must lie in o's group.
+                let c0 = (os / (so / s.groups)) * si;
+                let (first, last) = (m.in_offset + c0 * m.in_stride, m.in_offset + (c0 + si - 1) * m.in_stride);
+                if first < base || last >= base + per {
                     failed.store(true, std::sync::atomic::Ordering::Relaxed);
                     continue;
                 }
-                let cl = c - base;
-                let src = &s.kernel.data()[(os * si + j) * sh * sw..][..sh * sw];
-                for a in 0..sh {
-                    for b in 0..sw {
-                        let v = src[a * sw + b] as f64 * m.scale as f64;
-                        if v != 0.0 {
-                            dst[(cl * kh_out + s.offset[0] + a * s.step[0]) * kw_out + s.offset[1] + b * s.step[1]] += v;
+                let scale = m.scale as f64;
+                let src = &s.kernel.data()[os * si * sh * sw..][..si * sh * sw];
+                for (j, taps) in src.chunks_exact(sh * sw).enumerate() {
+                    let cl = first - base + j * m.in_stride;
+                    for a in 0..sh {
+                        let at = (cl * kh_out + s.offset[0] + a * s.step[0]) * kw_out + s.offset[1];
+                        for b in 0..sw {
+                            acc[at + b * s.step[1]] += taps[a * sw + b] as f64 * scale;
                         }
                     }
                 }
             }
-        }
-    });
+            for (d, a) in dst.iter_mut().zip(acc.iter()) {
+                *d = *a as f32;
+            }
+        },
+    );
     if failed.into_inner() {
         return Err(Error::tensor("place", format!("a source's groups do not fit the destination's {} groups", groups)));
     }
@@ -219,7 +227,7 @@ pub fn place(out_shape: &[usize], groups: usize, in_channels: usize, sources: &[
         }
         Tensor::from_parts(vec![o_total], b.into_iter().map(|v| v as f32).collect())
     });
-    Ok((Tensor::from_parts(out_shape.to_vec(), acc.into_iter().map(|v| v as f32).collect()), bias))
+    Ok((Tensor::from_parts(out_shape.to_vec(), out), bias))
 }
 
 /// One operand of `compose`.
@@ -271,37 +279,44 @@ pub fn compose(first: &ComposeInput, second: &ComposeInput, in_channels: usize, 
     let (kh, kw) = if first_is_1x1 { (bh, bw) } else { (ah, aw) };
     let per = in_channels / groups;
     let row = per * kh * kw;
-    let mut acc = vec![0f64; o * row];
+    let mut out = vec![0f32; o * row];
     let failed = std::sync::atomic::AtomicBool::new(false);
-    acc.par_chunks_mut(row).enumerate().for_each(|(oc, dst)| {
-        let g_b = oc / (o / gb);
-        let base = (oc / (o / groups)) * per;
-        for j in 0..mb {
-            let mid = g_b * mb + j;
-            let g_a = mid / (m / ga);
-            for i in 0..ca {
-                let c = g_a * ca + i;
-                if c < base || c >= base + per {
-                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
-                    continue;
-                }
-                let d = &mut dst[(c - base) * kh * kw..][..kh * kw];
-                let a_k = &first.kernel.data()[(mid * ca + i) * ah * aw..][..ah * aw];
-                let b_k = &second.kernel.data()[(oc * mb + j) * bh * bw..][..bh * bw];
-                if first_is_1x1 {
-                    let a = a_k[0] as f64;
-                    for (d, b) in d.iter_mut().zip(b_k) {
-                        *d += a * *b as f64;
+    out.par_chunks_mut(row).enumerate().for_each_init(
+        || vec![0f64; row],
+        |dst, (oc, out_row)| {
+            dst.iter_mut().for_each(|a| *a = 0.0);
+            let g_b = oc / (o / gb);
+            let base = (oc / (o / groups)) * per;
+            for j in 0..mb {
+                let mid = g_b * mb + j;
+                let g_a = mid / (m / ga);
+                for i in 0..ca {
+                    let c = g_a * ca + i;
+                    if c < base || c >= base + per {
+                        failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                        continue;
                     }
-                } else {
-                    let b = b_k[0] as f64;
-                    for (d, a) in d.iter_mut().zip(a_k) {
-                        *d += b * *a as f64;
+                    let d = &mut dst[(c - base) * kh * kw..][..kh * kw];
+                    let a_k = &first.kernel.data()[(mid * ca + i) * ah * aw..][..ah * aw];
+                    let b_k = &second.kernel.data()[(oc * mb + j) * bh * bw..][..bh * bw];
+                    if first_is_1x1 {
+                        let a = a_k[0] as f64;
+                        for (d, b) in d.iter_mut().zip(b_k) {
+                            *d += a * *b as f64;
+                        }
+                    } else {
+                        let b = b_k[0] as f64;
+                        for (d, a) in d.iter_mut().zip(a_k) {
+                            *d += b * *a as f64;
+                        }
                     }
                 }
             }
-        }
-    });
+            for (d, a) in out_row.iter_mut().zip(dst.iter()) {
+                *d = *a as f32;
+            }
+        },
+    );
     if failed.into_inner() {
         return Err(Error::tensor("compose", format!("the composed kernel does not fit {} groups", groups)));
     }
@@ -320,7 +335,7 @@ pub fn compose(first: &ComposeInput, second: &ComposeInput, in_channels: usize, 
             })
             .collect::<Vec<f32>>()
     });
-    Ok((Tensor::from_parts(vec![o, per, kh, kw], acc.into_iter().map(|v| v as f32).collect()), bias.map(|b| Tensor::from_parts(vec![o], b))))
+    Ok((Tensor::from_parts(vec![o, per, kh, kw], out), bias.map(|b| Tensor::from_parts(vec![o], b))))
 }
 
 /// Paradigm 9: a Linear weight `[O, I]` as a 1x1 conv kernel `[O, I, 1, 1]` (a view).

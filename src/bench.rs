@@ -1,0 +1,188 @@
+//! `repfuse bench`: fuse and forward timings with their baselines measured in the
+//! same run (host memcpy of the same bytes for the CPU plan, a device
+//! buffer-to-buffer copy for the GPU plan), so results compare across machines.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::fuse::{fuse, FuseOptions};
+use crate::gpu::GpuContext;
+use crate::verify::random_inputs;
+
+/// Median wall time of `reps` runs of `f`, in milliseconds.
+pub fn median_ms<T>(reps: usize, mut f: impl FnMut() -> Result<T>) -> Result<f64> {
+    let mut t = Vec::with_capacity(reps);
+    for _ in 0..reps.max(1) {
+        let s = Instant::now();
+        std::hint::black_box(f()?);
+        t.push(s.elapsed().as_secs_f64() * 1e3);
+    }
+    t.sort_by(f64::total_cmp);
+    Ok(t[t.len() / 2])
+}
+
+#[derive(Debug, Serialize)]
+pub struct GpuPlanBench {
+    pub adapter: String,
+    pub plan_ms: f64,
+    pub device_copy_ms: f64,
+    /// device copy time / plan time: the fraction of copy bandwidth the plan reaches.
+    pub bandwidth_fraction: f64,
+    pub submissions: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ForwardBench {
+    pub batch: usize,
+    pub size: usize,
+    pub original_ms: f64,
+    pub fused_ms: f64,
+    pub original_gflops: f64,
+    pub fused_gflops: f64,
+    pub speedup: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ModelBench {
+    pub model: String,
+    pub params_train: usize,
+    pub params_deploy: usize,
+    pub bytes_read: usize,
+    pub bytes_written: usize,
+    pub rewrite_ms: f64,
+    pub cpu_plan_ms: f64,
+    pub cpu_fuse_ms: f64,
+    pub memcpy_ms: f64,
+    /// CPU fuse time (rewrite + plan) / memcpy time of the bytes read and written.
+    pub cpu_ratio_to_memcpy: f64,
+    pub gpu: Option<GpuPlanBench>,
+    pub forward: Option<ForwardBench>,
+}
+
+/// Host memcpy of `bytes` (read + write), the CPU plan's baseline.
+fn memcpy_ms(bytes: usize, reps: usize) -> Result<f64> {
+    let src = vec![1u8; bytes.max(1)];
+    let mut dst = vec![0u8; bytes.max(1)];
+    median_ms(reps, || {
+        dst.copy_from_slice(&src);
+        Ok(dst[bytes / 2])
+    })
+}
+
+/// Device buffer-to-buffer copy of `bytes`, the GPU plan's baseline (one submission).
+fn device_copy_ms(ctx: &GpuContext, bytes: usize, reps: usize) -> Result<f64> {
+    let n = bytes.div_ceil(4).max(1);
+    // Plain copy buffers: no storage binding, so no binding-size limit.
+    let buf = |label| {
+        ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: n as u64 * 4,
+            usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    };
+    let (a, b) = (buf("copy_src"), buf("copy_dst"));
+    median_ms(reps, || {
+        let mut e = ctx.device.create_command_encoder(&Default::default());
+        e.copy_buffer_to_buffer(&a, 0, &b, 0, n as u64 * 4);
+        ctx.submit_and_read(e, &[(&b, 0, 1)])
+    })
+}
+
+pub struct BenchOptions {
+    pub reps: usize,
+    pub forward_size: Option<usize>,
+}
+
+pub fn bench_model(name: &str, gpu: Option<&GpuContext>, o: &BenchOptions) -> Result<ModelBench> {
+    let (g, w, _) = crate::zoo::build(name, 1, 224, 1).ok_or_else(|| crate::Error::Graph(format!("no zoo model `{}`", name)))?;
+    let opts = FuseOptions::default();
+    let rewrite_ms = median_ms(o.reps, || fuse(&g, &opts))?;
+    let f = fuse(&g, &opts)?;
+    let cpu_plan_ms = median_ms(o.reps, || crate::cpu::execute_plan(&f.plan, &w))?;
+    let computed = crate::cpu::execute_plan(&f.plan, &w)?;
+    let bytes_read: usize = f.plan.sources().iter().map(|s| w.get(s).map_or(0, |t| t.numel() * 4)).sum();
+    let bytes_written: usize = computed.values().map(|t| t.numel() * 4).sum();
+    let memcpy = memcpy_ms(bytes_read + bytes_written, o.reps)?;
+    let gpu = match gpu {
+        Some(ctx) => {
+            let before = ctx.submissions();
+            crate::gpu::execute_plan_gpu(ctx, &f.plan, &w)?;
+            let submissions = ctx.submissions() - before;
+            let plan_ms = median_ms(o.reps, || crate::gpu::execute_plan_gpu(ctx, &f.plan, &w))?;
+            let device_copy_ms = device_copy_ms(ctx, bytes_read + bytes_written, o.reps)?;
+            Some(GpuPlanBench { adapter: ctx.info.name.clone(), plan_ms, device_copy_ms, bandwidth_fraction: device_copy_ms / plan_ms, submissions })
+        }
+        None => None,
+    };
+    let forward = match o.forward_size {
+        Some(size) => {
+            let (g2, w2, _) = crate::zoo::build(name, 1, size, 1).expect("built above");
+            let f2 = fuse(&g2, &opts)?;
+            let fw = f2.weights_cpu(&w2)?;
+            let inputs = random_inputs(&g2, 3);
+            let original_ms = median_ms(o.reps.min(3), || crate::cpu::forward(&g2, &w2, &inputs))?;
+            let fused_ms = median_ms(o.reps.min(3), || crate::cpu::forward(&f2.graph, &fw, &inputs))?;
+            let gf = |flops: u64, ms: f64| flops as f64 / (ms * 1e6);
+            Some(ForwardBench {
+                batch: 1,
+                size,
+                original_ms,
+                fused_ms,
+                original_gflops: gf(f2.report.flops_before, original_ms),
+                fused_gflops: gf(f2.report.flops_after, fused_ms),
+                speedup: original_ms / fused_ms,
+            })
+        }
+        None => None,
+    };
+    let cpu_fuse_ms = rewrite_ms + cpu_plan_ms;
+    Ok(ModelBench {
+        model: name.to_string(),
+        params_train: f.report.params_before,
+        params_deploy: f.report.params_after,
+        bytes_read,
+        bytes_written,
+        rewrite_ms,
+        cpu_plan_ms,
+        cpu_fuse_ms,
+        memcpy_ms: memcpy,
+        cpu_ratio_to_memcpy: cpu_fuse_ms / memcpy,
+        gpu,
+        forward,
+    })
+}
+
+#[derive(Debug, Serialize)]
+pub struct ConvBench {
+    pub shape: String,
+    pub gflop: f64,
+    pub gpu_ms: f64,
+    pub gpu_gflops: f64,
+    pub cpu_ms: f64,
+    pub cpu_gflops: f64,
+}
+
+/// The WGSL 3x3 conv forward against the CPU reference conv on the same layer.
+pub fn bench_conv(ctx: &GpuContext, c: usize, hw: usize, reps: usize) -> Result<ConvBench> {
+    let mut b = crate::zoo::GraphBuilder::new(5);
+    let x = b.input("x", &[1, c, hw, hw]);
+    let y = b.conv(&x, crate::zoo::ConvSpec::same(c, 3, 1, 1));
+    b.output(&y);
+    let (g, w) = b.finish();
+    let inputs = random_inputs(&g, 1);
+    let gflop = (2 * c * c * 9 * hw * hw) as f64 / 1e9;
+    crate::gpu::forward_gpu(ctx, &g, &w, &inputs)?;
+    let gpu_ms = median_ms(reps, || crate::gpu::forward_gpu(ctx, &g, &w, &inputs))?;
+    let cpu_ms = median_ms(reps, || crate::cpu::forward(&g, &w, &inputs))?;
+    Ok(ConvBench {
+        shape: format!("1x{}x{}x{} conv3x3 {}->{}", c, hw, hw, c, c),
+        gflop,
+        gpu_ms,
+        gpu_gflops: gflop / (gpu_ms / 1e3),
+        cpu_ms,
+        cpu_gflops: gflop / (cpu_ms / 1e3),
+    })
+}
