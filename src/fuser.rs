@@ -27,6 +27,8 @@ pub struct Fused {
     pub graph: Graph,
     pub weights: Weights,
     pub report: FusionReport,
+    /// Deploy node -> the original nodes it replaces (see `verify::check_regions`).
+    pub origins: std::collections::BTreeMap<String, Vec<String>>,
     /// The backend that ran and why it was chosen.
     pub backend: Backend,
     pub backend_reason: String,
@@ -83,6 +85,6 @@ impl Fuser {
             }
             _ => f.weights_cpu(weights)?,
         };
-        Ok(Fused { graph: f.graph, weights, report: f.report, backend, backend_reason })
+        Ok(Fused { graph: f.graph, weights, report: f.report, origins: f.origins, backend, backend_reason })
     }
 }

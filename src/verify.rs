@@ -150,3 +150,67 @@ pub fn unrunnable_ops(g: &Graph) -> Vec<String> {
     v.dedup();
     v
 }
+
+/// One fused region checked alone: the original nodes it replaced against the deploy
+/// node, on random inputs of the region's input shapes.
+#[derive(Clone, Debug, Serialize)]
+pub struct RegionCheck {
+    pub node: String,
+    pub from: Vec<String>,
+    pub error: Option<ErrorStats>,
+    /// Why the region could not be run alone (unknown shapes, not self-contained).
+    pub skipped: Option<String>,
+}
+
+/// Runs every fused region alone: the original sub-graph of the nodes a
+/// deploy node replaced, against that deploy node. Works where end-to-end checks
+/// cannot (graphs with ops the reference does not run), and localises an error to
+/// one region where they can.
+pub fn check_regions(
+    original: &Graph,
+    original_w: &Weights,
+    fused: &Graph,
+    origins: &std::collections::BTreeMap<String, Vec<String>>,
+    fused_w: &Weights,
+    seed: u64,
+) -> Result<Vec<RegionCheck>> {
+    let shapes = crate::graph::infer_shapes(original)?;
+    let mut out = vec![];
+    for (k, (name, from)) in origins.iter().enumerate() {
+        let node = fused.node(name).expect("origins name deploy nodes");
+        let check = |why: String| RegionCheck { node: name.clone(), from: from.clone(), error: None, skipped: Some(why) };
+        let members: Vec<&crate::graph::Node> = original.nodes.iter().filter(|n| from.contains(&n.name)).collect();
+        let produced: std::collections::HashSet<&String> = members.iter().flat_map(|n| &n.outputs).collect();
+        let mut inputs: Vec<String> = vec![];
+        for n in &members {
+            for t in &n.inputs {
+                if !produced.contains(t) && !original.params.contains_key(t) && !inputs.contains(t) {
+                    inputs.push(t.clone());
+                }
+            }
+        }
+        let out_t = &node.outputs[0];
+        let mut want = node.inputs.clone();
+        want.sort();
+        let mut have = inputs.clone();
+        have.sort();
+        if !produced.contains(out_t) || want != have {
+            out.push(check(format!("not a self-contained region (reads {:?}, deploy node reads {:?})", have, want)));
+            continue;
+        }
+        let Some(in_shapes) = inputs.iter().map(|t| shapes.get(t).cloned()).collect::<Option<Vec<_>>>() else {
+            out.push(check("input shapes unknown (downstream of an op the reference cannot run)".into()));
+            continue;
+        };
+        let vi = |ts: &[String]| ts.iter().zip(&in_shapes).map(|(t, s)| crate::graph::ValueInfo { name: t.clone(), shape: s.clone() }).collect();
+        let sub_orig =
+            Graph { inputs: vi(&inputs), outputs: vec![out_t.clone()], nodes: members.into_iter().cloned().collect(), params: original.params.clone() };
+        let sub_fused = Graph { inputs: vi(&inputs), outputs: vec![out_t.clone()], nodes: vec![node.clone()], params: fused.params.clone() };
+        let feeds = random_inputs(&sub_orig, seed.wrapping_add(k as u64));
+        let r = crate::cpu::forward(&sub_orig, original_w, &feeds)?;
+        let x = crate::cpu::forward(&sub_fused, fused_w, &feeds)?;
+        let stats = compare(&x[out_t], &r[out_t], Tolerance::for_graph(&sub_orig))?;
+        out.push(RegionCheck { node: name.clone(), from: from.clone(), error: Some(stats), skipped: None });
+    }
+    Ok(out)
+}

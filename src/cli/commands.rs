@@ -82,7 +82,10 @@ pub fn fuse(a: &FuseArgs) -> Result<i32> {
     let fused = fuser.fuse(&model.graph, &model.weights, &FuseOptions { compose_cost_limit: a.compose_cost_limit, widen_shortcuts: a.widen_shortcuts })?;
     let fuse_ms = t.elapsed().as_secs_f64() * 1e3;
     let (eq, skipped) = if a.verify { verify_pair(&model.graph, &model.weights, &fused.graph, &fused.weights)? } else { (None, None) };
-    let code = if eq.as_ref().is_some_and(|e| !e.passed()) { EXIT_OVER_TOLERANCE } else { EXIT_OK };
+    let regions =
+        if a.verify { repfuse::verify::check_regions(&model.graph, &model.weights, &fused.graph, &fused.origins, &fused.weights, 7)? } else { vec![] };
+    let region_fail = regions.iter().any(|r| r.error.as_ref().is_some_and(|e| !e.passed()));
+    let code = if eq.as_ref().is_some_and(|e| !e.passed()) || region_fail { EXIT_OVER_TOLERANCE } else { EXIT_OK };
     // A fusion that fails verification is not written: no deploy model that lies.
     if code == EXIT_OK {
         repfuse::io::save_model(&a.output, model.onnx.as_ref(), &fused.graph, &fused.weights).with_context(|| format!("writing {}", a.output.display()))?;
@@ -104,7 +107,19 @@ pub fn fuse(a: &FuseArgs) -> Result<i32> {
         print_equivalence(e);
     }
     if let Some(s) = skipped {
-        println!("\nverification skipped: {}", s);
+        println!("\nend-to-end verification skipped: {}", s);
+    }
+    if a.verify {
+        let checked: Vec<_> = regions.iter().filter_map(|r| r.error.as_ref()).collect();
+        let worst = checked.iter().map(|e| e.max_abs).fold(0.0, f64::max);
+        println!(
+            "regions checked alone: {} of {} (max abs error {:.3e}, {} over tolerance, {} skipped)",
+            checked.len(),
+            regions.len(),
+            worst,
+            checked.iter().filter(|e| !e.passed()).count(),
+            regions.len() - checked.len()
+        );
     }
     if code != EXIT_OK {
         println!("\nnot written: the fused model is over tolerance");

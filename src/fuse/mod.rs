@@ -13,7 +13,7 @@ mod rule;
 mod sequence;
 mod shortcut;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 pub use report::{FusedRegion, FusionReport, Refusal};
 use rule::{Ctx, Patch, Rule};
@@ -64,6 +64,9 @@ pub struct Fusion {
     pub graph: Graph,
     pub plan: FusionPlan,
     pub report: FusionReport,
+    /// For each deploy node made by a rewrite: the original nodes it replaces (the
+    /// region `verify::check_regions` runs alone).
+    pub origins: BTreeMap<String, Vec<String>>,
 }
 
 /// Fuses every exact pattern in `graph`. Never mutates `graph`; refuses (and reports)
@@ -77,6 +80,7 @@ pub fn fuse(graph: &Graph, opts: &FuseOptions) -> Result<Fusion> {
     let mut counter = 0usize;
     let mut seen = BTreeSet::new();
     let mut refusals = Vec::new();
+    let mut origins: HashMap<String, BTreeSet<String>> = graph.nodes.iter().map(|n| (n.name.clone(), [n.name.clone()].into())).collect();
     // Each wave removes at least one node or replaces a pattern by a smaller one; the
     // bound only guards against a rule bug turning into an endless loop.
     let max_patches = 16 * graph.nodes.len() + 16;
@@ -95,9 +99,9 @@ pub fn fuse(graph: &Graph, opts: &FuseOptions) -> Result<Fusion> {
         };
         let wave = next_wave(&mut ctx);
         if wave.is_empty() {
-            return finish(g, plan, report, refusals);
+            return finish(g, plan, report, refusals, origins);
         }
-        apply(&mut g, &mut plan, &mut report, wave)?;
+        apply(&mut g, &mut plan, &mut report, &mut origins, wave)?;
     }
     Err(Error::Graph(format!("rewrite did not reach a fixpoint after {} patches (a rule bug)", max_patches)))
 }
@@ -138,13 +142,18 @@ fn next_wave(ctx: &mut Ctx) -> Vec<Patch> {
     vec![]
 }
 
-fn apply(g: &mut Graph, plan: &mut FusionPlan, report: &mut FusionReport, wave: Vec<Patch>) -> Result<()> {
+fn apply(g: &mut Graph, plan: &mut FusionPlan, report: &mut FusionReport, origins: &mut HashMap<String, BTreeSet<String>>, wave: Vec<Patch>) -> Result<()> {
     let mut remove: Vec<usize> = vec![];
     let mut add = vec![];
     let rules: Vec<&'static str> = wave.iter().map(|p| p.rule).collect();
     for patch in wave {
         let mut from: Vec<String> = patch.remove.iter().map(|&i| g.nodes[i].name.clone()).collect();
         from.sort();
+        // Every new node stands for the union of the original nodes it replaces.
+        let union: BTreeSet<String> = patch.remove.iter().flat_map(|&i| origins.get(&g.nodes[i].name).cloned().unwrap_or_default()).collect();
+        for n in &patch.add {
+            origins.insert(n.name.clone(), union.clone());
+        }
         report.fused.push(FusedRegion { rule: patch.rule.to_string(), from, into: patch.into });
         remove.extend(patch.remove);
         add.extend(patch.add);
@@ -166,7 +175,12 @@ fn apply(g: &mut Graph, plan: &mut FusionPlan, report: &mut FusionReport, wave: 
     Ok(())
 }
 
-fn finish(mut g: Graph, plan: FusionPlan, mut report: FusionReport, refusals: Vec<Refusal>) -> Result<Fusion> {
+fn finish(mut g: Graph, plan: FusionPlan, mut report: FusionReport, refusals: Vec<Refusal>, origins: HashMap<String, BTreeSet<String>>) -> Result<Fusion> {
+    let origins: BTreeMap<String, Vec<String>> = g
+        .nodes
+        .iter()
+        .filter_map(|n| origins.get(&n.name).filter(|o| o.len() > 1 || !o.contains(&n.name)).map(|o| (n.name.clone(), o.iter().cloned().collect())))
+        .collect();
     let used: BTreeSet<String> = g.nodes.iter().flat_map(|n| n.op.params().into_iter().map(str::to_string).chain(n.inputs.iter().cloned())).collect();
     g.params.retain(|k, _| used.contains(k));
     let shapes = g.validate()?;
@@ -178,7 +192,7 @@ fn finish(mut g: Graph, plan: FusionPlan, mut report: FusionReport, refusals: Ve
     report.params_after = g.param_count();
     report.flops_after = g.flops(&shapes);
     report.plan_steps = plan.steps.len();
-    Ok(Fusion { graph: g, plan, report })
+    Ok(Fusion { graph: g, plan, report, origins })
 }
 
 impl Fusion {

@@ -1,0 +1,68 @@
+//! Each fused region verified alone: the original nodes a deploy node replaced, run
+//! against that node. Works with ops the reference cannot run elsewhere in the graph,
+//! and points at the region that is wrong.
+
+use repfuse::verify::check_regions;
+use repfuse::zoo::{blocks, GraphBuilder};
+use repfuse::{fuse, FuseOptions, Tensor};
+
+#[test]
+fn every_region_of_every_zoo_model_checks_alone() {
+    for m in ["repvgg_a0", "mobileone_s0", "dbb", "acnet", "replknet", "repnext"] {
+        let (g, w, _) = repfuse::zoo::build(m, 1, 32, 4).unwrap();
+        let f = fuse(&g, &FuseOptions::default()).unwrap();
+        let fw = f.weights_cpu(&w).unwrap();
+        let regions = check_regions(&g, &w, &f.graph, &f.origins, &fw, 1).unwrap();
+        assert!(!regions.is_empty(), "{}", m);
+        for r in &regions {
+            let e = r.error.as_ref().unwrap_or_else(|| panic!("{}: region {} skipped: {:?}", m, r.node, r.skipped));
+            assert!(e.passed(), "{}: region {} ({:?}) {:?}", m, r.node, r.from, e);
+        }
+    }
+}
+
+#[test]
+fn regions_check_next_to_ops_the_reference_cannot_run() {
+    let mut b = GraphBuilder::new(2);
+    let x = b.input("x", &[1, 4, 8, 8]);
+    let y = blocks::repvgg_block(&mut b, &x, 4, 1, 1);
+    let z = b.opaque(&y, "SomeCustomOp");
+    b.output(&z);
+    let (g, w) = b.finish();
+    let f = fuse(&g, &FuseOptions::default()).unwrap();
+    let fw = f.weights_cpu(&w).unwrap();
+    assert!(repfuse::cpu::forward(&g, &w, &repfuse::verify::random_inputs(&g, 1)).is_err(), "end to end cannot run");
+    let regions = check_regions(&g, &w, &f.graph, &f.origins, &fw, 1).unwrap();
+    assert_eq!(regions.len(), 1);
+    assert!(regions[0].error.as_ref().unwrap().passed());
+}
+
+#[test]
+fn a_corrupted_fused_weight_is_caught_in_its_region() {
+    let mut b = GraphBuilder::new(3);
+    let x = b.input("x", &[1, 4, 8, 8]);
+    let y = blocks::repvgg_block(&mut b, &x, 4, 1, 1);
+    let y = blocks::acnet_block(&mut b, &y, 4, 3, 1);
+    b.output(&y);
+    let (g, w) = b.finish();
+    let f = fuse(&g, &FuseOptions::default()).unwrap();
+    let good = f.weights_cpu(&w).unwrap();
+    // Perturb one weight of the second fused conv by 1%.
+    let victim = f.graph.nodes.iter().filter(|n| n.op.kind() == "Conv").nth(1).unwrap().clone();
+    let wname = victim.op.params()[0].to_string();
+    let mut bad = repfuse::Weights::new();
+    for (k, t) in good.iter() {
+        let t = if *k == wname {
+            let mut d = t.data().to_vec();
+            d[0] *= 1.01;
+            d[0] += 0.01;
+            Tensor::new(k, t.shape().to_vec(), d).unwrap()
+        } else {
+            t.clone()
+        };
+        bad.insert(k.clone(), t);
+    }
+    let regions = check_regions(&g, &w, &f.graph, &f.origins, &bad, 1).unwrap();
+    let failed: Vec<&str> = regions.iter().filter(|r| !r.error.as_ref().unwrap().passed()).map(|r| r.node.as_str()).collect();
+    assert_eq!(failed, vec![victim.name.as_str()]);
+}
