@@ -8,8 +8,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use wgpu::util::DeviceExt;
-
 use super::shaders;
 use crate::error::{Error, Result};
 
@@ -48,6 +46,9 @@ pub struct GpuContext {
     pub timestamps: bool,
     submissions: AtomicUsize,
     kernels: Mutex<HashMap<&'static str, Arc<Kernel>>>,
+    /// Validation/out-of-memory errors and device loss, recorded instead of wgpu's
+    /// default panic, and returned as `Error::Gpu` by the next readback.
+    errors: Arc<Mutex<Vec<String>>>,
 }
 
 impl GpuContext {
@@ -66,7 +67,34 @@ impl GpuContext {
             ..Default::default()
         }))
         .map_err(|e| Error::Gpu(format!("requesting a device from {}: {}", info.name, e)))?;
-        Ok(GpuContext { device, queue, info, limits, timestamps, submissions: AtomicUsize::new(0), kernels: Mutex::new(HashMap::new()) })
+        let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+        let sink = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            if let Ok(mut v) = sink.lock() {
+                v.push(e.to_string());
+            }
+        }));
+        let sink = errors.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            if let Ok(mut v) = sink.lock() {
+                v.push(format!("device lost ({:?}): {}", reason, msg));
+            }
+        });
+        Ok(GpuContext { device, queue, info, limits, timestamps, submissions: AtomicUsize::new(0), kernels: Mutex::new(HashMap::new()), errors })
+    }
+
+    /// The first GPU error recorded since the last call, as an `Error`.
+    pub fn take_error(&self) -> Result<()> {
+        let first = {
+            let mut v = self.errors.lock().map_err(|_| Error::Gpu("error log poisoned".into()))?;
+            let first = v.first().cloned();
+            v.clear();
+            first
+        };
+        match first {
+            Some(e) => Err(Error::Gpu(e)),
+            None => Ok(()),
+        }
     }
 
     /// A CPU-emulated adapter (lavapipe, llvmpipe, WARP, SwiftShader).
@@ -135,25 +163,32 @@ impl GpuContext {
     /// A storage buffer holding `data` (at least 4 bytes: empty bindings are invalid).
     pub fn storage(&self, label: &str, data: &[f32]) -> wgpu::Buffer {
         let bytes: &[u8] = if data.is_empty() { &[0; 4] } else { bytemuck::cast_slice(data) };
-        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        self.init_buffer(label, bytes, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC)
+    }
+
+    /// A buffer holding `bytes` (a multiple of 4 long), uploaded through the queue.
+    /// Not `create_buffer_init`: that panics when the device is lost, where this
+    /// records an error that the next readback returns.
+    fn init_buffer(&self, label: &str, bytes: &[u8], usage: wgpu::BufferUsages) -> wgpu::Buffer {
+        let size = (bytes.len() as u64).next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT).max(wgpu::COPY_BUFFER_ALIGNMENT);
+        let b = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
-            contents: bytes,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-        })
+            size,
+            usage: usage | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.queue.write_buffer(&b, 0, bytes);
+        b
     }
 
     /// A read-only table of u32 records (job descriptors).
     pub fn table(&self, label: &str, data: &[u32]) -> wgpu::Buffer {
         let bytes: &[u8] = if data.is_empty() { &[0; 4] } else { bytemuck::cast_slice(data) };
-        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some(label), contents: bytes, usage: wgpu::BufferUsages::STORAGE })
+        self.init_buffer(label, bytes, wgpu::BufferUsages::STORAGE)
     }
 
     pub fn uniform<T: bytemuck::Pod>(&self, label: &str, value: &T) -> wgpu::Buffer {
-        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(label),
-            contents: bytemuck::bytes_of(value),
-            usage: wgpu::BufferUsages::UNIFORM,
-        })
+        self.init_buffer(label, bytemuck::bytes_of(value), wgpu::BufferUsages::UNIFORM)
     }
 
     /// An uninitialised storage buffer of `len` f32, checked against the limits first.
@@ -161,6 +196,9 @@ impl GpuContext {
         let size =
             (len.max(1) as u64).checked_mul(4).ok_or_else(|| Error::Limit { what: "buffer size".into(), need: u64::MAX, have: self.limits.max_buffer_size })?;
         self.check_binding(size)?;
+        if size > self.limits.max_buffer_size {
+            return Err(Error::Limit { what: "max_buffer_size".into(), need: size, have: self.limits.max_buffer_size });
+        }
         Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size,
@@ -197,6 +235,9 @@ impl GpuContext {
                 s
             })
             .collect();
+        // Errors from building the work (e.g. an allocation the device refused) stop
+        // here, before anything waits on it.
+        self.take_error()?;
         let index = self.queue.submit([encoder.finish()]);
         self.submissions.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = std::sync::mpsc::channel();
@@ -209,6 +250,7 @@ impl GpuContext {
         self.device
             .poll(wgpu::PollType::Wait { submission_index: Some(index), timeout: Some(POLL_TIMEOUT) })
             .map_err(|e| Error::Gpu(format!("waiting for the GPU: {}", e)))?;
+        self.take_error()?;
         for _ in 0..staging.len() {
             let (_, r) = rx.recv_timeout(POLL_TIMEOUT).map_err(|_| Error::Gpu("readback map did not complete".into()))?;
             r.map_err(|e| Error::Gpu(format!("mapping the readback buffer: {}", e)))?;
