@@ -37,12 +37,18 @@ pub fn write_native(graph: &Graph, weights: &Weights, graph_path: &Path) -> Resu
 }
 
 pub fn read_native(graph_path: &Path) -> Result<(Graph, Weights)> {
-    let file = |p: &Path, why: String| Error::File { path: p.to_path_buf(), why };
     let json = std::fs::read(graph_path).map_err(|e| Error::Io { path: graph_path.to_path_buf(), source: e })?;
-    let graph: Graph = serde_json::from_slice(&json).map_err(|e| file(graph_path, format!("not a repfuse graph file: {}", e)))?;
     let wpath = weights_path(graph_path);
     let bytes = std::fs::read(&wpath).map_err(|e| Error::Io { path: wpath.clone(), source: e })?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| file(&wpath, format!("not a valid safetensors file: {}", e)))?;
+    read_native_bytes(graph_path, &json, &bytes)
+}
+
+/// `read_native` on bytes already in memory; `graph_path` names the files in errors.
+pub fn read_native_bytes(graph_path: &Path, json: &[u8], safetensors_bytes: &[u8]) -> Result<(Graph, Weights)> {
+    let file = |p: &Path, why: String| Error::File { path: p.to_path_buf(), why };
+    let graph: Graph = serde_json::from_slice(json).map_err(|e| file(graph_path, format!("not a repfuse graph file: {}", e)))?;
+    let wpath = weights_path(graph_path);
+    let st = safetensors::SafeTensors::deserialize(safetensors_bytes).map_err(|e| file(&wpath, format!("not a valid safetensors file: {}", e)))?;
     let mut weights = Weights::new();
     for (name, v) in st.tensors() {
         let data: Vec<f32> = match v.dtype() {
