@@ -18,9 +18,9 @@ if ! have_lavapipe; then
   fi
 fi
 
-if [ -z "${REPFUSE_PYTHON:-}" ] && ! .venv/bin/python -c "import onnxruntime, numpy" 2>/dev/null; then
-  echo ">> creating .venv with onnxruntime"
-  if python3 -m venv .venv && .venv/bin/pip install -q onnxruntime numpy; then :; else
+if [ -z "${REPFUSE_PYTHON:-}" ] && ! .venv/bin/python -c "import onnxruntime, onnx, numpy" 2>/dev/null; then
+  echo ">> creating .venv with onnxruntime and onnx"
+  if python3 -m venv .venv && .venv/bin/pip install -q onnxruntime onnx numpy; then :; else
     echo "!! could not create the ONNX Runtime virtualenv: ORT tests will SKIP" >&2
   fi
 fi

@@ -16,7 +16,7 @@ use repfuse::{fuse, FuseOptions};
 fn python() -> Option<PathBuf> {
     let candidates = [std::env::var("REPFUSE_PYTHON").ok().map(PathBuf::from), Some(Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"))];
     for p in candidates.into_iter().flatten() {
-        if Command::new(&p).args(["-c", "import onnxruntime, numpy"]).output().is_ok_and(|o| o.status.success()) {
+        if Command::new(&p).args(["-c", "import onnxruntime, onnx, numpy"]).output().is_ok_and(|o| o.status.success()) {
             return Some(p);
         }
     }
@@ -27,7 +27,8 @@ fn python() -> Option<PathBuf> {
     None
 }
 
-/// Runs both models in ORT; panics with the numbers when they disagree.
+/// Checks `b` with onnx's checker, runs both models in ORT; panics with the numbers
+/// when they disagree.
 fn ort_agree(py: &Path, what: &str, a: &Path, b: &Path, atol: f64) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ort_check.py");
     let out = Command::new(py).arg(script).arg(a).arg(b).arg("11").arg(atol.to_string()).output().unwrap();

@@ -21,6 +21,10 @@ def run(path, feeds):
 
 def main():
     a, b, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    # What repfuse wrote must pass onnx's own checker (full check, with shapes).
+    import onnx
+
+    onnx.checker.check_model(onnx.load(b), full_check=True)
     rng = np.random.default_rng(seed)
     probe = ort.InferenceSession(a, providers=["CPUExecutionProvider"])
     feeds = {}
