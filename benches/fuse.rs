@@ -24,7 +24,7 @@ fn primitives_group(c: &mut Criterion) {
     g.throughput(Throughput::Bytes((k3.numel() * 8) as u64));
     g.bench_function("fold_bn 256x256x3x3", |b| b.iter(|| primitives::fold_bn(&k3, Some(&v), &bn).unwrap()));
     fn src(k: &Tensor, off: [usize; 2]) -> PlaceInput<'_> {
-        PlaceInput { kernel: k, bias: None, groups: 1, offset: off, step: [1, 1], out_offset: 0, map: ChannelMap::IDENTITY }
+        PlaceInput { kernel: k, bias: None, groups: 1, offset: off, step: [1, 1], out_offset: 0, map: ChannelMap::IDENTITY, bn: None }
     }
     g.throughput(Throughput::Bytes(((k3.numel() * 2 + k1.numel()) * 4) as u64));
     g.bench_function("place 3x3+1x1 -> 3x3", |b| b.iter(|| primitives::place(&[o, i, 3, 3], 1, i, &[src(&k3, [0, 0]), src(&k1, [1, 1])]).unwrap()));

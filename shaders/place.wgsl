@@ -3,10 +3,21 @@
 // ratio), output-channel offset (concat) and with group expansion. A gather, so
 // every destination element is written by exactly one invocation, without atomics.
 // A source's channel map (out_stride, in_offset, in_stride, scale) interleaves and
-// scales channels, for widened shortcuts.
+// scales channels, for widened shortcuts. A source may carry a batch norm folded on
+// the fly (gamma/beta/mean/var offsets, NONE when absent), so a conv+BN branch is
+// placed without its folded kernel ever being written.
+
+// Per-output-channel BN scale of source record q for its output os (1 without BN).
+fn bn_scale(q: u32, os: u32) -> f32 {
+    let gamma = table[q + 16u];
+    if (gamma == NONE) {
+        return 1.0;
+    }
+    return arena[gamma + os] / sqrt(arena[table[q + 19u] + os] + bitcast<f32>(table[q + 20u]));
+}
 
 const STRIDE: u32 = 16u;
-const SRC_STRIDE: u32 = 16u;
+const SRC_STRIDE: u32 = 24u;
 const NONE: u32 = 0xffffffffu;
 const WG: u32 = 256u;
 
@@ -75,7 +86,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
                 if (cs < base || cs >= base + si) {
                     continue;
                 }
-                acc += scale * arena[k_off + ((os * si + (cs - base)) * kh + dh / step_h) * kw + dw / step_w];
+                acc += scale * bn_scale(q, os) * arena[k_off + ((os * si + (cs - base)) * kh + dh / step_h) * kw + dw / step_w];
             }
             arena[out_k + i] = acc;
         } else {
@@ -87,9 +98,19 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
                 let out_off = table[q + 10u];
                 let out_stride = table[q + 11u];
                 let scale = bitcast<f32>(table[q + 14u]);
-                if (b_off != NONE && o >= out_off && (o - out_off) % out_stride == 0u && (o - out_off) / out_stride < os_count) {
-                    acc += scale * arena[b_off + (o - out_off) / out_stride];
+                if (o < out_off || (o - out_off) % out_stride != 0u || (o - out_off) / out_stride >= os_count) {
+                    continue;
                 }
+                let os = (o - out_off) / out_stride;
+                var b = 0.0;
+                if (b_off != NONE) {
+                    b = arena[b_off + os];
+                }
+                if (table[q + 16u] != NONE) {
+                    // (b - mean) * s + beta
+                    b = (b - arena[table[q + 18u] + os]) * bn_scale(q, os) + arena[table[q + 17u] + os];
+                }
+                acc += scale * b;
             }
             arena[out_b + o] = acc;
         }

@@ -42,6 +42,10 @@ pub struct PlaceSource {
     /// Strided/scaled channel placement (interleaving for widened shortcuts).
     #[serde(default)]
     pub map: ChannelMap,
+    /// A batch norm folded on the fly (`FoldBn` merged into this step by
+    /// `FusionPlan::fold_bn_into_place`), so the folded kernel is never materialised.
+    #[serde(default)]
+    pub bn: Option<BnParams>,
 }
 
 /// Where a source's channels land in the destination beyond `out_offset`: output `o`
@@ -70,7 +74,7 @@ impl Default for ChannelMap {
 impl PlaceSource {
     /// A kernel placed at the origin with the identity channel map.
     pub fn new(kernel: String, bias: Option<String>, groups: usize) -> Self {
-        PlaceSource { kernel, bias, groups, offset: [0, 0], step: [1, 1], out_offset: 0, map: ChannelMap::IDENTITY }
+        PlaceSource { kernel, bias, groups, offset: [0, 0], step: [1, 1], out_offset: 0, map: ChannelMap::IDENTITY, bn: None }
     }
 }
 
@@ -114,7 +118,13 @@ impl Step {
             }
             Step::BnToConv { bn, .. } => vec![&bn.gamma, &bn.beta, &bn.mean, &bn.var],
             Step::Dirac { .. } | Step::AvgPoolKernel { .. } => vec![],
-            Step::Place { sources, .. } => sources.iter().flat_map(|s| std::iter::once(s.kernel.as_str()).chain(s.bias.as_deref())).collect(),
+            Step::Place { sources, .. } => sources
+                .iter()
+                .flat_map(|s| {
+                    let bn = s.bn.iter().flat_map(|b| [b.gamma.as_str(), &b.beta, &b.mean, &b.var]);
+                    std::iter::once(s.kernel.as_str()).chain(s.bias.as_deref()).chain(bn)
+                })
+                .collect(),
             Step::Compose { first, second, .. } => {
                 [first, second].into_iter().flat_map(|o| std::iter::once(o.kernel.as_str()).chain(o.bias.as_deref())).collect()
             }
@@ -179,16 +189,55 @@ impl FusionPlan {
             let (i, v) = t.first_non_finite().expect("a non-finite value was seen");
             return Err(Error::tensor(name, format!("holds {} at flat index {}", v, i)));
         }
-        for s in &self.steps {
-            let bn = match s {
-                Step::FoldBn { bn, .. } | Step::BnToConv { bn, .. } => bn,
-                _ => continue,
-            };
+        let bns = self.steps.iter().flat_map(|s| match s {
+            Step::FoldBn { bn, .. } | Step::BnToConv { bn, .. } => vec![bn],
+            Step::Place { sources, .. } => sources.iter().filter_map(|s| s.bn.as_ref()).collect(),
+            _ => vec![],
+        });
+        for bn in bns {
             if let Some((c, v)) = weights.get(&bn.var)?.data().iter().enumerate().find(|(_, v)| !(**v >= 0.0 && **v as f64 + bn.eps as f64 > 0.0)) {
                 return Err(Error::tensor(&bn.var, format!("running_var[{}] = {} with eps {}: var must be >= 0 and var + eps > 0", c, v, bn.eps)));
             }
         }
         Ok(())
+    }
+
+    /// Merges each `FoldBn` whose outputs feed exactly one `Place` (and nothing in
+    /// `keep`, the tensors the deploy graph names) into that place as an on-the-fly
+    /// BN: the folded kernel is never written and read back, which is most of the
+    /// memory traffic of a RepVGG-style fusion. Same arithmetic, fewer steps.
+    pub fn fold_bn_into_place(&mut self, keep: &std::collections::BTreeSet<String>) {
+        let mut readers: HashMap<String, usize> = HashMap::new();
+        for s in &self.steps {
+            for t in s.inputs() {
+                *readers.entry(t.to_string()).or_default() += 1;
+            }
+        }
+        let mut folds: HashMap<String, (String, Option<String>, BnParams, String)> = HashMap::new();
+        for s in &self.steps {
+            if let Step::FoldBn { kernel, bias, bn, out_kernel, out_bias } = s {
+                let single = |t: &String| readers.get(t) == Some(&1) && !keep.contains(t);
+                if single(out_kernel) && single(out_bias) {
+                    folds.insert(out_kernel.clone(), (kernel.clone(), bias.clone(), bn.clone(), out_bias.clone()));
+                }
+            }
+        }
+        let mut used = HashSet::new();
+        for s in &mut self.steps {
+            if let Step::Place { sources, .. } = s {
+                for src in sources.iter_mut() {
+                    if let Some((kernel, bias, bn, out_bias)) = folds.get(&src.kernel) {
+                        if src.bias.as_ref() == Some(out_bias) && src.bn.is_none() {
+                            used.insert(src.kernel.clone());
+                            src.kernel = kernel.clone();
+                            src.bias = bias.clone();
+                            src.bn = Some(bn.clone());
+                        }
+                    }
+                }
+            }
+        }
+        self.steps.retain(|s| !matches!(s, Step::FoldBn { out_kernel, .. } if used.contains(out_kernel)));
     }
 
     /// Shape of every tensor a step writes, given the source shapes.

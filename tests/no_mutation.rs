@@ -72,17 +72,17 @@ proptest! {
         let small = random(&mut rng, vec![o, c, 1, 1], -1.0, 1.0);
         let bias2 = random(&mut rng, vec![o], -1.0, 1.0);
         let sources = [
-            PlaceInput { kernel: &kernel, bias: Some(&bias), groups: g, offset: [0, 0], step: [1, 1], out_offset: 0, map: ChannelMap::IDENTITY },
-            PlaceInput { kernel: &dense, bias: Some(&bias2), groups: 1, offset: [0, 0], step: [1, 1], out_offset: 0, map: ChannelMap::IDENTITY },
-            PlaceInput { kernel: &small, bias: None, groups: 1, offset: [k.0 / 2, k.1 / 2], step: [1, 1], out_offset: 0, map: ChannelMap::IDENTITY },
+            PlaceInput { kernel: &kernel, bias: Some(&bias), groups: g, offset: [0, 0], step: [1, 1], out_offset: 0, map: ChannelMap::IDENTITY, bn: None },
+            PlaceInput { kernel: &dense, bias: Some(&bias2), groups: 1, offset: [0, 0], step: [1, 1], out_offset: 0, map: ChannelMap::IDENTITY, bn: None },
+            PlaceInput { kernel: &small, bias: None, groups: 1, offset: [k.0 / 2, k.1 / 2], step: [1, 1], out_offset: 0, map: ChannelMap::IDENTITY, bn: None },
         ];
         let (sum, sum_b) = unchanged("place", &[&kernel, &bias, &dense, &small, &bias2], || primitives::place(&[o, c, k.0, k.1], 1, c, &sources).unwrap());
         prop_assert!(!sum.shares_storage(&kernel) && !sum.shares_storage(&dense));
         prop_assert!(!sum_b.unwrap().shares_storage(&bias));
         // concat form: stacked on output channels
         let stacked = [
-            PlaceInput { kernel: &kernel, bias: None, groups: g, offset: [0, 0], step: [1, 1], out_offset: 0, map: ChannelMap::IDENTITY },
-            PlaceInput { kernel: &dense, bias: Some(&bias2), groups: 1, offset: [0, 0], step: [1, 1], out_offset: o, map: ChannelMap::IDENTITY },
+            PlaceInput { kernel: &kernel, bias: None, groups: g, offset: [0, 0], step: [1, 1], out_offset: 0, map: ChannelMap::IDENTITY, bn: None },
+            PlaceInput { kernel: &dense, bias: Some(&bias2), groups: 1, offset: [0, 0], step: [1, 1], out_offset: o, map: ChannelMap::IDENTITY, bn: None },
         ];
         unchanged("place (stacked)", &[&kernel, &dense, &bias2], || primitives::place(&[2 * o, c, k.0, k.1], 1, c, &stacked).unwrap());
 

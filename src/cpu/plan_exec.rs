@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use rayon::prelude::*;
 
-use super::primitives::{self, BnTensors, ComposeInput, PlaceInput};
+use super::primitives::{self, BnFold, BnTensors, ComposeInput, PlaceInput};
 use crate::error::{Error, Result};
 use crate::plan::{BnParams, FusionPlan, Step};
 use crate::tensor::Tensor;
@@ -81,12 +81,23 @@ fn run_step(step: &Step, slots: &Slots) -> Result<Vec<(String, Tensor)>> {
         Step::Place { out_shape, groups, in_channels, sources, out_kernel, out_bias } => {
             let mut owned = Vec::with_capacity(sources.len());
             for s in sources {
-                owned.push((slots.get(&s.kernel)?.clone(), slots.get_opt(s.bias.as_ref())?));
+                let folded = match &s.bn {
+                    Some(bn) => {
+                        let [g, be, m, v] = bn_tensors(slots, bn)?;
+                        let o = g.numel();
+                        Some(
+                            primitives::bn_scale_shift(&BnTensors { gamma: &g, beta: &be, mean: &m, var: &v, eps: bn.eps }, o)
+                                .map_err(|e| in_step(e, out_kernel))?,
+                        )
+                    }
+                    None => None,
+                };
+                owned.push((slots.get(&s.kernel)?.clone(), slots.get_opt(s.bias.as_ref())?, folded));
             }
             let inputs: Vec<PlaceInput> = sources
                 .iter()
                 .zip(&owned)
-                .map(|(s, (k, b))| PlaceInput {
+                .map(|(s, (k, b, f))| PlaceInput {
                     kernel: k,
                     bias: b.as_ref(),
                     groups: s.groups,
@@ -94,6 +105,7 @@ fn run_step(step: &Step, slots: &Slots) -> Result<Vec<(String, Tensor)>> {
                     step: s.step,
                     out_offset: s.out_offset,
                     map: s.map,
+                    bn: f.as_ref().map(|(scale, shift)| BnFold { scale, shift }),
                 })
                 .collect();
             let (k, b) = primitives::place(out_shape, *groups, *in_channels, &inputs).map_err(|e| in_step(e, out_kernel))?;

@@ -127,6 +127,16 @@ pub struct PlaceInput<'a> {
     pub step: [usize; 2],
     pub out_offset: usize,
     pub map: ChannelMap,
+    /// Per-output-channel BN applied to this source on the fly:
+    /// `k * scale[o]`, bias `bias * scale[o] + shift[o]` (see `bn_scale_shift`).
+    pub bn: Option<BnFold<'a>>,
+}
+
+/// A batch norm folded into a `place` source: scale and shift per output channel.
+#[derive(Clone, Copy)]
+pub struct BnFold<'a> {
+    pub scale: &'a [f64],
+    pub shift: &'a [f64],
 }
 
 /// Paradigms 2/3/4: sums kernels into a new zero kernel `[O, C/groups, KH, KW]`, each
@@ -170,6 +180,9 @@ pub fn place(out_shape: &[usize], groups: usize, in_channels: usize, sources: &[
         if let Some(b) = s.bias {
             want_len("place bias", b, so)?;
         }
+        if s.bn.is_some_and(|b| b.scale.len() != so || b.shift.len() != so) {
+            return Err(Error::tensor("place", "folded batch norm does not match the source's output channels"));
+        }
         dims.push([so, si, sh, sw]);
     }
     let row = per * kh_out * kw_out;
@@ -196,7 +209,7 @@ pub fn place(out_shape: &[usize], groups: usize, in_channels: usize, sources: &[
                     failed.store(true, std::sync::atomic::Ordering::Relaxed);
                     continue;
                 }
-                let scale = m.scale as f64;
+                let scale = m.scale as f64 * s.bn.map_or(1.0, |b| b.scale[os]);
                 let src = &s.kernel.data()[os * si * sh * sw..][..si * sh * sw];
                 for (j, taps) in src.chunks_exact(sh * sw).enumerate() {
                     let cl = first - base + j * m.in_stride;
@@ -216,13 +229,16 @@ pub fn place(out_shape: &[usize], groups: usize, in_channels: usize, sources: &[
     if failed.into_inner() {
         return Err(Error::tensor("place", format!("a source's groups do not fit the destination's {} groups", groups)));
     }
-    let bias = sources.iter().any(|s| s.bias.is_some()).then(|| {
+    let bias = sources.iter().any(|s| s.bias.is_some() || s.bn.is_some()).then(|| {
         let mut b = vec![0f64; o_total];
-        for s in sources {
-            if let Some(t) = s.bias {
-                for (i, v) in t.data().iter().enumerate() {
-                    b[s.out_offset + i * s.map.out_stride] += *v as f64 * s.map.scale as f64;
-                }
+        for (s, &[so, ..]) in sources.iter().zip(&dims) {
+            for i in 0..so {
+                let raw = s.bias.map_or(0.0, |t| t.data()[i] as f64);
+                let v = match s.bn {
+                    Some(bn) => raw * bn.scale[i] + bn.shift[i],
+                    None => raw,
+                };
+                b[s.out_offset + i * s.map.out_stride] += v * s.map.scale as f64;
             }
         }
         Tensor::from_parts(vec![o_total], b.into_iter().map(|v| v as f32).collect())

@@ -118,6 +118,7 @@ fn merge_branches(ctx: &mut Ctx, branches: &[&Branch], stack: bool, name: &str) 
             step: merged.steps[k],
             out_offset: out_offsets[k],
             map: Default::default(),
+            bn: None,
         })
         .collect();
     let mut params = vec![(w.clone(), conv.weight_shape())];

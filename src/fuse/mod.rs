@@ -183,6 +183,8 @@ fn finish(mut g: Graph, plan: FusionPlan, mut report: FusionReport, refusals: Ve
         .collect();
     let used: BTreeSet<String> = g.nodes.iter().flat_map(|n| n.op.params().into_iter().map(str::to_string).chain(n.inputs.iter().cloned())).collect();
     g.params.retain(|k, _| used.contains(k));
+    let mut plan = plan;
+    plan.fold_bn_into_place(&g.params.keys().cloned().collect());
     let shapes = g.validate()?;
     // A refusal stays in the report only while the nodes it names still exist: a
     // pattern refused one way and fused another way is not a refusal.

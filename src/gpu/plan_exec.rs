@@ -16,7 +16,7 @@ const NONE: u32 = u32::MAX;
 pub const FOLD_BN_STRIDE: usize = 16;
 pub const FILL_STRIDE: usize = 16;
 pub const PLACE_STRIDE: usize = 16;
-pub const PLACE_SRC_STRIDE: usize = 16;
+pub const PLACE_SRC_STRIDE: usize = 24;
 pub const COMPOSE_STRIDE: usize = 20;
 
 /// Where each tensor lives in the arena (in f32 elements).
@@ -320,6 +320,10 @@ fn encode(step: &Step, arena: &Arena, shape_of: &dyn Fn(&str) -> Result<Vec<usiz
                     m.scale.to_bits(),
                     u(si),
                 ];
+                match &s.bn {
+                    Some(bn) => q.extend([arena.at(&bn.gamma)?, arena.at(&bn.beta)?, arena.at(&bn.mean)?, arena.at(&bn.var)?, bn.eps.to_bits()]),
+                    None => q.extend([NONE, NONE, NONE, NONE, 0]),
+                }
                 q.resize(PLACE_SRC_STRIDE, 0);
                 srcs.extend(q);
             }
