@@ -133,3 +133,35 @@ fn a_plan_larger_than_one_storage_binding_fuses_on_the_gpu() {
         assert!(s.passed(), "tensor {} differs: {:?}", k, s);
     }
 }
+
+#[test]
+fn conv_forward_shaders_match_the_reference_on_awkward_shapes() {
+    let Some(ctx) = common::gpu() else { return };
+    // (in, out, kernel, stride, groups, dilation, h, w, batch): sizes that do not
+    // divide the 64x64 tile or the 256-wide workgroup, grouped, strided, dilated,
+    // depthwise (naive path) and wide (tiled path).
+    let cases = [
+        (3, 5, 3, 1, 1, 1, 7, 9, 1),
+        (16, 40, 3, 2, 1, 1, 15, 13, 2),
+        (32, 96, 3, 1, 2, 1, 9, 11, 1),
+        (24, 24, 5, 1, 24, 1, 10, 10, 2),
+        (20, 70, 1, 1, 1, 1, 17, 5, 3),
+        (16, 32, 3, 1, 1, 2, 12, 12, 1),
+        (8, 64, 7, 2, 1, 1, 23, 19, 1),
+    ];
+    for (cin, cout, k, s, g, d, h, w, n) in cases {
+        let mut b = GraphBuilder::new(cin as u64);
+        let x = b.input("x", &[n, cin, h, w]);
+        let y = b.conv(&x, ConvSpec::same(cout, k, s, g).with_bias().dilated(d));
+        let y = b.relu(&y);
+        b.output(&y);
+        let (g2, w2) = b.finish();
+        let inputs = random_inputs(&g2, 3);
+        let r = repfuse::cpu::forward(&g2, &w2, &inputs).unwrap();
+        let out = repfuse::gpu::forward_gpu(ctx, &g2, &w2, &inputs).unwrap();
+        for (name, t) in &r {
+            let st = compare(&out[name], t, Tolerance::SINGLE_CONV).unwrap();
+            assert!(st.passed(), "conv {}->{} k{} s{} g{} d{} {}x{} n{}: {:?}", cin, cout, k, s, g, d, h, w, n, st);
+        }
+    }
+}

@@ -37,6 +37,7 @@ fn wgsl_params_size(name: &str) -> u32 {
 #[test]
 fn uniform_params_have_the_same_size_in_wgsl_and_rust() {
     assert_eq!(wgsl_params_size("conv2d") as usize, std::mem::size_of::<gpu::ConvParams>());
+    assert_eq!(wgsl_params_size("conv2d_tiled") as usize, std::mem::size_of::<gpu::ConvParams>());
     assert_eq!(wgsl_params_size("elementwise") as usize, std::mem::size_of::<gpu::ElementwiseParams>());
     assert_eq!(wgsl_params_size("pool") as usize, std::mem::size_of::<gpu::PoolParams>());
     assert_eq!(wgsl_params_size("linear") as usize, std::mem::size_of::<gpu::LinearParams>());

@@ -27,7 +27,7 @@ fn layout_of(name: &str) -> &'static [Bind] {
     use Bind::*;
     match name {
         "fold_bn" | "fill" | "place" | "compose" => &[ReadWrite, Read],
-        "conv2d" | "linear" | "elementwise" => &[Uniform, Read, Read, Read, ReadWrite],
+        "conv2d" | "conv2d_tiled" | "linear" | "elementwise" => &[Uniform, Read, Read, Read, ReadWrite],
         "pool" => &[Uniform, Read, ReadWrite],
         _ => &[],
     }

@@ -107,6 +107,11 @@ struct Recorder<'a> {
 
 impl Recorder<'_> {
     fn dispatch<P: bytemuck::Pod>(&mut self, kernel: &Kernel, params: &P, buffers: &[&wgpu::Buffer], elems: usize) {
+        let (x, y) = grid(elems);
+        self.dispatch_grid(kernel, params, buffers, [x, y, 1]);
+    }
+
+    fn dispatch_grid<P: bytemuck::Pod>(&mut self, kernel: &Kernel, params: &P, buffers: &[&wgpu::Buffer], groups: [u32; 3]) {
         let ub = self.ctx.uniform("params", params);
         let mut res = vec![ub.as_entire_binding()];
         res.extend(buffers.iter().map(|b| b.as_entire_binding()));
@@ -114,8 +119,7 @@ impl Recorder<'_> {
         let mut pass = self.encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
         pass.set_pipeline(&kernel.pipeline);
         pass.set_bind_group(0, &bg, &[]);
-        let (x, y) = grid(elems);
-        pass.dispatch_workgroups(x, y, 1);
+        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
         drop(pass);
         self.keep.push(ub);
     }
@@ -201,8 +205,17 @@ pub fn forward_gpu(ctx: &GpuContext, g: &Graph, weights: &Weights, inputs: &Hash
                 let w = param(&c.weight)?;
                 let b = c.bias.as_deref().map(&mut param).transpose()?;
                 let y = ctx.empty(&n.name, numel)?;
-                let k = ctx.kernel("conv2d")?;
-                rec.dispatch(&k, &p, &[x.as_ref().expect("one input"), &w, b.as_deref().unwrap_or(&dummy), &y], numel);
+                let bufs = [x.as_ref().expect("one input").as_ref(), &w, b.as_deref().unwrap_or(&dummy), &y];
+                // The tiled implicit GEMM needs enough output channels per group and
+                // reduction length to fill its 64-wide tiles; depthwise and tiny convs
+                // run one output per invocation.
+                let (per_out, k_len) = (c.out_channels / c.groups, (c.in_channels / c.groups) * c.kernel[0] * c.kernel[1]);
+                let pixels = xs[0] * out_shape[2] * out_shape[3];
+                if per_out >= 16 && k_len >= 8 && pixels.div_ceil(64) <= 65535 && c.groups <= 65535 {
+                    rec.dispatch_grid(&*ctx.kernel("conv2d_tiled")?, &p, &bufs, [pixels.div_ceil(64) as u32, per_out.div_ceil(64) as u32, c.groups as u32]);
+                } else {
+                    rec.dispatch(&*ctx.kernel("conv2d")?, &p, &bufs, numel);
+                }
                 y
             }
             Op::Linear(l) => {

@@ -7,6 +7,7 @@ pub const FILL: &str = include_str!("../../shaders/fill.wgsl");
 pub const PLACE: &str = include_str!("../../shaders/place.wgsl");
 pub const COMPOSE: &str = include_str!("../../shaders/compose.wgsl");
 pub const CONV2D: &str = concat!(include_str!("../../shaders/activation.wgsl"), include_str!("../../shaders/conv2d.wgsl"));
+pub const CONV2D_TILED: &str = concat!(include_str!("../../shaders/activation.wgsl"), include_str!("../../shaders/conv2d_tiled.wgsl"));
 pub const ELEMENTWISE: &str = concat!(include_str!("../../shaders/activation.wgsl"), include_str!("../../shaders/elementwise.wgsl"));
 pub const POOL: &str = include_str!("../../shaders/pool.wgsl");
 pub const LINEAR: &str = include_str!("../../shaders/linear.wgsl");
@@ -18,6 +19,7 @@ pub const ALL: &[(&str, &str)] = &[
     ("place", PLACE),
     ("compose", COMPOSE),
     ("conv2d", CONV2D),
+    ("conv2d_tiled", CONV2D_TILED),
     ("elementwise", ELEMENTWISE),
     ("pool", POOL),
     ("linear", LINEAR),
