@@ -13,7 +13,7 @@ use repfuse::Backend;
     name = "repfuse",
     version,
     about = "Structural re-parameterization of ConvNets: fuse training-form multi-branch blocks into plain convs, exactly.",
-    after_help = "Exit codes: 0 success; 1 error (bad input, unreadable or unwritable file, GPU failure); 2 verification over tolerance (nothing written)."
+    after_help = "Exit codes: 0 success; 1 error (bad input or arguments, unreadable or unwritable file, GPU failure); 2 verification over tolerance (nothing written)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -96,7 +96,15 @@ enum Command {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    // Usage errors exit 1, not clap's 2, which here means "over tolerance".
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 1 } else { 0 };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
     let result = match cli.command {
         Command::Demo { model, size, backend, json } => commands::demo(&model, size, backend, json),
         Command::Fuse { input, output, backend, verify, json, compose_cost_limit, widen_shortcuts } => {

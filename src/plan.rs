@@ -143,6 +143,9 @@ impl Step {
     }
 }
 
+/// Largest tensor (in f32 elements) a plan may compute: 16 GiB.
+pub const MAX_TENSOR_ELEMENTS: usize = 1 << 32;
+
 /// The steps of one fusion, in an order where every step's inputs are either source
 /// weights or outputs of earlier steps.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -240,6 +243,24 @@ impl FusionPlan {
         self.steps.retain(|s| !matches!(s, Step::FoldBn { out_kernel, .. } if used.contains(out_kernel)));
     }
 
+    /// Checks every computed tensor: finite inputs can still fold into a non-finite
+    /// kernel (gamma 1e30 over a tiny variance), and such a model must not be written.
+    pub fn check_outputs(&self, computed: &HashMap<String, crate::tensor::Tensor>) -> Result<()> {
+        use rayon::prelude::*;
+        let bad = computed.par_iter().find_any(|(_, t)| !t.data().iter().fold(true, |ok, v| ok & v.is_finite()));
+        match bad {
+            Some((name, t)) => {
+                let (i, v) = t.first_non_finite().expect("a non-finite value was seen");
+                let by = self.steps.iter().find(|s| s.outputs().contains(&name.as_str())).map_or("?", |s| s.primitive());
+                Err(Error::tensor(
+                    name,
+                    format!("fused value overflows f32: {} at flat index {} (computed by {}); check the BN statistics and weights", v, i, by),
+                ))
+            }
+            None => Ok(()),
+        }
+    }
+
     /// Shape of every tensor a step writes, given the source shapes.
     pub fn output_shapes(&self, weights: &Weights) -> Result<BTreeMap<String, Vec<usize>>> {
         let mut shapes: BTreeMap<String, Vec<usize>> = BTreeMap::new();
@@ -268,6 +289,19 @@ impl FusionPlan {
                     v
                 }
             };
+            for (name, shape) in &outs {
+                // Caught before anything is allocated: a 1 KB file can ask for a
+                // 65536x65536 pool kernel.
+                match crate::tensor::checked_numel(shape) {
+                    Some(n) if n <= MAX_TENSOR_ELEMENTS => {}
+                    _ => {
+                        return Err(Error::tensor(
+                            name,
+                            format!("fused tensor of shape {:?} exceeds the {} GiB per-tensor limit", shape, MAX_TENSOR_ELEMENTS * 4 >> 30),
+                        ))
+                    }
+                }
+            }
             shapes.extend(outs);
         }
         Ok(shapes)

@@ -32,6 +32,13 @@ impl Tolerance {
     pub fn for_graph(g: &Graph) -> Tolerance {
         Self::for_depth(depth(g))
     }
+
+    /// For weights stored in float16/bfloat16: rounding a fused weight to half
+    /// precision moves it by up to 2^-11 relative (bf16: 2^-8), so the floor is 1e-3
+    /// per layer (x max|ref|) and rtol 1e-2.
+    pub fn half(g: &Graph) -> Tolerance {
+        Tolerance { atol: 1e-3 * depth(g).max(1) as f64, rtol: 1e-2 }
+    }
 }
 
 /// Conv/Linear layers on the longest path from an input to an output.
@@ -130,10 +137,15 @@ impl Equivalence {
 /// Runs `original` and `fused` forward on the CPU reference with the same seeded
 /// inputs and compares every output, with the tolerance for the original's depth.
 pub fn check_equivalence(original: &Graph, original_w: &Weights, fused: &Graph, fused_w: &Weights, seed: u64) -> Result<Equivalence> {
+    check_equivalence_with(original, original_w, fused, fused_w, seed, Tolerance::for_graph(original))
+}
+
+/// `check_equivalence` with an explicit tolerance (e.g. `Tolerance::half` for models
+/// stored in float16/bfloat16).
+pub fn check_equivalence_with(original: &Graph, original_w: &Weights, fused: &Graph, fused_w: &Weights, seed: u64, tol: Tolerance) -> Result<Equivalence> {
     let inputs = random_inputs(original, seed);
     let r = crate::cpu::forward(original, original_w, &inputs)?;
     let x = crate::cpu::forward(fused, fused_w, &inputs)?;
-    let tol = Tolerance::for_graph(original);
     let mut outputs = Vec::new();
     for name in &original.outputs {
         let a = x.get(name).ok_or_else(|| Error::Graph(format!("fused graph lost output `{}`", name)))?;
@@ -174,6 +186,20 @@ pub fn check_regions(
     fused_w: &Weights,
     seed: u64,
 ) -> Result<Vec<RegionCheck>> {
+    check_regions_with(original, original_w, fused, origins, fused_w, seed, Tolerance::for_graph)
+}
+
+/// `check_regions` with the tolerance chosen per region graph (`Tolerance::half`
+/// for weights stored in half precision).
+pub fn check_regions_with(
+    original: &Graph,
+    original_w: &Weights,
+    fused: &Graph,
+    origins: &std::collections::BTreeMap<String, Vec<String>>,
+    fused_w: &Weights,
+    seed: u64,
+    tolerance: fn(&Graph) -> Tolerance,
+) -> Result<Vec<RegionCheck>> {
     let shapes = crate::graph::infer_shapes(original)?;
     let mut out = vec![];
     for (k, (name, from)) in origins.iter().enumerate() {
@@ -209,7 +235,7 @@ pub fn check_regions(
         let feeds = random_inputs(&sub_orig, seed.wrapping_add(k as u64));
         let r = crate::cpu::forward(&sub_orig, original_w, &feeds)?;
         let x = crate::cpu::forward(&sub_fused, fused_w, &feeds)?;
-        let stats = compare(&x[out_t], &r[out_t], Tolerance::for_graph(&sub_orig))?;
+        let stats = compare(&x[out_t], &r[out_t], tolerance(&sub_orig))?;
         out.push(RegionCheck { node: name.clone(), from: from.clone(), error: Some(stats), skipped: None });
     }
     Ok(out)

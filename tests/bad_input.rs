@@ -167,18 +167,113 @@ const Z01_VAR: &str = "0.branches.0.bn.running_var";
 // whole-file damage: truncation, byte corruption, empty and non-ONNX files
 // ---------------------------------------------------------------------------------
 
+/// Top-level protobuf fields of `bytes`: (field number, start, payload start, end).
+fn top_level_fields(bytes: &[u8]) -> Vec<(u64, usize, usize, usize)> {
+    fn varint(b: &[u8], i: &mut usize) -> u64 {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = b[*i];
+            *i += 1;
+            v |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                break;
+            }
+        }
+        v
+    }
+    let mut out = vec![];
+    let mut i = 0;
+    while i < bytes.len() {
+        let start = i;
+        let tag = varint(bytes, &mut i);
+        let payload = match tag & 7 {
+            0 => {
+                varint(bytes, &mut i);
+                i
+            }
+            1 => {
+                i += 8;
+                i
+            }
+            2 => {
+                let len = varint(bytes, &mut i) as usize;
+                let p = i;
+                i += len;
+                p
+            }
+            5 => {
+                i += 4;
+                i
+            }
+            w => panic!("wire type {} in a fixture", w),
+        };
+        out.push((tag >> 3, start, payload, i));
+    }
+    out
+}
+
 #[test]
 fn truncated_onnx_is_a_clear_error_naming_the_file() {
     let bytes = std::fs::read(fixture("z13_repvgg_bn_branch")).unwrap();
+    let fields = top_level_fields(&bytes);
+    let graph = fields.iter().find(|f| f.0 == 7).unwrap();
+    let opset = fields.iter().find(|f| f.0 == 8).unwrap();
     let dir = tmp();
     let n = bytes.len();
-    for cut in [1, 2, 10, 100, n / 3, n / 2, n - 100, n - 2, n - 1] {
+    // Besides arbitrary offsets: just after the graph's length prefix (the graph
+    // message runs past the end of the file), inside the graph, and at the start of
+    // and inside `opset_import` (the last field PyTorch writes).
+    let cuts = [1, 2, 10, 100, graph.2, graph.2 + 1, n / 3, n / 2, graph.3 - 40, graph.3 - 1, opset.1, opset.2, n - 100, n - 2, n - 1];
+    let mut cuts = cuts.to_vec();
+    cuts.sort_unstable();
+    cuts.dedup();
+    let mut accepted = vec![];
+    for cut in cuts {
         let path = dir.path().join(format!("cut_{}.onnx", cut));
         std::fs::write(&path, &bytes[..cut]).unwrap();
         let what = format!("truncated at {} of {} bytes", cut, n);
-        let msg = err(&what, no_panic(&what, || read_onnx(&path)));
-        assert_names(&what, &msg, &[&path.display().to_string()]);
+        match no_panic(&what, || read_onnx(&path)) {
+            Ok(m) => accepted.push(format!(
+                "{}: read as {} nodes, inputs {:?}, outputs {:?}, opset {}",
+                what,
+                m.graph.nodes.len(),
+                m.graph.inputs.iter().map(|i| (&i.name, &i.shape)).collect::<Vec<_>>(),
+                m.graph.outputs,
+                m.opset()
+            )),
+            Err(e) => assert_names(&what, &e.to_string(), &[&path.display().to_string()]),
+        }
     }
+    assert!(accepted.is_empty(), "truncated files read without an error:\n{}", accepted.join("\n"));
+}
+
+#[test]
+fn every_truncation_of_an_onnx_file_is_rejected() {
+    let mut accepted = vec![];
+    for case in ["z01_conv_bn", "z15_linear_bn1d"] {
+        let bytes = std::fs::read(fixture(case)).unwrap();
+        let path = PathBuf::from(format!("/nonexistent-dir/{}.onnx", case));
+        for cut in 0..bytes.len() {
+            let r = no_panic(&format!("{} cut at {}", case, cut), || read_onnx_bytes(&path, &bytes[..cut]));
+            if let Ok(m) = r {
+                accepted.push(format!(
+                    "{} cut at {} of {}: {} nodes, {} outputs, opset {}",
+                    case,
+                    cut,
+                    bytes.len(),
+                    m.graph.nodes.len(),
+                    m.graph.outputs.len(),
+                    m.opset()
+                ));
+            }
+        }
+    }
+    assert!(
+        accepted.is_empty(),
+        "{} truncated files read without an error, e.g.:\n{}",
+        accepted.len(),
+        accepted.iter().take(12).cloned().collect::<Vec<_>>().join("\n")
+    );
 }
 
 #[test]
@@ -372,7 +467,8 @@ fn conv_group_zero_negative_or_huge_is_not_a_panic() {
                     run.fusion.report.ops_after
                 );
             }
-            Err(msg) => assert_names(&what, &msg, &[Z01_CONV]),
+            // An error must blame the `group` attribute, not a wrapped-around channel count.
+            Err(msg) => assert_names(&what, &msg, &[Z01_CONV, "group"]),
         }
     }
 }
@@ -444,6 +540,59 @@ fn huge_graph_input_dims_do_not_panic_in_fuse() {
         }
         Err(e) => assert_names("huge input dims", &e.to_string(), &["input"]),
     }
+}
+
+/// A ~1 KB model whose *graph* dims (input 65536x65536, AveragePool kernel 65536x65536
+/// after a 1x1 conv) make the avg-pool -> conv rewrite plan an [8, 1, 65536, 65536]
+/// kernel: 128 GiB from a file with 256 bytes of weights.
+fn huge_pool_kernel_model(dir: &Path) -> PathBuf {
+    use onnx_protobuf::tensor_shape_proto::dimension::Value as D;
+    let mut m = proto("z01_conv_bn");
+    let g = graph_mut(&mut m);
+    g.initializer.clear();
+    g.initializer.push(float_tensor("w1x1", &[8, 8, 1, 1], &[0.125; 64]));
+    let Some(onnx_protobuf::type_proto::Value::TensorType(tt)) = g.input[0].type_.as_mut().unwrap().value.as_mut() else { panic!("input is a tensor") };
+    let dims = &mut tt.shape.as_mut().unwrap().dim;
+    for (d, v) in dims.iter_mut().zip([1i64, 8, 65536, 65536]) {
+        d.value = Some(D::DimValue(v));
+    }
+    let x = g.input[0].name.clone();
+    let mut conv = make_node("Conv", "conv1x1", &[&x, "w1x1"], &["c"]);
+    let mut ks = AttributeProto::new();
+    ks.name = "kernel_shape".into();
+    ks.type_ = onnx_protobuf::attribute_proto::AttributeType::INTS.into();
+    ks.ints = vec![1, 1];
+    conv.attribute.push(ks.clone());
+    let mut pool = make_node("AveragePool", "huge_pool", &["c"], &["output"]);
+    ks.ints = vec![65536, 65536];
+    pool.attribute.push(ks);
+    let mut cip = AttributeProto::new();
+    cip.name = "count_include_pad".into();
+    cip.type_ = onnx_protobuf::attribute_proto::AttributeType::INT.into();
+    cip.i = 1;
+    pool.attribute.push(cip);
+    g.node.clear();
+    g.node.push(conv);
+    g.node.push(pool);
+    g.output[0].name = "output".into();
+    write_proto(dir, "huge_pool.onnx", &m)
+}
+
+#[cfg(unix)]
+#[test]
+fn huge_graph_dims_are_rejected_before_allocating_a_fused_kernel() {
+    // Run the binary with its address space capped at 4 GiB, so the case cannot hurt
+    // the machine: a clear error (exit 1) is expected, not an allocation abort.
+    let dir = tmp();
+    let input = huge_pool_kernel_model(dir.path());
+    let out = dir.path().join("out.onnx");
+    let script = "ulimit -v 4194304; exec \"$0\" fuse \"$1\" -o \"$2\" --backend cpu";
+    let o = Command::new("sh").arg("-c").arg(script).arg(env!("CARGO_BIN_EXE_repfuse")).arg(&input).arg(&out).output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "exit {:?} (a signal: killed/aborted), stderr:\n{}", o.status, stderr);
+    assert_no_panic_output("huge pool kernel", &o);
+    assert!(stderr.contains("huge_pool") || stderr.contains("65536"), "the error names neither the node nor the size:\n{}", stderr);
+    assert!(!out.exists());
 }
 
 #[test]
@@ -559,6 +708,48 @@ fn unsupported_initializer_dtype_is_carried_as_opaque() {
         let kept = out.graph.initializer.iter().find(|t| t.name == Z01_W).unwrap_or_else(|| panic!("{}: initializer dropped", what));
         assert_eq!(kept.data_type, original.data_type, "{}", what);
         assert_eq!(kept.raw_data, original.raw_data, "{}", what);
+    }
+}
+
+/// z01 with `Reshape(bn_out, shape)` appended, `shape` an INT64 [2] tensor given as an
+/// initializer or (as PyTorch's exporter writes `x.view(...)`) a Constant node.
+fn z01_with_reshape(as_constant: bool) -> ModelProto {
+    let mut m = proto("z01_conv_bn");
+    let g = graph_mut(&mut m);
+    g.node.last_mut().unwrap().output[0] = "bn_out".into();
+    let mut t = TensorProto::new();
+    t.name = "shape".into();
+    t.data_type = DataType::INT64 as i32;
+    t.dims = vec![2];
+    t.int64_data = vec![2, -1];
+    if as_constant {
+        let mut n = make_node("Constant", "shape_const", &[], &["shape"]);
+        let mut a = AttributeProto::new();
+        a.name = "value".into();
+        a.type_ = onnx_protobuf::attribute_proto::AttributeType::TENSOR.into();
+        t.name.clear();
+        a.t = Some(t).into();
+        n.attribute.push(a);
+        g.node.push(n);
+    } else {
+        g.initializer.push(t);
+    }
+    g.node.push(make_node("Reshape", "reshape", &["bn_out", "shape"], &["output"]));
+    m
+}
+
+#[test]
+fn int64_initializer_read_by_an_opaque_node_is_carried_through() {
+    let dir = tmp();
+    for as_constant in [false, true] {
+        let what = if as_constant { "Reshape with a Constant INT64 shape" } else { "Reshape with an INT64 shape initializer" };
+        let path = write_proto(dir.path(), &format!("reshape_{}.onnx", as_constant), &z01_with_reshape(as_constant));
+        let run = no_panic(what, || run_pipeline(&path)).unwrap_or_else(|e| panic!("{}: must fuse the conv+BN and carry the Reshape, got: {}", what, e));
+        assert_eq!(run.fusion.graph.count("BatchNorm"), 0, "{}: {:?}", what, run.fusion.report.ops_after);
+        let bytes = onnx_bytes(Some(&run.model), &run.fusion.graph, &run.weights).unwrap();
+        let out = ModelProto::parse_from_bytes(&bytes).unwrap();
+        let shape = out.graph.initializer.iter().find(|t| t.name == "shape").unwrap_or_else(|| panic!("{}: the shape tensor was dropped", what));
+        assert_eq!(shape.int64_data, vec![2, -1], "{}", what);
     }
 }
 
@@ -1079,6 +1270,28 @@ fn writing_into_a_read_only_directory_names_the_path_and_leaves_nothing() {
     std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
+#[cfg(unix)]
+#[test]
+fn written_files_get_ordinary_permissions() {
+    // An atomic write must not change what a plain write would give: the temp file's
+    // private 0o600 mode must not leak into the deploy model (a model server running
+    // as another user could not read it).
+    use std::os::unix::fs::PermissionsExt;
+    let (m, f) = z01();
+    let dir = tmp();
+    let plain = dir.path().join("plain");
+    std::fs::write(&plain, b"x").unwrap();
+    let want = std::fs::metadata(&plain).unwrap().permissions().mode() & 0o777;
+    for name in ["out.onnx", "out.json", "out.safetensors"] {
+        let path = dir.path().join(name);
+        if name != "out.safetensors" {
+            save_model(&path, Some(&m), &f.graph, &f.weights).unwrap();
+        }
+        let got = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(got, want, "{}: mode {:o}, a plain write gives {:o}", name, got, want);
+    }
+}
+
 #[test]
 fn native_write_failure_leaves_no_half_pair() {
     // The graph JSON cannot be written (its path is a directory): the weights file
@@ -1188,6 +1401,31 @@ fn binary_failed_fusion_writes_nothing_and_keeps_existing_output() {
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(std::fs::read(&out).unwrap(), b"OLD", "an existing output was replaced by a failed fusion");
     assert_eq!(listing(dir.path()), vec!["existing.onnx".to_string(), "negvar.onnx".to_string()]);
+}
+
+#[test]
+fn binary_on_a_truncated_file_that_protobuf_accepts_exits_1() {
+    // Cut just after the graph field's length prefix: the protobuf runtime reads an
+    // empty graph. Fusing that "model" and writing it would hide the damage.
+    let bytes = std::fs::read(fixture("z01_conv_bn")).unwrap();
+    let graph = *top_level_fields(&bytes).iter().find(|f| f.0 == 7).unwrap();
+    let dir = tmp();
+    let bad = dir.path().join("cut.onnx");
+    std::fs::write(&bad, &bytes[..graph.2]).unwrap();
+    let out = dir.path().join("out.onnx");
+    let o = repfuse_bin(&[os("fuse"), bad.as_os_str(), os("-o"), out.as_os_str(), os("--backend"), os("cpu")]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_no_panic_output("truncated at the graph header", &o);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "a file truncated to {} bytes was fused (exit {:?}); stdout:\n{}",
+        graph.2,
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert!(stderr.contains(&bad.display().to_string()), "stderr does not name the file:\n{}", stderr);
+    assert!(!out.exists(), "an output was written from a truncated file");
 }
 
 /// z02 with conv bias 1e7 and BN mean 1e7: the training form rounds its 1e7-sized

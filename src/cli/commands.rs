@@ -7,7 +7,8 @@ use anyhow::{Context, Result};
 use serde_json::json;
 
 use super::table;
-use repfuse::verify::{check_equivalence, unrunnable_ops, Equivalence};
+use repfuse::io::onnx::FloatType;
+use repfuse::verify::{check_equivalence, check_equivalence_with, unrunnable_ops, Equivalence, Tolerance};
 use repfuse::{Backend, FuseOptions, Fuser};
 
 /// Exit codes, documented in `--help`.
@@ -81,9 +82,16 @@ pub fn fuse(a: &FuseArgs) -> Result<i32> {
     let t = Instant::now();
     let fused = fuser.fuse(&model.graph, &model.weights, &FuseOptions { compose_cost_limit: a.compose_cost_limit, widen_shortcuts: a.widen_shortcuts })?;
     let fuse_ms = t.elapsed().as_secs_f64() * 1e3;
-    let (eq, skipped) = if a.verify { verify_pair(&model.graph, &model.weights, &fused.graph, &fused.weights)? } else { (None, None) };
+    // Verify the model as it will be written: weights rounded to the file's float type.
+    let half = model.onnx.as_ref().is_some_and(|m| m.float_type != FloatType::F32) && is_onnx(&a.output);
+    let written_w = match model.onnx.as_ref().map(|m| m.float_type) {
+        Some(ft) if half => round_weights(&fused.weights, ft),
+        _ => fused.weights.clone(),
+    };
+    let (eq, skipped) = if a.verify { verify_pair(&model.graph, &model.weights, &fused.graph, &written_w, half)? } else { (None, None) };
+    let tol: fn(&repfuse::Graph) -> Tolerance = if half { Tolerance::half } else { Tolerance::for_graph };
     let regions =
-        if a.verify { repfuse::verify::check_regions(&model.graph, &model.weights, &fused.graph, &fused.origins, &fused.weights, 7)? } else { vec![] };
+        if a.verify { repfuse::verify::check_regions_with(&model.graph, &model.weights, &fused.graph, &fused.origins, &written_w, 7, tol)? } else { vec![] };
     let region_fail = regions.iter().any(|r| r.error.as_ref().is_some_and(|e| !e.passed()));
     let code = if eq.as_ref().is_some_and(|e| !e.passed()) || region_fail { EXIT_OVER_TOLERANCE } else { EXIT_OK };
     // A fusion that fails verification is not written: no deploy model that lies.
@@ -127,12 +135,37 @@ pub fn fuse(a: &FuseArgs) -> Result<i32> {
     Ok(code)
 }
 
-fn verify_pair(g: &repfuse::Graph, w: &repfuse::Weights, fg: &repfuse::Graph, fw: &repfuse::Weights) -> Result<(Option<Equivalence>, Option<String>)> {
+fn verify_pair(
+    g: &repfuse::Graph,
+    w: &repfuse::Weights,
+    fg: &repfuse::Graph,
+    fw: &repfuse::Weights,
+    half: bool,
+) -> Result<(Option<Equivalence>, Option<String>)> {
     let ops = unrunnable_ops(g);
     if !ops.is_empty() {
         return Ok((None, Some(format!("the graph has ops the reference cannot run: {}", ops.join(", ")))));
     }
-    Ok((Some(check_equivalence(g, w, fg, fw, 7)?), None))
+    let tol = if half { Tolerance::half(g) } else { Tolerance::for_graph(g) };
+    Ok((Some(check_equivalence_with(g, w, fg, fw, 7, tol)?), None))
+}
+
+fn is_onnx(p: &Path) -> bool {
+    p.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+}
+
+/// The weights as a file of float type `ft` stores them.
+fn round_weights(w: &repfuse::Weights, ft: FloatType) -> repfuse::Weights {
+    let mut out = repfuse::Weights::new();
+    for (k, t) in w.iter() {
+        let d: Vec<f32> = match ft {
+            FloatType::F16 => t.data().iter().map(|v| half::f16::from_f32(*v).to_f32()).collect(),
+            FloatType::BF16 => t.data().iter().map(|v| half::bf16::from_f32(*v).to_f32()).collect(),
+            FloatType::F32 => t.data().to_vec(),
+        };
+        out.insert(k.clone(), repfuse::Tensor::new(k, t.shape().to_vec(), d).expect("same shape"));
+    }
+    out
 }
 
 pub fn verify(original: &Path, fused: &Path, seed: u64, json_out: bool) -> Result<i32> {
@@ -143,7 +176,9 @@ pub fn verify(original: &Path, fused: &Path, seed: u64, json_out: bool) -> Resul
         anyhow::ensure!(ops.is_empty(), "{}: the reference cannot run ops {}", p.display(), ops.join(", "));
     }
     anyhow::ensure!(a.graph.inputs == b.graph.inputs, "the models take different inputs: {:?} vs {:?}", a.graph.inputs, b.graph.inputs);
-    let eq = check_equivalence(&a.graph, &a.weights, &b.graph, &b.weights, seed)?;
+    let half = [&a, &b].iter().any(|m| m.onnx.as_ref().is_some_and(|o| o.float_type != FloatType::F32));
+    let tol = if half { Tolerance::half(&a.graph) } else { Tolerance::for_graph(&a.graph) };
+    let eq = check_equivalence_with(&a.graph, &a.weights, &b.graph, &b.weights, seed, tol)?;
     if json_out {
         println!("{}", serde_json::to_string_pretty(&json!({"original": original, "fused": fused, "seed": seed, "verification": eq, "passed": eq.passed()}))?);
     } else {

@@ -22,6 +22,13 @@ pub fn forward(g: &Graph, weights: &Weights, inputs: &HashMap<String, Tensor>) -
         }
         live.insert(v.name.clone(), t.clone());
     }
+    // Refuse before allocating when a tensor would be absurdly large (a hostile file
+    // can declare a 65536x65536 input).
+    for (t, shape) in crate::graph::infer_shapes(g)? {
+        if crate::tensor::checked_numel(&shape).is_none_or(|n| n > crate::plan::MAX_TENSOR_ELEMENTS) {
+            return Err(Error::tensor(&t, format!("shape {:?} exceeds the per-tensor limit of the reference forward", shape)));
+        }
+    }
     // Drop each intermediate after its last reader so deep nets fit in memory.
     let mut last_use: HashMap<&str, usize> = HashMap::new();
     for (i, n) in g.nodes.iter().enumerate() {

@@ -40,6 +40,7 @@ fn with_shape(name: &str, t: Tensor, shape: &[usize]) -> Result<Tensor> {
 /// Executes every step; returns all computed tensors by name.
 pub fn execute_plan(plan: &FusionPlan, weights: &Weights) -> Result<HashMap<String, Tensor>> {
     plan.check_sources(weights)?;
+    plan.output_shapes(weights)?;
     let mut slots = Slots { source: weights, computed: HashMap::new() };
     // Steps of one dependency level are independent: run them in parallel (each
     // primitive is itself parallel over output channels).
@@ -50,6 +51,7 @@ pub fn execute_plan(plan: &FusionPlan, weights: &Weights) -> Result<HashMap<Stri
         let outputs: Vec<Vec<(String, Tensor)>> = steps.par_iter().map(|s| run_step(s, &slots)).collect::<Result<_>>()?;
         slots.computed.extend(outputs.into_iter().flatten());
     }
+    plan.check_outputs(&slots.computed)?;
     Ok(slots.computed)
 }
 

@@ -205,6 +205,9 @@ impl Fusion {
         for name in self.graph.params.keys() {
             let t = match computed.get(name) {
                 Some(t) => t.clone(),
+                // Non-float constants (shape tensors, int weights) read only by
+                // carried-through nodes are not f32 weights; writers keep them.
+                None if !source.contains(name) && !self.graph.nodes.iter().any(|n| n.op.params().contains(&name.as_str())) => continue,
                 None => source.get(name)?.clone(),
             };
             out.insert(name.clone(), t);

@@ -233,6 +233,7 @@ pub fn execute_plan_gpu(ctx: &GpuContext, plan: &FusionPlan, weights: &Weights) 
             out.insert(name, Tensor::from_parts(shape, all[off..off + n].to_vec()));
         }
     }
+    plan.check_outputs(&out)?;
     Ok(out)
 }
 

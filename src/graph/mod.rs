@@ -61,7 +61,12 @@ impl Graph {
     /// Number of parameter values the ops reference (each name counted once).
     pub fn param_count(&self) -> usize {
         let mut seen = std::collections::BTreeSet::new();
-        self.nodes.iter().flat_map(|n| n.op.params()).filter(|p| seen.insert(*p)).map(|p| self.params.get(p).map_or(0, |s| s.iter().product())).sum()
+        self.nodes
+            .iter()
+            .flat_map(|n| n.op.params())
+            .filter(|p| seen.insert(*p))
+            .map(|p| self.params.get(p).map_or(0, |s| s.iter().fold(1usize, |a, &b| a.saturating_mul(b))))
+            .fold(0usize, usize::saturating_add)
     }
 
     pub fn node(&self, name: &str) -> Option<&Node> {
@@ -80,6 +85,6 @@ impl Graph {
 
     /// Multiply-accumulate count x2 per sample, from inferred shapes.
     pub fn flops(&self, shapes: &Shapes) -> u64 {
-        self.nodes.iter().map(|n| shape::node_flops(n, shapes)).sum()
+        self.nodes.iter().map(|n| shape::node_flops(n, shapes)).fold(0u64, u64::saturating_add)
     }
 }

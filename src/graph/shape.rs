@@ -144,13 +144,15 @@ fn node_output_shape(n: &Node, ins: &[&Vec<usize>]) -> Result<Option<Vec<usize>>
 pub fn node_flops(n: &Node, shapes: &Shapes) -> u64 {
     let out = n.outputs.first().and_then(|o| shapes.get(o));
     let Some(out) = out else { return 0 };
-    let per_sample: u64 = out.iter().skip(1).map(|&d| d as u64).product();
+    // Saturating: a hostile shape must not overflow (or panic in debug builds).
+    let prod = |xs: &[u64]| xs.iter().fold(1u64, |a, &b| a.saturating_mul(b));
+    let per_sample = prod(&out.iter().skip(1).map(|&d| d as u64).collect::<Vec<_>>());
     match &n.op {
-        Op::Conv2d(c) => 2 * per_sample * (c.in_channels / c.groups.max(1)) as u64 * (c.kernel[0] * c.kernel[1]) as u64,
-        Op::Linear(l) => 2 * per_sample * l.in_features as u64,
-        Op::AvgPool2d(p) => per_sample * (p.kernel[0] * p.kernel[1]) as u64,
-        Op::BatchNorm(_) => 2 * per_sample,
-        Op::Add => per_sample * n.inputs.len().saturating_sub(1) as u64,
+        Op::Conv2d(c) => prod(&[2, per_sample, (c.in_channels / c.groups.max(1)) as u64, c.kernel[0] as u64, c.kernel[1] as u64]),
+        Op::Linear(l) => prod(&[2, per_sample, l.in_features as u64]),
+        Op::AvgPool2d(p) => prod(&[per_sample, p.kernel[0] as u64, p.kernel[1] as u64]),
+        Op::BatchNorm(_) => prod(&[2, per_sample]),
+        Op::Add => prod(&[per_sample, n.inputs.len().saturating_sub(1) as u64]),
         _ => 0,
     }
 }

@@ -2,7 +2,7 @@
 //! weights plus a JSON graph). Every write is atomic: a temp file in the target
 //! folder, then a rename, so a failure never leaves a half-written model.
 
-mod atomic;
+pub mod atomic;
 pub mod native;
 pub mod onnx;
 

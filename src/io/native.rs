@@ -32,8 +32,7 @@ pub fn write_native(graph: &Graph, weights: &Weights, graph_path: &Path) -> Resu
         })
         .collect::<Result<_>>()?;
     let st = safetensors::serialize(views, None).map_err(|e| Error::File { path: wpath.clone(), why: e.to_string() })?;
-    crate::io::write_atomic(&wpath, &st)?;
-    crate::io::write_atomic(graph_path, &json)
+    crate::io::atomic::write_atomic_many(&[(&wpath, &st), (graph_path, &json)])
 }
 
 pub fn read_native(graph_path: &Path) -> Result<(Graph, Weights)> {

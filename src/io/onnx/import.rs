@@ -27,6 +27,18 @@ pub fn read_onnx_bytes(path: &Path, bytes: &[u8]) -> Result<OnnxModel> {
     let file_err = |why: String| Error::File { path: path.to_path_buf(), why };
     let proto = ModelProto::parse_from_bytes(bytes).map_err(|e| file_err(format!("not a valid ONNX model (protobuf: {})", e)))?;
     let g = proto.graph.as_ref().ok_or_else(|| file_err("the model has no graph".into()))?;
+    // protobuf parsing accepts a file cut inside a nested message; a model always
+    // declares its opset (written last by exporters) and has nodes and outputs, so
+    // their absence means a truncated or foreign file.
+    let opset = proto.opset_import.iter().find(|o| o.domain.is_empty() || o.domain == "ai.onnx").map(|o| o.version);
+    match opset {
+        Some(v) if (1..=64).contains(&v) => {}
+        Some(v) => return Err(file_err(format!("declares default-domain opset {} (truncated or corrupt?)", v))),
+        None => return Err(file_err("declares no default-domain opset_import (truncated, or not an ONNX model)".into())),
+    }
+    if g.node.is_empty() || g.output.is_empty() {
+        return Err(file_err(format!("the graph has {} nodes and {} outputs (truncated or empty model)", g.node.len(), g.output.len())));
+    }
     let mut ext = ExternalData::new(path);
     let mut st = State::default();
     let in_file = |e: Error| -> Error {
@@ -132,7 +144,7 @@ fn matmul_bias(nodes: &[NodeProto], k: usize, consumers: &HashMap<&str, usize>, 
     }
     let j = nodes.iter().position(|m| m.input.iter().any(|i| i == out))?;
     let add = &nodes[j];
-    if add.op_type != "Add" || add.input.len() != 2 {
+    if add.op_type != "Add" || add.input.len() != 2 || add.output.len() != 1 || add.output[0].is_empty() {
         return None;
     }
     let other = if add.input[0] == *out { &add.input[1] } else { &add.input[0] };
@@ -197,7 +209,7 @@ impl State {
         let outputs: Vec<String> = n.output.iter().filter(|o| !o.is_empty()).cloned().collect();
         let known = if n.domain.is_empty() || n.domain == "ai.onnx" { self.known_op(n, bias_add.as_ref().map(|(_, b)| b.as_str())) } else { None };
         match known {
-            Some(KnownOp::Alias) if !self.graph.outputs.contains(&outputs[0]) => {
+            Some(KnownOp::Alias) if outputs.len() == 1 && data_inputs.len() == 1 && !self.graph.outputs.contains(&outputs[0]) => {
                 self.alias.insert(outputs[0].clone(), data_inputs[0].clone());
             }
             Some(KnownOp::Op(op, inputs)) if outputs.len() == 1 => {
@@ -239,7 +251,7 @@ impl State {
                 let conv = Conv2d {
                     weight: w,
                     bias: b,
-                    in_channels: ws[1] * groups,
+                    in_channels: ws[1].checked_mul(groups)?,
                     out_channels: ws[0],
                     kernel: [ws[2], ws[3]],
                     stride: attrs::pair(attrs::ints(n, "strides"), [1, 1])?,

@@ -1,0 +1,315 @@
+//! The `repfuse` binary on the PyTorch-exported fixtures: what `fuse` writes `verify`
+//! accepts, `--json` is JSON with the documented fields and agrees with the table,
+//! `inspect` writes nothing, and the exit codes are 0 ok / 1 error / 2 over tolerance.
+//!
+//! Every run but two uses `--backend cpu`; the two `auto` runs (one fuse, one demo)
+//! are tiny, so a software Vulkan adapter (lavapipe) costs little.
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixture(case: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures").join(case).join("train.onnx")
+}
+
+fn run_in(dir: Option<&Path>, args: &[&OsStr]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_repfuse"));
+    c.args(args);
+    if let Some(d) = dir {
+        c.current_dir(d);
+    }
+    c.output().expect("run repfuse")
+}
+
+fn run(args: &[&OsStr]) -> Output {
+    run_in(None, args)
+}
+
+fn os<S: AsRef<OsStr> + ?Sized>(s: &S) -> &OsStr {
+    s.as_ref()
+}
+
+fn show(o: &Output) -> String {
+    format!("exit {:?}\n--- stdout\n{}\n--- stderr\n{}", o.status.code(), String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn assert_exit(o: &Output, code: i32, what: &str) {
+    assert_eq!(o.status.code(), Some(code), "{}: {}", what, show(o));
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("panicked"), "{}: panicked: {}", what, show(o));
+}
+
+fn json(o: &Output, what: &str) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{}: stdout is not JSON ({}): {}", what, e, show(o)))
+}
+
+fn listing(dir: &Path) -> Vec<(String, u64)> {
+    let mut v: Vec<(String, u64)> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap()).map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().unwrap().len())).collect();
+    v.sort();
+    v
+}
+
+/// Op-count rows of the human table: `  Conv   5   1` between the dash line and the
+/// `parameters` row.
+fn table_counts(stdout: &str) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
+    let (mut before, mut after) = (BTreeMap::new(), BTreeMap::new());
+    let mut in_table = false;
+    for line in stdout.lines() {
+        let t = line.trim();
+        if !in_table {
+            in_table = !t.is_empty() && t.chars().all(|c| c == '-' || c == ' ');
+            continue;
+        }
+        if t.starts_with("parameters") || t.is_empty() {
+            break;
+        }
+        let cols: Vec<&str> = t.split_whitespace().collect();
+        assert!(cols.len() >= 3, "table row `{}` has fewer than 3 columns", line);
+        let n = cols.len();
+        let kind = cols[..n - 2].join(" ");
+        let b: u64 = cols[n - 2].parse().unwrap_or_else(|_| panic!("row `{}`: `before` is not a number", line));
+        let a: u64 = cols[n - 1].parse().unwrap_or_else(|_| panic!("row `{}`: `after` is not a number", line));
+        if b > 0 {
+            before.insert(kind.clone(), b);
+        }
+        if a > 0 {
+            after.insert(kind, a);
+        }
+    }
+    assert!(in_table, "no table in stdout:\n{}", stdout);
+    (before, after)
+}
+
+fn json_counts(v: &serde_json::Value) -> BTreeMap<String, u64> {
+    v.as_object()
+        .unwrap_or_else(|| panic!("op counts are not an object: {}", v))
+        .iter()
+        .filter(|(_, n)| n.as_u64() != Some(0))
+        .map(|(k, n)| (k.clone(), n.as_u64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn fuse_writes_a_model_that_verify_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    for case in ["z13_repvgg_bn_branch", "z14_dbb_block", "v03_external_data_dbb", "z15_linear_bn1d", "z18_grouped_repvgg"] {
+        for ext in ["onnx", "json"] {
+            let out = dir.path().join(format!("{}.deploy.{}", case, ext));
+            let o = run(&[os("fuse"), fixture(case).as_os_str(), os("-o"), out.as_os_str(), os("--backend"), os("cpu")]);
+            assert_exit(&o, 0, &format!("fuse {} -> .{}", case, ext));
+            assert!(out.exists(), "{}: nothing written at {}", case, out.display());
+            if ext == "json" {
+                assert!(out.with_extension("safetensors").exists(), "{}: native output without its .safetensors", case);
+            }
+            let o = run(&[os("verify"), fixture(case).as_os_str(), out.as_os_str()]);
+            assert_exit(&o, 0, &format!("verify {} vs its .{} deploy form", case, ext));
+            assert!(String::from_utf8_lossy(&o.stdout).contains("PASS"), "{}: {}", case, show(&o));
+        }
+    }
+}
+
+#[test]
+fn fuse_verify_and_verify_agree_on_an_fp16_model() {
+    // `fuse --verify` checks the fused weights in f32, then writes them in the
+    // model's float16; `verify` then checks what was written. A file that `fuse
+    // --verify` wrote (exit 0) must not fail `verify` (exit 2).
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("v06_fp16_repvgg_block");
+    let out = dir.path().join("fp16.deploy.onnx");
+    let o = run(&[os("fuse"), src.as_os_str(), os("-o"), out.as_os_str(), os("--backend"), os("cpu"), os("--verify")]);
+    assert_exit(&o, 0, "fuse --verify v06 (fp16)");
+    assert!(out.exists());
+    let o = run(&[os("verify"), src.as_os_str(), out.as_os_str()]);
+    assert_exit(&o, 0, "verify v06 vs the deploy model `fuse --verify` accepted and wrote");
+}
+
+#[test]
+fn fuse_with_verify_exits_0_and_says_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.onnx");
+    let o = run(&[os("fuse"), fixture("z14_dbb_block").as_os_str(), os("-o"), out.as_os_str(), os("--backend"), os("cpu"), os("--verify")]);
+    assert_exit(&o, 0, "fuse --verify");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("PASS") && !stdout.contains("FAIL"), "{}", show(&o));
+    assert!(out.exists());
+}
+
+#[test]
+fn fuse_json_has_the_documented_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.onnx");
+    // The one `fuse` run with the default backend (auto).
+    let o = run(&[os("fuse"), fixture("z01_conv_bn").as_os_str(), os("-o"), out.as_os_str(), os("--json")]);
+    assert_exit(&o, 0, "fuse --json (auto)");
+    let v = json(&o, "fuse --json");
+    for field in ["ops_before", "ops_after", "refused"] {
+        assert!(v["report"].get(field).is_some(), "report.{} missing: {}", field, v);
+    }
+    assert!(v["report"]["refused"].is_array(), "report.refused is not an array: {}", v["report"]["refused"]);
+    assert!(matches!(v["backend"].as_str(), Some("Cpu" | "Gpu")), "backend: {}", v["backend"]);
+    assert!(v["backend_reason"].as_str().is_some_and(|s| !s.is_empty()), "backend_reason: {}", v["backend_reason"]);
+    assert_eq!(json_counts(&v["report"]["ops_before"]), BTreeMap::from([("BatchNorm".to_string(), 1), ("Conv".to_string(), 1)]));
+    assert_eq!(json_counts(&v["report"]["ops_after"]), BTreeMap::from([("Conv".to_string(), 1)]));
+    assert_eq!(v["written"], serde_json::json!(true));
+    assert!(out.exists());
+
+    // --verify --json carries the verification.
+    let o =
+        run(&[os("fuse"), fixture("z13_repvgg_bn_branch").as_os_str(), os("-o"), out.as_os_str(), os("--backend"), os("cpu"), os("--verify"), os("--json")]);
+    assert_exit(&o, 0, "fuse --verify --json");
+    let v = json(&o, "fuse --verify --json");
+    assert_eq!(v["backend"], serde_json::json!("Cpu"));
+    assert!(v["verification"].is_object(), "verification: {}", v);
+}
+
+#[test]
+fn json_and_table_report_the_same_op_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    for case in ["z14_dbb_block", "z24_neg_avgpool_exclude_pad", "z16_conv1x1_fc_parallel"] {
+        let out = dir.path().join(format!("{}.onnx", case));
+        let o = run(&[os("fuse"), fixture(case).as_os_str(), os("-o"), out.as_os_str(), os("--backend"), os("cpu"), os("--json")]);
+        assert_exit(&o, 0, case);
+        let v = json(&o, case);
+        let o = run(&[os("fuse"), fixture(case).as_os_str(), os("-o"), out.as_os_str(), os("--backend"), os("cpu")]);
+        assert_exit(&o, 0, case);
+        let (before, after) = table_counts(&String::from_utf8_lossy(&o.stdout));
+        assert_eq!(before, json_counts(&v["report"]["ops_before"]), "{}: ops before, table vs --json", case);
+        assert_eq!(after, json_counts(&v["report"]["ops_after"]), "{}: ops after, table vs --json", case);
+        assert!(!before.is_empty() && !after.is_empty(), "{}: empty table", case);
+        assert!(after.values().sum::<u64>() < before.values().sum::<u64>(), "{}: nothing fused: {:?} -> {:?}", case, before, after);
+    }
+}
+
+#[test]
+fn inspect_exits_0_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixtures_dir().join("v03_external_data_dbb");
+    for f in ["train.onnx", "train.onnx.data"] {
+        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+    }
+    let before = listing(dir.path());
+    for json_flag in [false, true] {
+        let mut args = vec![os("inspect"), os("train.onnx")];
+        if json_flag {
+            args.push(os("--json"));
+        }
+        let o = run_in(Some(dir.path()), &args);
+        assert_exit(&o, 0, "inspect");
+        if json_flag {
+            let v = json(&o, "inspect --json");
+            assert!(v["report"]["ops_before"].is_object(), "{}", v);
+        } else {
+            assert!(String::from_utf8_lossy(&o.stdout).contains("fusable regions"), "{}", show(&o));
+        }
+        assert_eq!(listing(dir.path()), before, "inspect wrote into the model's folder (its cwd)");
+    }
+}
+
+fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
+}
+
+#[test]
+fn adapters_json_is_an_array() {
+    let o = run(&[os("adapters"), os("--json")]);
+    assert_exit(&o, 0, "adapters --json");
+    let v = json(&o, "adapters --json");
+    let rows = v.as_array().unwrap_or_else(|| panic!("not an array: {}", v));
+    for r in rows {
+        assert!(r["name"].is_string() && r["backend"].is_string(), "adapter row without name/backend: {}", r);
+    }
+}
+
+#[test]
+fn demo_small_json_passes() {
+    // The one demo run with the default backend (auto).
+    let o = run(&[os("demo"), os("--size"), os("32"), os("--json")]);
+    assert_exit(&o, 0, "demo --size 32 --json");
+    let v = json(&o, "demo --json");
+    assert_eq!(v["passed"], serde_json::json!(true), "{}", v);
+    assert_eq!(v["input"], serde_json::json!([1, 3, 32, 32]));
+    assert!(v["backend_reason"].as_str().is_some_and(|s| !s.is_empty()));
+}
+
+#[test]
+fn demo_unknown_model_exits_1() {
+    let o = run(&[os("demo"), os("--model"), os("no_such_net"), os("--size"), os("32"), os("--backend"), os("cpu")]);
+    assert_exit(&o, 1, "demo --model no_such_net");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no_such_net"), "{}", show(&o));
+}
+
+#[test]
+fn verify_exits_2_when_two_models_differ() {
+    // Same input [2, 8, 15, 15] and output [2, 16, 15, 15], different weights.
+    let (a, b) = (fixture("z01_conv_bn"), fixture("z02_conv_bias_bn"));
+    let o = run(&[os("verify"), a.as_os_str(), b.as_os_str()]);
+    assert_exit(&o, 2, "verify z01 z02");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("FAIL"), "{}", show(&o));
+    let o = run(&[os("verify"), a.as_os_str(), b.as_os_str(), os("--json")]);
+    assert_exit(&o, 2, "verify --json z01 z02");
+    assert_eq!(json(&o, "verify --json")["passed"], serde_json::json!(false));
+    // A model against itself passes.
+    let o = run(&[os("verify"), a.as_os_str(), a.as_os_str()]);
+    assert_exit(&o, 0, "verify z01 z01");
+}
+
+#[test]
+fn verify_exits_2_against_a_native_model_with_altered_weights() {
+    // Fuse to the native format, then scale one deploy weight: verify must notice.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("deploy.json");
+    let o = run(&[os("fuse"), fixture("z13_repvgg_bn_branch").as_os_str(), os("-o"), out.as_os_str(), os("--backend"), os("cpu")]);
+    assert_exit(&o, 0, "fuse to native");
+    let (graph, mut weights) = repfuse::io::native::read_native(&out).unwrap();
+    let name = graph.params.keys().find(|k| graph.params[*k].len() == 4).unwrap().clone();
+    let t = weights.get(&name).unwrap();
+    let data: Vec<f32> = t.data().iter().enumerate().map(|(i, v)| if i == 0 { v * 3.0 + 1.0 } else { *v }).collect();
+    weights.insert(name.clone(), repfuse::Tensor::new(&name, t.shape().to_vec(), data).unwrap());
+    let altered = dir.path().join("altered.json");
+    repfuse::io::save_model(&altered, None, &graph, &weights).unwrap();
+    let o = run(&[os("verify"), fixture("z13_repvgg_bn_branch").as_os_str(), out.as_os_str()]);
+    assert_exit(&o, 0, "verify original vs deploy");
+    let o = run(&[os("verify"), fixture("z13_repvgg_bn_branch").as_os_str(), altered.as_os_str()]);
+    assert_exit(&o, 2, "verify original vs altered deploy");
+}
+
+#[test]
+fn verify_models_with_different_inputs_is_an_error() {
+    let o = run(&[os("verify"), fixture("z01_conv_bn").as_os_str(), fixture("z15_linear_bn1d").as_os_str()]);
+    assert_exit(&o, 1, "verify z01 z15");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("different inputs"), "{}", show(&o));
+}
+
+#[test]
+fn unknown_subcommand_and_bad_arguments_exit_nonzero() {
+    for args in
+        [vec!["frobnicate"], vec![], vec!["fuse"], vec!["fuse", "x.onnx"], vec!["fuse", "x.onnx", "-o", "y.onnx", "--backend", "tpu"], vec!["verify", "a.onnx"]]
+    {
+        let o = run(&args.iter().map(os).collect::<Vec<_>>());
+        assert!(o.status.code().is_some_and(|c| c != 0), "{:?}: {}", args, show(&o));
+        assert!(!String::from_utf8_lossy(&o.stderr).contains("panicked"), "{:?}: {}", args, show(&o));
+    }
+}
+
+#[test]
+fn usage_errors_do_not_use_the_over_tolerance_exit_code() {
+    // `--help` documents 1 for errors and 2 for "verification over tolerance"; a
+    // script that treats 2 as "the model is numerically off" must not see it for a
+    // typo.
+    for args in [vec!["frobnicate"], vec!["fuse", "x.onnx"], vec!["verify", "a.onnx"]] {
+        let o = run(&args.iter().map(os).collect::<Vec<_>>());
+        assert_exit(&o, 1, &format!("{:?}", args));
+    }
+}
+
+#[test]
+fn help_and_version_exit_0() {
+    for args in [["--help"], ["--version"]] {
+        let o = run(&args.iter().map(os).collect::<Vec<_>>());
+        assert_exit(&o, 0, args[0]);
+    }
+    let o = run(&[os("--help")]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("Exit codes"), "{}", show(&o));
+}
