@@ -297,7 +297,7 @@ impl FusionPlan {
                     _ => {
                         return Err(Error::tensor(
                             name,
-                            format!("fused tensor of shape {:?} exceeds the {} GiB per-tensor limit", shape, MAX_TENSOR_ELEMENTS * 4 >> 30),
+                            format!("fused tensor of shape {:?} exceeds the {} GiB per-tensor limit", shape, (MAX_TENSOR_ELEMENTS * 4) >> 30),
                         ))
                     }
                 }
