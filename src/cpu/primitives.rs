@@ -211,6 +211,14 @@ pub fn place(out_shape: &[usize], groups: usize, in_channels: usize, sources: &[
                 }
                 let scale = m.scale as f64 * s.bn.map_or(1.0, |b| b.scale[os]);
                 let src = &s.kernel.data()[os * si * sh * sw..][..si * sh * sw];
+                if [sh, sw] == [kh_out, kw_out] && m.in_stride == 1 {
+                    // Same window, contiguous channels: one vectorisable run.
+                    let at = (first - base) * kh_out * kw_out;
+                    for (a, v) in acc[at..at + src.len()].iter_mut().zip(src) {
+                        *a += *v as f64 * scale;
+                    }
+                    continue;
+                }
                 for (j, taps) in src.chunks_exact(sh * sw).enumerate() {
                     let cl = first - base + j * m.in_stride;
                     for a in 0..sh {
