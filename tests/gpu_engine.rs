@@ -165,3 +165,17 @@ fn conv_forward_shaders_match_the_reference_on_awkward_shapes() {
         }
     }
 }
+
+#[test]
+fn plan_compute_time_comes_from_timestamps_where_supported() {
+    let Some(ctx) = common::gpu() else { return };
+    let (g, w) = repvgg_chain(8);
+    let f = fuse(&g, &FuseOptions::default()).unwrap();
+    let (out, t) = repfuse::gpu::execute_plan_gpu_timed(ctx, &f.plan, &w).unwrap();
+    assert!(!out.is_empty());
+    assert!(t.wall_ms > 0.0);
+    match t.compute_ms {
+        Some(c) => assert!(c > 0.0 && c <= t.wall_ms * 1.05 + 1.0, "compute {} ms vs wall {} ms", c, t.wall_ms),
+        None => assert!(!ctx.timestamps, "adapter has timestamps but none were read"),
+    }
+}

@@ -294,13 +294,13 @@ pub fn bench(models: &[String], backend: Backend, reps: usize, forward_size: Opt
                 format!("{:.1}", r.cpu_plan_ms),
                 format!("{:.2}", r.memcpy_ms),
                 format!("{:.1}x", r.cpu_ratio_to_memcpy),
-                r.gpu.as_ref().map_or("-".into(), |g| format!("{:.1}", g.plan_ms)),
+                r.gpu.as_ref().map_or("-".into(), |g| format!("{:.1} ({})", g.plan_ms, g.compute_ms.map_or("-".into(), |c| format!("{:.1}", c)))),
                 r.gpu.as_ref().map_or("-".into(), |g| format!("{:.0}%", g.bandwidth_fraction * 100.0)),
                 r.forward.as_ref().map_or("-".into(), |f| format!("{:.2}x", f.speedup)),
             ]
         })
         .collect();
-    table::print(&["model", "MB r+w", "rewrite ms", "cpu plan ms", "memcpy ms", "cpu/memcpy", "gpu plan ms", "gpu vs copy", "fwd speedup"], &rows);
+    table::print(&["model", "MB r+w", "rewrite ms", "cpu plan ms", "memcpy ms", "cpu/memcpy", "gpu plan ms (compute)", "gpu vs copy", "fwd speedup"], &rows);
     if let Some(c) = conv {
         println!("\n  {}: WGSL {:.2} GFLOP/s ({:.0} ms), CPU reference {:.2} GFLOP/s ({:.0} ms)", c.shape, c.gpu_gflops, c.gpu_ms, c.cpu_gflops, c.cpu_ms);
     }

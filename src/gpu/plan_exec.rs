@@ -129,6 +129,22 @@ struct Window {
 /// (`max_storage_buffer_binding_size`, 128 MiB on lavapipe), each its own buffer, so
 /// models of any size fuse; all windows still go in one submission.
 pub fn execute_plan_gpu(ctx: &GpuContext, plan: &FusionPlan, weights: &Weights) -> Result<HashMap<String, Tensor>> {
+    execute_plan_gpu_timed(ctx, plan, weights).map(|(out, _)| out)
+}
+
+/// Where the time of one GPU plan execution went.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct GpuTiming {
+    /// Upload, compute, download and host work, as the caller sees it.
+    pub wall_ms: f64,
+    /// The compute passes alone, from timestamp queries (None where the adapter has
+    /// no TIMESTAMP_QUERY).
+    pub compute_ms: Option<f64>,
+}
+
+/// `execute_plan_gpu`, also returning wall and timestamp-measured compute time.
+pub fn execute_plan_gpu_timed(ctx: &GpuContext, plan: &FusionPlan, weights: &Weights) -> Result<(HashMap<String, Tensor>, GpuTiming)> {
+    let started = std::time::Instant::now();
     plan.check_sources(weights)?;
     let out_shapes = plan.output_shapes(weights)?;
     let shape_of = |n: &str| -> Result<Vec<usize>> { out_shapes.get(n).cloned().map_or_else(|| Ok(weights.get(n)?.shape().to_vec()), Ok) };
@@ -186,6 +202,10 @@ pub fn execute_plan_gpu(ctx: &GpuContext, plan: &FusionPlan, weights: &Weights) 
     let levels = plan.levels();
     let mut encoder = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("plan") });
     let mut buffers = Vec::with_capacity(windows.len());
+    // Timestamps at the start of the first compute pass and the end of the last.
+    let queries =
+        ctx.timestamps.then(|| ctx.device.create_query_set(&wgpu::QuerySetDescriptor { label: Some("plan time"), ty: wgpu::QueryType::Timestamp, count: 2 }));
+    let last_window = windows.len().saturating_sub(1);
     for (wi, w) in windows.iter().enumerate() {
         let buf = ctx.empty(&format!("arena{}", wi), w.arena.len)?;
         for (t, &off) in &w.arena.offset {
@@ -206,7 +226,12 @@ pub fn execute_plan_gpu(ctx: &GpuContext, plan: &FusionPlan, weights: &Weights) 
             let (record, elems) = encode(step, &w.arena, &shape_of)?;
             batches.entry((levels[i], kernel)).or_default().push(kernel, record, elems);
         }
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("plan"), timestamp_writes: None });
+        let timestamp_writes = queries.as_ref().map(|q| wgpu::ComputePassTimestampWrites {
+            query_set: q,
+            beginning_of_pass_write_index: (wi == 0).then_some(0),
+            end_of_pass_write_index: (wi == last_window).then_some(1),
+        });
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("plan"), timestamp_writes });
         for ((_, kernel), b) in batches {
             if b.jobs > 65535 {
                 return Err(Error::Limit { what: "jobs per dispatch".into(), need: b.jobs as u64, have: 65535 });
@@ -222,9 +247,28 @@ pub fn execute_plan_gpu(ctx: &GpuContext, plan: &FusionPlan, weights: &Weights) 
         drop(pass);
         buffers.push(buf);
     }
-    let ranges: Vec<(&wgpu::Buffer, u64, u64)> =
+    let mut ranges: Vec<(&wgpu::Buffer, u64, u64)> =
         windows.iter().zip(&buffers).map(|(w, b)| (b, w.computed_start as u64, (w.arena.len - w.computed_start) as u64)).collect();
-    let data = ctx.submit_and_read(encoder, &ranges)?;
+    let resolved = queries.as_ref().map(|q| {
+        let b = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("plan time"),
+            size: 16,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        encoder.resolve_query_set(q, 0..2, &b, 0);
+        b
+    });
+    if let Some(b) = &resolved {
+        // Two u64 ticks, read back through the f32 path as four words.
+        ranges.push((b, 0, 4));
+    }
+    let mut data = ctx.submit_and_read(encoder, &ranges)?;
+    let compute_ms = resolved.map(|_| {
+        let words = data.pop().expect("pushed the timestamp range");
+        let ticks: &[u64] = bytemuck::cast_slice(&words);
+        ticks[1].saturating_sub(ticks[0]) as f64 * ctx.queue.get_timestamp_period() as f64 / 1e6
+    });
     let mut out = HashMap::new();
     for (w, all) in windows.into_iter().zip(data) {
         for (name, shape) in w.computed {
@@ -234,7 +278,7 @@ pub fn execute_plan_gpu(ctx: &GpuContext, plan: &FusionPlan, weights: &Weights) 
         }
     }
     plan.check_outputs(&out)?;
-    Ok(out)
+    Ok((out, GpuTiming { wall_ms: started.elapsed().as_secs_f64() * 1e3, compute_ms }))
 }
 
 type Record = (Vec<u32>, Vec<u32>);
