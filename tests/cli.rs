@@ -313,3 +313,15 @@ fn help_and_version_exit_0() {
     let o = run(&[os("--help")]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("Exit codes"), "{}", show(&o));
 }
+
+#[test]
+fn bench_runs_and_reports_its_baselines() {
+    let o = run(&[os("bench"), os("--model"), os("acnet"), os("--reps"), os("1"), os("--backend"), os("cpu"), os("--json")]);
+    assert_exit(&o, 0, "bench");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let m = &v["models"][0];
+    assert_eq!(m["model"], "acnet");
+    for k in ["rewrite_ms", "cpu_plan_ms", "memcpy_ms", "cpu_ratio_to_memcpy", "bytes_read", "bytes_written"] {
+        assert!(m[k].as_f64().is_some_and(|x| x > 0.0), "{} = {}", k, m[k]);
+    }
+}

@@ -179,3 +179,49 @@ fn plan_compute_time_comes_from_timestamps_where_supported() {
         None => assert!(!ctx.timestamps, "adapter has timestamps but none were read"),
     }
 }
+
+#[test]
+fn every_forward_op_matches_the_reference_on_the_gpu() {
+    let Some(ctx) = common::gpu() else { return };
+    use repfuse::graph::Activation;
+    // Concat, avg-pool with and without count_include_pad (padded, strided), BN,
+    // global pool, flatten, linear, add of three, and every activation.
+    let mut b = GraphBuilder::new(12);
+    let x = b.input("x", &[2, 6, 11, 9]);
+    let a = b.conv(&x, ConvSpec::same(4, 3, 1, 1).with_bias());
+    let c = b.conv(&x, ConvSpec::same(5, 1, 1, 1));
+    let cat = b.concat(&[a, c, x.clone()]);
+    let p1 = b.avg_pool(&cat, 3, 2, 1, true);
+    let p2 = b.avg_pool(&cat, 3, 2, 1, false);
+    let p3 = b.avg_pool(&cat, 2, 2, 0, true);
+    let p3 = b.conv(&p3, ConvSpec::same(15, 2, 1, 1).pad(0));
+    let _ = p3;
+    let s = b.add(&[p1, p2.clone(), p2]);
+    let mut t = b.bn(&s);
+    for act in [
+        Activation::Relu,
+        Activation::LeakyRelu(0.2),
+        Activation::Sigmoid,
+        Activation::Tanh,
+        Activation::Gelu,
+        Activation::Silu,
+        Activation::HardSwish,
+        Activation::HardSigmoid,
+    ] {
+        let u = b.act(&t, act);
+        t = b.add(&[u, t.clone()]);
+    }
+    let gp = b.global_pool(&t);
+    let fl = b.flatten(&gp);
+    let y = b.linear(&fl, 7, true);
+    b.output(&y);
+    b.output(&t);
+    let (g, w) = b.finish();
+    let inputs = random_inputs(&g, 8);
+    let r = repfuse::cpu::forward(&g, &w, &inputs).unwrap();
+    let out = repfuse::gpu::forward_gpu(ctx, &g, &w, &inputs).unwrap();
+    for (name, t) in &r {
+        let s = compare(&out[name], t, Tolerance::for_graph(&g)).unwrap();
+        assert!(s.passed(), "{}: {:?}", name, s);
+    }
+}
