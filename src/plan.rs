@@ -131,6 +131,49 @@ impl Step {
         }
     }
 
+    /// Applies `f` to every tensor name the step reads or writes (for renaming).
+    pub fn for_each_name(&mut self, f: &mut dyn FnMut(&mut String)) {
+        let bn = |b: &mut BnParams, f: &mut dyn FnMut(&mut String)| {
+            for t in [&mut b.gamma, &mut b.beta, &mut b.mean, &mut b.var] {
+                f(t);
+            }
+        };
+        match self {
+            Step::FoldBn { kernel, bias, bn: b, out_kernel, out_bias } => {
+                f(kernel);
+                bias.iter_mut().for_each(&mut *f);
+                bn(b, f);
+                f(out_kernel);
+                f(out_bias);
+            }
+            Step::BnToConv { bn: b, out_kernel, out_bias, .. } => {
+                bn(b, f);
+                f(out_kernel);
+                f(out_bias);
+            }
+            Step::Dirac { out_kernel, .. } | Step::AvgPoolKernel { out_kernel, .. } => f(out_kernel),
+            Step::Place { sources, out_kernel, out_bias, .. } => {
+                for s in sources {
+                    f(&mut s.kernel);
+                    s.bias.iter_mut().for_each(&mut *f);
+                    if let Some(b) = s.bn.as_mut() {
+                        bn(b, f);
+                    }
+                }
+                f(out_kernel);
+                out_bias.iter_mut().for_each(&mut *f);
+            }
+            Step::Compose { first, second, out_kernel, out_bias, .. } => {
+                for o in [first, second] {
+                    f(&mut o.kernel);
+                    o.bias.iter_mut().for_each(&mut *f);
+                }
+                f(out_kernel);
+                out_bias.iter_mut().for_each(&mut *f);
+            }
+        }
+    }
+
     /// Tensors the step writes (each written by exactly one step).
     pub fn outputs(&self) -> Vec<&str> {
         match self {

@@ -99,7 +99,7 @@ pub fn fuse(graph: &Graph, opts: &FuseOptions) -> Result<Fusion> {
         };
         let wave = next_wave(&mut ctx);
         if wave.is_empty() {
-            return finish(g, plan, report, refusals, origins);
+            return finish(g, plan, report, refusals, origins, &graph.params);
         }
         apply(&mut g, &mut plan, &mut report, &mut origins, wave)?;
     }
@@ -175,7 +175,49 @@ fn apply(g: &mut Graph, plan: &mut FusionPlan, report: &mut FusionReport, origin
     Ok(())
 }
 
-fn finish(mut g: Graph, plan: FusionPlan, mut report: FusionReport, refusals: Vec<Refusal>, origins: HashMap<String, BTreeSet<String>>) -> Result<Fusion> {
+/// Names computed parameters after the deploy node that uses them (`<node>.weight`,
+/// `<node>.bias`) instead of the rewrite's internal names, where that name is free:
+/// not a source parameter and not any tensor the plan touches.
+fn tidy_names(g: &mut Graph, plan: &mut FusionPlan, source_params: &BTreeMap<String, Vec<usize>>) {
+    let computed: BTreeSet<String> = plan.steps.iter().flat_map(|s| s.outputs()).map(str::to_string).collect();
+    let mut taken: BTreeSet<String> =
+        source_params.keys().cloned().chain(plan.steps.iter().flat_map(|s| s.inputs().into_iter().chain(s.outputs())).map(str::to_string)).collect();
+    taken.extend(g.params.keys().cloned());
+    let mut map: HashMap<String, String> = HashMap::new();
+    for n in &mut g.nodes {
+        let (weight, bias) = match &mut n.op {
+            crate::graph::Op::Conv2d(c) => (&mut c.weight, c.bias.as_mut()),
+            crate::graph::Op::Linear(l) => (&mut l.weight, l.bias.as_mut()),
+            _ => continue,
+        };
+        for (field, suffix) in [(Some(weight), "weight"), (bias, "bias")] {
+            let Some(field) = field else { continue };
+            let new = format!("{}.{}", n.name, suffix);
+            if computed.contains(field.as_str()) && !taken.contains(&new) {
+                taken.insert(new.clone());
+                map.insert(field.clone(), new.clone());
+                *field = new;
+            }
+        }
+    }
+    g.params = std::mem::take(&mut g.params).into_iter().map(|(k, v)| (map.get(&k).cloned().unwrap_or(k), v)).collect();
+    for s in &mut plan.steps {
+        s.for_each_name(&mut |t| {
+            if let Some(n) = map.get(t) {
+                *t = n.clone();
+            }
+        });
+    }
+}
+
+fn finish(
+    mut g: Graph,
+    plan: FusionPlan,
+    mut report: FusionReport,
+    refusals: Vec<Refusal>,
+    origins: HashMap<String, BTreeSet<String>>,
+    source_params: &BTreeMap<String, Vec<usize>>,
+) -> Result<Fusion> {
     let origins: BTreeMap<String, Vec<String>> = g
         .nodes
         .iter()
@@ -185,6 +227,7 @@ fn finish(mut g: Graph, plan: FusionPlan, mut report: FusionReport, refusals: Ve
     g.params.retain(|k, _| used.contains(k));
     let mut plan = plan;
     plan.fold_bn_into_place(&g.params.keys().cloned().collect());
+    tidy_names(&mut g, &mut plan, source_params);
     let shapes = g.validate()?;
     // A refusal stays in the report only while the nodes it names still exist: a
     // pattern refused one way and fused another way is not a refusal.
