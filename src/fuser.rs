@@ -78,6 +78,7 @@ impl Fuser {
     pub fn fuse(&self, graph: &Graph, weights: &Weights, opts: &FuseOptions) -> Result<Fused> {
         let f = fuse(graph, opts)?;
         let (backend, backend_reason) = self.resolve()?;
+        tracing::info!(?backend, reason = %backend_reason, "weight arithmetic backend");
         let weights = match backend {
             Backend::Gpu => {
                 let computed = crate::gpu::execute_plan_gpu(self.gpu()?, &f.plan, weights)?;

@@ -18,6 +18,12 @@ use repfuse::Backend;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Print nothing but errors (and `--json` output).
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// More detail on stderr: -v stages, -vv every rewrite wave.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
 }
 
 #[derive(Subcommand)]
@@ -105,6 +111,14 @@ fn main() {
             std::process::exit(code);
         }
     };
+    cli::set_quiet(cli.quiet);
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => tracing::Level::ERROR,
+        (false, 0) => tracing::Level::WARN,
+        (false, 1) => tracing::Level::INFO,
+        _ => tracing::Level::DEBUG,
+    };
+    tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).with_target(false).init();
     let result = match cli.command {
         Command::Demo { model, size, backend, json } => commands::demo(&model, size, backend, json),
         Command::Fuse { input, output, backend, verify, json, compose_cost_limit, widen_shortcuts } => {

@@ -325,3 +325,17 @@ fn bench_runs_and_reports_its_baselines() {
         assert!(m[k].as_f64().is_some_and(|x| x > 0.0), "{} = {}", k, m[k]);
     }
 }
+
+#[test]
+fn quiet_prints_nothing_and_verbose_traces_the_stages() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("q.onnx");
+    let o = run(&[os("-q"), os("fuse"), fixture("z13_repvgg_bn_branch").as_os_str(), os("-o"), out.as_os_str(), os("--backend"), os("cpu")]);
+    assert_exit(&o, 0, "fuse -q");
+    assert!(o.stdout.is_empty(), "-q printed: {}", show(&o));
+    assert!(out.exists());
+    let o = run(&[os("-v"), os("fuse"), fixture("z13_repvgg_bn_branch").as_os_str(), os("-o"), out.as_os_str(), os("--backend"), os("cpu")]);
+    assert_exit(&o, 0, "fuse -v");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("read ONNX") && err.contains("fused") && err.contains("backend"), "{}", err);
+}

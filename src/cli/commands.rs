@@ -17,7 +17,7 @@ pub const EXIT_OVER_TOLERANCE: i32 = 2;
 
 fn print_equivalence(e: &Equivalence) {
     for (name, s) in &e.outputs {
-        println!(
+        crate::say!(
             "  output {:<20} max_abs {:.3e}  max_rel {:.3e}  tolerance atol {:.1e} (x max|ref|) rtol {:.1e}  {}",
             name,
             s.max_abs,
@@ -41,7 +41,7 @@ pub fn demo(model: &str, size: usize, backend: Backend, json_out: bool) -> Resul
     let verify_ms = t.elapsed().as_secs_f64() * 1e3;
     let code = if eq.passed() { EXIT_OK } else { EXIT_OVER_TOLERANCE };
     if json_out {
-        println!(
+        crate::say!(
             "{}",
             serde_json::to_string_pretty(
                 &json!({"model": m.name, "input": [1, 3, size, size], "backend": fused.backend, "backend_reason": fused.backend_reason, "fuse_ms": fuse_ms, "verify_ms": verify_ms, "report": fused.report, "verification": eq, "passed": eq.passed()})
@@ -49,17 +49,17 @@ pub fn demo(model: &str, size: usize, backend: Backend, json_out: bool) -> Resul
         );
         return Ok(code);
     }
-    println!("repfuse demo: {} (training form, random weights and BN statistics), input 1x3x{}x{}", m.name, size, size);
-    println!("backend: {:?} ({})\n", fused.backend, fused.backend_reason);
+    crate::say!("repfuse demo: {} (training form, random weights and BN statistics), input 1x3x{}x{}", m.name, size, size);
+    crate::say!("backend: {:?} ({})\n", fused.backend, fused.backend_reason);
     table::print_report(&fused.report);
-    println!(
+    crate::say!(
         "\n  fused in {:.1} ms ({} plan steps); published deploy form has {} convs, repfuse made {}",
         fuse_ms,
         fused.report.plan_steps,
         m.deploy_convs,
         fused.graph.count("Conv")
     );
-    println!("\nverification on the CPU reference (f64 sums), seeded random input, {:.0} ms:", verify_ms);
+    crate::say!("\nverification on the CPU reference (f64 sums), seeded random input, {:.0} ms:", verify_ms);
     print_equivalence(&eq);
     Ok(code)
 }
@@ -76,8 +76,10 @@ pub struct FuseArgs {
 
 pub fn fuse(a: &FuseArgs) -> Result<i32> {
     let t = Instant::now();
+    let pb = super::spinner(a.json, &format!("reading {}", a.input.display()));
     let model = repfuse::io::load_model(&a.input).with_context(|| format!("reading {}", a.input.display()))?;
     let read_ms = t.elapsed().as_secs_f64() * 1e3;
+    pb.set_message("fusing");
     let fuser = Fuser::new(a.backend);
     let t = Instant::now();
     let fused = fuser.fuse(&model.graph, &model.weights, &FuseOptions { compose_cost_limit: a.compose_cost_limit, widen_shortcuts: a.widen_shortcuts })?;
@@ -88,18 +90,21 @@ pub fn fuse(a: &FuseArgs) -> Result<i32> {
         Some(ft) if half => round_weights(&fused.weights, ft),
         _ => fused.weights.clone(),
     };
+    pb.set_message("verifying");
     let (eq, skipped) = if a.verify { verify_pair(&model.graph, &model.weights, &fused.graph, &written_w, half)? } else { (None, None) };
     let tol: fn(&repfuse::Graph) -> Tolerance = if half { Tolerance::half } else { Tolerance::for_graph };
     let regions =
         if a.verify { repfuse::verify::check_regions_with(&model.graph, &model.weights, &fused.graph, &fused.origins, &written_w, 7, tol)? } else { vec![] };
     let region_fail = regions.iter().any(|r| r.error.as_ref().is_some_and(|e| !e.passed()));
     let code = if eq.as_ref().is_some_and(|e| !e.passed()) || region_fail { EXIT_OVER_TOLERANCE } else { EXIT_OK };
+    pb.set_message(format!("writing {}", a.output.display()));
     // A fusion that fails verification is not written: no deploy model that lies.
     if code == EXIT_OK {
         repfuse::io::save_model(&a.output, model.onnx.as_ref(), &fused.graph, &fused.weights).with_context(|| format!("writing {}", a.output.display()))?;
     }
+    pb.finish_and_clear();
     if a.json {
-        println!(
+        crate::say!(
             "{}",
             serde_json::to_string_pretty(
                 &json!({"input": a.input, "output": a.output, "written": code == EXIT_OK, "backend": fused.backend, "backend_reason": fused.backend_reason, "read_ms": read_ms, "fuse_ms": fuse_ms, "report": fused.report, "verification": eq, "verification_skipped": skipped})
@@ -107,20 +112,20 @@ pub fn fuse(a: &FuseArgs) -> Result<i32> {
         );
         return Ok(code);
     }
-    println!("{} -> {}  (backend {:?}: {})\n", a.input.display(), a.output.display(), fused.backend, fused.backend_reason);
+    crate::say!("{} -> {}  (backend {:?}: {})\n", a.input.display(), a.output.display(), fused.backend, fused.backend_reason);
     table::print_report(&fused.report);
-    println!("\n  read {:.1} ms, fused {:.1} ms, {} regions fused", read_ms, fuse_ms, fused.report.fused.len());
+    crate::say!("\n  read {:.1} ms, fused {:.1} ms, {} regions fused", read_ms, fuse_ms, fused.report.fused.len());
     if let Some(e) = &eq {
-        println!("\nverification (CPU reference, seeded random input):");
+        crate::say!("\nverification (CPU reference, seeded random input):");
         print_equivalence(e);
     }
     if let Some(s) = skipped {
-        println!("\nend-to-end verification skipped: {}", s);
+        crate::say!("\nend-to-end verification skipped: {}", s);
     }
     if a.verify {
         let checked: Vec<_> = regions.iter().filter_map(|r| r.error.as_ref()).collect();
         let worst = checked.iter().map(|e| e.max_abs).fold(0.0, f64::max);
-        println!(
+        crate::say!(
             "regions checked alone: {} of {} (max abs error {:.3e}, {} over tolerance, {} skipped)",
             checked.len(),
             regions.len(),
@@ -130,7 +135,7 @@ pub fn fuse(a: &FuseArgs) -> Result<i32> {
         );
     }
     if code != EXIT_OK {
-        println!("\nnot written: the fused model is over tolerance");
+        crate::say!("\nnot written: the fused model is over tolerance");
     }
     Ok(code)
 }
@@ -182,7 +187,7 @@ pub fn verify(original: &Path, fused: &Path, seed: u64, json_out: bool) -> Resul
     if json_out {
         println!("{}", serde_json::to_string_pretty(&json!({"original": original, "fused": fused, "seed": seed, "verification": eq, "passed": eq.passed()}))?);
     } else {
-        println!("{} vs {} (seed {}):", original.display(), fused.display(), seed);
+        crate::say!("{} vs {} (seed {}):", original.display(), fused.display(), seed);
         print_equivalence(&eq);
     }
     Ok(if eq.passed() { EXIT_OK } else { EXIT_OVER_TOLERANCE })
@@ -192,7 +197,7 @@ pub fn inspect(input: &Path, json_out: bool) -> Result<i32> {
     let model = repfuse::io::load_model(input).with_context(|| format!("reading {}", input.display()))?;
     let f = repfuse::fuse(&model.graph, &FuseOptions::default())?;
     if json_out {
-        println!(
+        crate::say!(
             "{}",
             serde_json::to_string_pretty(
                 &json!({"input": input, "inputs": model.graph.inputs, "outputs": model.graph.outputs, "report": f.report, "unrunnable_ops": unrunnable_ops(&model.graph)})
@@ -200,16 +205,16 @@ pub fn inspect(input: &Path, json_out: bool) -> Result<i32> {
         );
         return Ok(EXIT_OK);
     }
-    println!(
+    crate::say!(
         "{}: {} nodes, inputs {:?}\n",
         input.display(),
         model.graph.nodes.len(),
         model.graph.inputs.iter().map(|i| (&i.name, &i.shape)).collect::<Vec<_>>()
     );
     table::print_report(&f.report);
-    println!("\n  fusable regions ({}):", f.report.fused.len());
+    crate::say!("\n  fusable regions ({}):", f.report.fused.len());
     for r in &f.report.fused {
-        println!("    {:<16} {} <- [{}]", r.rule, r.into, r.from.join(", "));
+        crate::say!("    {:<16} {} <- [{}]", r.rule, r.into, r.from.join(", "));
     }
     Ok(EXIT_OK)
 }
@@ -230,7 +235,7 @@ pub fn adapters(json_out: bool) -> Result<i32> {
     if json_out {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else if rows.is_empty() {
-        println!("no GPU adapters (install a Vulkan driver; mesa-vulkan-drivers gives lavapipe)");
+        crate::say!("no GPU adapters (install a Vulkan driver; mesa-vulkan-drivers gives lavapipe)");
     } else {
         let t: Vec<Vec<String>> = rows
             .iter()
@@ -262,9 +267,13 @@ pub fn bench(models: &[String], backend: Backend, reps: usize, forward_size: Opt
     };
     let opts = repfuse::bench::BenchOptions { reps, forward_size };
     let mut results = vec![];
+    let pb = if super::quiet() || json_out { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(models.len() as u64) };
     for m in &models {
+        pb.set_message(m.clone());
         results.push(repfuse::bench::bench_model(m, gpu.as_ref(), &opts)?);
+        pb.inc(1);
     }
+    pb.finish_and_clear();
     let conv = gpu.as_ref().map(|c| repfuse::bench::bench_conv(c, 64, 56, reps.min(3))).transpose()?;
     let adapter = gpu.as_ref().map(|c| json!({"name": c.info.name, "backend": format!("{:?}", c.info.backend), "device_type": format!("{:?}", c.info.device_type), "driver": c.info.driver, "driver_info": c.info.driver_info}));
     let doc = json!({"adapter": adapter, "cpu_threads": rayon::current_num_threads(), "models": results, "conv3x3": conv});
@@ -282,7 +291,7 @@ pub fn bench(models: &[String], backend: Backend, reps: usize, forward_size: Opt
         return Ok(EXIT_OK);
     }
     if let Some(c) = &gpu {
-        println!("adapter: {} ({:?}, {:?})", c.info.name, c.info.backend, c.info.device_type);
+        crate::say!("adapter: {} ({:?}, {:?})", c.info.name, c.info.backend, c.info.device_type);
     }
     let rows: Vec<Vec<String>> = results
         .iter()
@@ -302,7 +311,7 @@ pub fn bench(models: &[String], backend: Backend, reps: usize, forward_size: Opt
         .collect();
     table::print(&["model", "MB r+w", "rewrite ms", "cpu plan ms", "memcpy ms", "cpu/memcpy", "gpu plan ms (compute)", "gpu vs copy", "fwd speedup"], &rows);
     if let Some(c) = conv {
-        println!("\n  {}: WGSL {:.2} GFLOP/s ({:.0} ms), CPU reference {:.2} GFLOP/s ({:.0} ms)", c.shape, c.gpu_gflops, c.gpu_ms, c.cpu_gflops, c.cpu_ms);
+        crate::say!("\n  {}: WGSL {:.2} GFLOP/s ({:.0} ms), CPU reference {:.2} GFLOP/s ({:.0} ms)", c.shape, c.gpu_gflops, c.gpu_ms, c.cpu_gflops, c.cpu_ms);
     }
     Ok(EXIT_OK)
 }

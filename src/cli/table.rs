@@ -10,10 +10,10 @@ pub fn print(header: &[&str], rows: &[Vec<String>]) {
     let line = |cells: Vec<String>| {
         let s: Vec<String> =
             cells.iter().zip(&width).enumerate().map(|(i, (c, w))| if i == 0 { format!("{:<w$}", c, w = *w) } else { format!("{:>w$}", c, w = *w) }).collect();
-        println!("  {}", s.join("  "));
+        crate::say!("  {}", s.join("  "));
     };
     line(header.iter().map(|s| s.to_string()).collect());
-    println!("  {}", width.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("  "));
+    crate::say!("  {}", width.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("  "));
     for r in rows {
         line(r.clone());
     }
@@ -30,9 +30,9 @@ pub fn print_report(r: &repfuse::FusionReport) {
     rows.push(vec!["FLOPs/sample".into(), human(r.flops_before as f64), human(r.flops_after as f64)]);
     print(&["", "before", "after"], &rows);
     if !r.refused.is_empty() {
-        println!("\n  refused ({}):", r.refused.len());
+        crate::say!("\n  refused ({}):", r.refused.len());
         for x in &r.refused {
-            println!("    {} [{}]: {}", x.rule, x.nodes.join(", "), x.reason);
+            crate::say!("    {} [{}]: {}", x.rule, x.nodes.join(", "), x.reason);
         }
     }
 }

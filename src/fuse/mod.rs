@@ -73,6 +73,7 @@ pub struct Fusion {
 /// rewrites that would not be exact.
 pub fn fuse(graph: &Graph, opts: &FuseOptions) -> Result<Fusion> {
     let shapes_before = graph.validate()?;
+    tracing::info!(nodes = graph.nodes.len(), params = graph.params.len(), "fusing");
     let mut g = graph.clone();
     let mut plan = FusionPlan::default();
     let mut report =
@@ -101,6 +102,7 @@ pub fn fuse(graph: &Graph, opts: &FuseOptions) -> Result<Fusion> {
         if wave.is_empty() {
             return finish(g, plan, report, refusals, origins, &graph.params);
         }
+        tracing::debug!(rule = wave[0].rule, patches = wave.len(), "rewrite wave");
         apply(&mut g, &mut plan, &mut report, &mut origins, wave)?;
     }
     Err(Error::Graph(format!("rewrite did not reach a fixpoint after {} patches (a rule bug)", max_patches)))
@@ -237,6 +239,7 @@ fn finish(
     report.params_after = g.param_count();
     report.flops_after = g.flops(&shapes);
     report.plan_steps = plan.steps.len();
+    tracing::info!(fused = report.fused.len(), refused = report.refused.len(), plan_steps = report.plan_steps, "fused");
     Ok(Fusion { graph: g, plan, report, origins })
 }
 

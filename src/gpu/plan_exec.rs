@@ -200,6 +200,7 @@ pub fn execute_plan_gpu_timed(ctx: &GpuContext, plan: &FusionPlan, weights: &Wei
         }
     }
     let levels = plan.levels();
+    tracing::debug!(windows = windows.len(), steps = plan.steps.len(), "GPU plan");
     let mut encoder = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("plan") });
     let mut buffers = Vec::with_capacity(windows.len());
     // Timestamps at the start of the first compute pass and the end of the last.

@@ -98,6 +98,7 @@ pub fn read_onnx_bytes(path: &Path, bytes: &[u8]) -> Result<OnnxModel> {
         }
     }
     let float_type = st.dtypes.values().next().copied().unwrap_or(FloatType::F32);
+    tracing::info!(path = %path.display(), nodes = st.graph.nodes.len(), weights = st.weights.len(), opset = ?opset, "read ONNX");
     Ok(OnnxModel {
         path: path.to_path_buf(),
         graph: st.graph,
