@@ -23,46 +23,71 @@ pub fn median_ms<T>(reps: usize, mut f: impl FnMut() -> Result<T>) -> Result<f64
     Ok(t[t.len() / 2])
 }
 
+/// GPU plan timings of one model, next to a device copy of the same bytes.
 #[derive(Debug, Serialize)]
 pub struct GpuPlanBench {
+    /// Adapter name as wgpu reports it, so results name the card they came from.
     pub adapter: String,
     /// Wall time: upload, compute, download.
     pub plan_ms: f64,
     /// Compute passes alone, from timestamp queries.
     pub compute_ms: Option<f64>,
+    /// `plan_ms - compute_ms`: upload, download and host work; `None` without timestamps.
     pub transfer_and_host_ms: Option<f64>,
+    /// Median device buffer-to-buffer copy of the plan's bytes read + written, in ms (the baseline).
     pub device_copy_ms: f64,
     /// device copy time / compute time (wall time without timestamps): the fraction
     /// of copy bandwidth the plan's compute reaches.
     pub bandwidth_fraction: f64,
+    /// Queue submissions one plan execution takes.
     pub submissions: usize,
 }
 
+/// CPU forward pass of the training form against the deploy form on one input.
 #[derive(Debug, Serialize)]
 pub struct ForwardBench {
+    /// Batch size of the input (N).
     pub batch: usize,
+    /// Spatial input size in pixels (H = W).
     pub size: usize,
+    /// Median forward time of the training-form graph, in ms.
     pub original_ms: f64,
+    /// Median forward time of the fused deploy graph, in ms.
     pub fused_ms: f64,
+    /// Training-form throughput: its FLOPs / `original_ms`, in GFLOP/s.
     pub original_gflops: f64,
+    /// Deploy-form throughput: its FLOPs / `fused_ms`, in GFLOP/s.
     pub fused_gflops: f64,
+    /// `original_ms / fused_ms`; above 1 means the fused model is faster.
     pub speedup: f64,
 }
 
+/// One row of `repfuse bench`: fuse cost of a zoo model, with its baselines.
 #[derive(Debug, Serialize)]
 pub struct ModelBench {
+    /// Zoo model name (see `zoo::MODELS`).
     pub model: String,
+    /// Parameter count (f32 elements) of the training form.
     pub params_train: usize,
+    /// Parameter count (f32 elements) of the deploy form.
     pub params_deploy: usize,
+    /// Bytes of source weights the plan reads.
     pub bytes_read: usize,
+    /// Bytes of deploy weights the plan writes.
     pub bytes_written: usize,
+    /// Median time of the graph rewrite alone (no weight arithmetic), in ms.
     pub rewrite_ms: f64,
+    /// Median time of the CPU plan execution (weight arithmetic), in ms.
     pub cpu_plan_ms: f64,
+    /// `rewrite_ms + cpu_plan_ms`: the whole CPU fuse, in ms.
     pub cpu_fuse_ms: f64,
+    /// Median host memcpy of the bytes read + written, in ms (the CPU baseline).
     pub memcpy_ms: f64,
     /// CPU fuse time (rewrite + plan) / memcpy time of the bytes read and written.
     pub cpu_ratio_to_memcpy: f64,
+    /// GPU plan timings; `None` without an adapter.
     pub gpu: Option<GpuPlanBench>,
+    /// Forward timings; `None` unless `BenchOptions::forward_size` is set.
     pub forward: Option<ForwardBench>,
 }
 
@@ -96,11 +121,15 @@ fn device_copy_ms(ctx: &GpuContext, bytes: usize, reps: usize) -> Result<f64> {
     })
 }
 
+/// What `bench_model` measures and how often.
 pub struct BenchOptions {
+    /// Timed runs per measurement; the median is reported (forward passes cap at 3).
     pub reps: usize,
+    /// Input size (H = W) for forward timings; `None` skips them.
     pub forward_size: Option<usize>,
 }
 
+/// Benchmarks zoo model `name` (built at 224x224): rewrite, CPU plan and, with `gpu`, GPU plan.
 pub fn bench_model(name: &str, gpu: Option<&GpuContext>, o: &BenchOptions) -> Result<ModelBench> {
     let (g, w, _) = crate::zoo::build(name, 1, 224, 1).ok_or_else(|| crate::Error::Graph(format!("no zoo model `{}`", name)))?;
     let opts = FuseOptions::default();
@@ -177,13 +206,20 @@ pub fn bench_model(name: &str, gpu: Option<&GpuContext>, o: &BenchOptions) -> Re
     })
 }
 
+/// One layer of the conv forward bench: WGSL conv against the CPU reference.
 #[derive(Debug, Serialize)]
 pub struct ConvBench {
+    /// Layer shape, human-readable, as printed in the bench table.
     pub shape: String,
+    /// Work of the layer in GFLOP (one multiply-add counted as 2).
     pub gflop: f64,
+    /// Median GPU time, in ms.
     pub gpu_ms: f64,
+    /// GPU throughput, in GFLOP/s.
     pub gpu_gflops: f64,
+    /// Median CPU reference time, in ms.
     pub cpu_ms: f64,
+    /// CPU throughput, in GFLOP/s.
     pub cpu_gflops: f64,
 }
 

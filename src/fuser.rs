@@ -17,23 +17,30 @@ pub enum Backend {
     /// A hardware GPU when one exists; the native CPU reference when the only adapter
     /// is a software one (lavapipe/llvmpipe/WARP), which is slower than native code.
     Auto,
+    /// The GPU engine; fails when no adapter opens.
     Gpu,
+    /// The native CPU reference.
     Cpu,
 }
 
 /// A fused model and how it was made.
 #[derive(Clone, Debug)]
 pub struct Fused {
+    /// The deploy graph.
     pub graph: Graph,
+    /// Deploy weights, one per parameter the deploy graph names.
     pub weights: Weights,
+    /// What was fused and refused, before/after counts.
     pub report: FusionReport,
     /// Deploy node -> the original nodes it replaces (see `verify::check_regions`).
     pub origins: std::collections::BTreeMap<String, Vec<String>>,
     /// The backend that ran and why it was chosen.
     pub backend: Backend,
+    /// Why `backend` was chosen (e.g. which adapter, or why the CPU), for logs.
     pub backend_reason: String,
 }
 
+/// Fuses models on a chosen backend; build once, share across threads.
 pub struct Fuser {
     backend: Backend,
     gpu: OnceLock<std::result::Result<GpuContext, String>>,

@@ -3,9 +3,11 @@
 //! A training-form network (multi-branch blocks of conv+BN, 1x1/KxK/asymmetric
 //! branches, identity and BN branches, avg-pool branches, 1x1->KxK sequences, FC
 //! layers) is rewritten into a deploy form of plain convs computing the same function.
-//! The rewrite engine ([`fuse`]) finds every exact pattern in any graph and refuses,
+//! The rewrite engine ([`mod@fuse`]) finds every exact pattern in any graph and refuses,
 //! with a reason, what would not be exact. The weight arithmetic is a [`FusionPlan`]
 //! executed by the CPU reference ([`cpu`]) or the GPU engine.
+
+#![warn(missing_docs)]
 
 pub mod bench;
 pub mod cpu;

@@ -12,10 +12,15 @@ use serde::{Deserialize, Serialize};
 /// Names of the four batch-norm parameter tensors and its epsilon.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BnParams {
+    /// Scale tensor `[C]`.
     pub gamma: String,
+    /// Shift tensor `[C]`.
     pub beta: String,
+    /// Running mean `[C]`.
     pub mean: String,
+    /// Running variance `[C]`; must be non-negative.
     pub var: String,
+    /// Added to `var` before the square root.
     pub eps: f32,
 }
 
@@ -23,8 +28,11 @@ pub struct BnParams {
 /// a Linear, read as 1x1) and optional bias.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ConvOperand {
+    /// Kernel tensor name, `[O, I/groups, kh, kw]` or `[O, I]`.
     pub kernel: String,
+    /// Bias tensor name `[O]`, if any.
     pub bias: Option<String>,
+    /// Group count of the operand (1 for a Linear).
     pub groups: usize,
 }
 
@@ -33,11 +41,17 @@ pub struct ConvOperand {
 /// `out_offset`, expanded from `groups` to the destination's group count.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PlaceSource {
+    /// Source kernel tensor name, `[O, I/groups, kh, kw]` or `[O, I]`.
     pub kernel: String,
+    /// Source bias `[O]`, summed into the destination bias.
     pub bias: Option<String>,
+    /// Group count of the source kernel.
     pub groups: usize,
+    /// Top-left tap position `[y, x]` in the destination kernel.
     pub offset: [usize; 2],
+    /// Distance `[y, x]` between consecutive taps in the destination (the dilation ratio).
     pub step: [usize; 2],
+    /// First destination output channel.
     pub out_offset: usize,
     /// Strided/scaled channel placement (interleaving for widened shortcuts).
     #[serde(default)]
@@ -55,13 +69,18 @@ pub struct PlaceSource {
 /// and negate identity kernels with it.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ChannelMap {
+    /// Destination output channels between consecutive source outputs.
     pub out_stride: usize,
+    /// First destination input channel.
     pub in_offset: usize,
+    /// Destination input channels between consecutive source inputs.
     pub in_stride: usize,
+    /// Factor applied to every placed value (and bias), e.g. -1 to negate.
     pub scale: f32,
 }
 
 impl ChannelMap {
+    /// Channels land one-to-one, unscaled.
     pub const IDENTITY: ChannelMap = ChannelMap { out_stride: 1, in_offset: 0, in_stride: 1, scale: 1.0 };
 }
 
@@ -78,21 +97,86 @@ impl PlaceSource {
     }
 }
 
+/// One kernel primitive of a [`FusionPlan`]; `out_*` names the tensors it produces.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Step {
     /// Paradigms 1/8: `k' = k * s[o]`, `b' = (b - mean) * s + beta`, `s = gamma/sqrt(var+eps)`.
-    FoldBn { kernel: String, bias: Option<String>, bn: BnParams, out_kernel: String, out_bias: String },
+    FoldBn {
+        /// Conv kernel `[O, I/groups, kh, kw]` or Linear weight `[O, I]`.
+        kernel: String,
+        /// Conv bias `[O]`; absent reads as zero.
+        bias: Option<String>,
+        /// The batch norm that follows the conv.
+        bn: BnParams,
+        /// Folded kernel, same shape as `kernel`.
+        out_kernel: String,
+        /// Folded bias `[O]`, always produced.
+        out_bias: String,
+    },
     /// A lone BN as a depthwise 1x1 conv `[C, 1, 1, 1]` with bias.
-    BnToConv { bn: BnParams, channels: usize, out_kernel: String, out_bias: String },
+    BnToConv {
+        /// The batch norm to express as a conv.
+        bn: BnParams,
+        /// Channel count C.
+        channels: usize,
+        /// Kernel `[C, 1, 1, 1]` produced.
+        out_kernel: String,
+        /// Bias `[C]` produced.
+        out_bias: String,
+    },
     /// Paradigm 6a: identity as a kernel `[C, C/groups, kh, kw]`, 1 at the centre tap.
-    Dirac { channels: usize, groups: usize, kernel: [usize; 2], out_kernel: String },
+    Dirac {
+        /// Channel count C (input = output).
+        channels: usize,
+        /// Group count of the kernel.
+        groups: usize,
+        /// Kernel size `[kh, kw]`; odd, so a centre tap exists.
+        kernel: [usize; 2],
+        /// Identity kernel `[C, C/groups, kh, kw]` produced.
+        out_kernel: String,
+    },
     /// Paradigm 7: average pooling as a depthwise kernel `[C, 1, kh, kw]` of 1/(kh*kw).
-    AvgPoolKernel { channels: usize, kernel: [usize; 2], out_kernel: String },
+    AvgPoolKernel {
+        /// Channel count C.
+        channels: usize,
+        /// Pool window `[kh, kw]`.
+        kernel: [usize; 2],
+        /// Depthwise kernel `[C, 1, kh, kw]` produced.
+        out_kernel: String,
+    },
     /// Paradigms 2/3/4: the sum of `sources` placed into a zero kernel of `out_shape`
     /// (`[O, C/groups, KH, KW]`, or `[O, C]` for a Linear) with `groups` groups.
-    Place { out_shape: Vec<usize>, groups: usize, in_channels: usize, sources: Vec<PlaceSource>, out_kernel: String, out_bias: Option<String> },
+    Place {
+        /// Shape of the merged kernel.
+        out_shape: Vec<usize>,
+        /// Group count of the merged kernel.
+        groups: usize,
+        /// Input channels C of the merged conv.
+        in_channels: usize,
+        /// Kernels accumulated into it.
+        sources: Vec<PlaceSource>,
+        /// Merged kernel produced.
+        out_kernel: String,
+        /// Merged bias `[O]`, the sum of the sources' biases; `None` when none has one.
+        out_bias: Option<String>,
+    },
     /// Paradigm 5: `second(first(x))` as one kernel; one of the two is 1x1.
-    Compose { first: ConvOperand, second: ConvOperand, in_channels: usize, out_shape: Vec<usize>, groups: usize, out_kernel: String, out_bias: Option<String> },
+    Compose {
+        /// The conv applied first.
+        first: ConvOperand,
+        /// The conv applied to `first`'s output.
+        second: ConvOperand,
+        /// Input channels of `first`.
+        in_channels: usize,
+        /// Shape of the composed kernel.
+        out_shape: Vec<usize>,
+        /// Group count of the composed kernel.
+        groups: usize,
+        /// Composed kernel produced.
+        out_kernel: String,
+        /// Composed bias `[O]`, if either operand has a bias.
+        out_bias: Option<String>,
+    },
 }
 
 impl Step {
@@ -193,6 +277,7 @@ pub const MAX_TENSOR_ELEMENTS: usize = 1 << 32;
 /// weights or outputs of earlier steps.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct FusionPlan {
+    /// Steps in dependency order.
     pub steps: Vec<Step>,
 }
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 
+/// A dense row-major f32 tensor; clones share storage.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tensor {
     shape: Vec<usize>,
@@ -31,17 +32,21 @@ impl Tensor {
         Tensor { shape, data: Arc::new(data) }
     }
 
+    /// A tensor of `shape` filled with 0.
     pub fn zeros(shape: Vec<usize>) -> Self {
         let n = shape.iter().product();
         Self::from_parts(shape, vec![0.0; n])
     }
 
+    /// Dimensions, outermost first (NCHW for feature maps, OIHW for kernels).
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
+    /// Elements in row-major order.
     pub fn data(&self) -> &[f32] {
         &self.data
     }
+    /// Element count, the product of the shape.
     pub fn numel(&self) -> usize {
         self.data.len()
     }

@@ -16,19 +16,25 @@ use crate::graph::{Graph, Op};
 use crate::tensor::Tensor;
 use crate::weights::Weights;
 
+/// Allowed error of a fused output: `|x - r| <= atol * max(1, max|r|) + rtol * |r|`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct Tolerance {
+    /// Absolute part, relative to the largest reference magnitude (at least 1).
     pub atol: f64,
+    /// Relative part, per element.
     pub rtol: f64,
 }
 
 impl Tolerance {
+    /// Float32 rounding of one fused conv (f64 arithmetic, rounded once).
     pub const SINGLE_CONV: Tolerance = Tolerance { atol: 1e-5, rtol: 5e-4 };
 
+    /// Tolerance for `depth` conv/linear layers in sequence: `atol` grows linearly with depth.
     pub fn for_depth(depth: usize) -> Tolerance {
         Tolerance { atol: Self::SINGLE_CONV.atol * depth.max(1) as f64, rtol: Self::SINGLE_CONV.rtol }
     }
 
+    /// Tolerance for `g`, from its [`depth`].
     pub fn for_graph(g: &Graph) -> Tolerance {
         Self::for_depth(depth(g))
     }
@@ -58,23 +64,29 @@ pub fn depth(g: &Graph) -> usize {
 /// Error of `actual` against `reference`.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct ErrorStats {
+    /// Largest `|x - r|` (infinite if any output is NaN).
     pub max_abs: f64,
     /// Largest `|x - r| / |r|` over elements with `|r|` at least 1e-3 of the largest
     /// `|r|` (relative error of values near zero says nothing).
     pub max_rel: f64,
     /// Flat index of the largest violation of the tolerance (or of max_abs).
     pub worst_index: usize,
+    /// Elements outside the tolerance.
     pub over_tolerance: usize,
+    /// Elements compared.
     pub count: usize,
+    /// The tolerance applied, with `atol` already scaled by `max(1, max|r|)`.
     pub tolerance: Tolerance,
 }
 
 impl ErrorStats {
+    /// No element outside the tolerance.
     pub fn passed(&self) -> bool {
         self.over_tolerance == 0
     }
 }
 
+/// Compares `actual` with `reference` elementwise; `Error::Tensor` when shapes differ.
 pub fn compare(actual: &Tensor, reference: &Tensor, tol: Tolerance) -> Result<ErrorStats> {
     if actual.shape() != reference.shape() {
         return Err(Error::tensor("output", format!("shapes differ: {:?} vs reference {:?}", actual.shape(), reference.shape())));
@@ -119,16 +131,20 @@ pub fn random_inputs(g: &Graph, seed: u64) -> HashMap<String, Tensor> {
 /// Per-output error of one graph against another on the same random inputs.
 #[derive(Clone, Debug, Serialize)]
 pub struct Equivalence {
+    /// Output name and its error, one per graph output.
     pub outputs: Vec<(String, ErrorStats)>,
 }
 
 impl Equivalence {
+    /// Every output within its tolerance.
     pub fn passed(&self) -> bool {
         self.outputs.iter().all(|(_, s)| s.passed())
     }
+    /// Largest absolute error over all outputs.
     pub fn max_abs(&self) -> f64 {
         self.outputs.iter().map(|(_, s)| s.max_abs).fold(0.0, f64::max)
     }
+    /// Largest relative error over all outputs.
     pub fn max_rel(&self) -> f64 {
         self.outputs.iter().map(|(_, s)| s.max_rel).fold(0.0, f64::max)
     }
@@ -167,8 +183,11 @@ pub fn unrunnable_ops(g: &Graph) -> Vec<String> {
 /// node, on random inputs of the region's input shapes.
 #[derive(Clone, Debug, Serialize)]
 pub struct RegionCheck {
+    /// The deploy node checked.
     pub node: String,
+    /// The original nodes it replaces.
     pub from: Vec<String>,
+    /// Its error against the original region; `None` when skipped.
     pub error: Option<ErrorStats>,
     /// Why the region could not be run alone (unknown shapes, not self-contained).
     pub skipped: Option<String>,

@@ -17,6 +17,7 @@ fn valid_range(out_len: usize, len: usize, stride: usize, tap: usize, pad: usize
     (lo.min(out_len), hi_excl.min(out_len))
 }
 
+/// Reference conv of NCHW `x` with `weight` `[O, I/groups, kh, kw]` as `c` describes; `node` names errors.
 pub fn conv2d(node: &str, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, c: &Conv2d) -> Result<Tensor> {
     let [n, ci, h, w] = match *x.shape() {
         [n, ci, h, w] => [n, ci, h, w],

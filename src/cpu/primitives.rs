@@ -10,10 +10,15 @@ use crate::tensor::Tensor;
 
 /// Batch-norm statistics, all `[C]`.
 pub struct BnTensors<'a> {
+    /// Scale `[C]`.
     pub gamma: &'a Tensor,
+    /// Shift `[C]`.
     pub beta: &'a Tensor,
+    /// Running mean `[C]`.
     pub mean: &'a Tensor,
+    /// Running variance `[C]`.
     pub var: &'a Tensor,
+    /// Added to the variance before the square root.
     pub eps: f32,
 }
 
@@ -120,12 +125,19 @@ pub fn avgpool_kernel(channels: usize, kernel: [usize; 2]) -> Tensor {
 
 /// One source of `place`, with its tensors.
 pub struct PlaceInput<'a> {
+    /// Source kernel `[O, I/groups, kh, kw]` or `[O, I]`.
     pub kernel: &'a Tensor,
+    /// Source bias `[O]`, summed into the destination bias.
     pub bias: Option<&'a Tensor>,
+    /// Group count of the source kernel.
     pub groups: usize,
+    /// Top-left tap `[y, x]` in the destination kernel.
     pub offset: [usize; 2],
+    /// Distance `[y, x]` between consecutive taps in the destination.
     pub step: [usize; 2],
+    /// First destination output channel.
     pub out_offset: usize,
+    /// Strided/scaled channel placement beyond `out_offset`.
     pub map: ChannelMap,
     /// Per-output-channel BN applied to this source on the fly:
     /// `k * scale[o]`, bias `bias * scale[o] + shift[o]` (see `bn_scale_shift`).
@@ -135,7 +147,9 @@ pub struct PlaceInput<'a> {
 /// A batch norm folded into a `place` source: scale and shift per output channel.
 #[derive(Clone, Copy)]
 pub struct BnFold<'a> {
+    /// Per-output-channel multiplier `gamma / sqrt(var + eps)`, `[O]`.
     pub scale: &'a [f64],
+    /// Per-output-channel additive term `beta - mean * scale`, `[O]`.
     pub shift: &'a [f64],
 }
 
@@ -256,8 +270,11 @@ pub fn place(out_shape: &[usize], groups: usize, in_channels: usize, sources: &[
 
 /// One operand of `compose`.
 pub struct ComposeInput<'a> {
+    /// Kernel `[O, I/groups, kh, kw]` or `[O, I]` (read as 1x1).
     pub kernel: &'a Tensor,
+    /// Bias `[O]`, if any.
     pub bias: Option<&'a Tensor>,
+    /// Group count of the kernel.
     pub groups: usize,
 }
 

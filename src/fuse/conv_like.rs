@@ -3,27 +3,42 @@
 
 use crate::graph::{Conv2d, Linear, Op};
 
+/// Which op a [`ConvLike`] came from, so `to_op` rebuilds the same kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
+    /// A `Conv2d`.
     Conv,
+    /// A `Linear`, seen as a 1x1 conv with one group.
     Linear,
 }
 
+/// The fields of a `Conv2d` or `Linear`, as one conv shape the rules work on.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ConvLike {
+    /// The op it came from.
     pub kind: Kind,
+    /// Kernel tensor name, `[O, I/groups, kh, kw]` or `[O, I]`.
     pub weight: String,
+    /// Bias tensor name `[O]`, if any.
     pub bias: Option<String>,
+    /// Input channels (features for a Linear).
     pub in_channels: usize,
+    /// Output channels (features for a Linear).
     pub out_channels: usize,
+    /// Kernel size `[kh, kw]`; `[1, 1]` for a Linear.
     pub kernel: [usize; 2],
+    /// Stride `[sh, sw]`.
     pub stride: [usize; 2],
+    /// Padding `[top, left, bottom, right]`.
     pub pads: [usize; 4],
+    /// Dilation `[dh, dw]`.
     pub dilation: [usize; 2],
+    /// Group count; 1 for a Linear.
     pub groups: usize,
 }
 
 impl ConvLike {
+    /// The conv view of a `Conv2d` or `Linear` op; `None` for any other op.
     pub fn from_op(op: &Op) -> Option<ConvLike> {
         match op {
             Op::Conv2d(c) => Some(ConvLike {
@@ -84,10 +99,12 @@ impl ConvLike {
         }
     }
 
+    /// A 1x1 kernel (every Linear is one).
     pub fn is_pointwise(&self) -> bool {
         self.kernel == [1, 1]
     }
 
+    /// Any side padded by more than zero.
     pub fn has_padding(&self) -> bool {
         self.pads.iter().any(|&p| p > 0)
     }

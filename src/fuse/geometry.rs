@@ -8,17 +8,24 @@
 /// The sliding-window part of a conv.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Window {
+    /// Kernel size `[kh, kw]`.
     pub kernel: [usize; 2],
+    /// Stride `[sh, sw]`.
     pub stride: [usize; 2],
+    /// Padding `[top, left, bottom, right]`.
     pub pads: [usize; 4],
+    /// Dilation `[dh, dw]`.
     pub dilation: [usize; 2],
 }
 
 /// Where each branch's kernel goes inside the merged one.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MergedWindow {
+    /// The merged conv's window.
     pub window: Window,
+    /// Per branch, its top-left tap `[y, x]` inside the merged kernel.
     pub offsets: Vec<[usize; 2]>,
+    /// Per branch, the merged-kernel distance `[y, x]` between its taps.
     pub steps: Vec<[usize; 2]>,
 }
 

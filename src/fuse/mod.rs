@@ -24,6 +24,7 @@ use crate::plan::FusionPlan;
 use crate::tensor::Tensor;
 use crate::weights::Weights;
 
+/// Knobs of [`fuse`]; the default is exact and never costs more FLOPs than a sequence merge allows.
 #[derive(Clone, Debug)]
 pub struct FuseOptions {
     /// A 1x1/KxK sequence is composed only when the fused conv costs at most this
@@ -61,8 +62,11 @@ const RULES: &[(&str, Rule)] = &[
 /// The result of fusing a graph: deploy graph, the plan for its weights, the report.
 #[derive(Clone, Debug)]
 pub struct Fusion {
+    /// The deploy graph; its new parameters are the plan's outputs.
     pub graph: Graph,
+    /// Weight arithmetic that turns the source weights into the deploy ones.
     pub plan: FusionPlan,
+    /// What was fused, what was refused and why, before/after counts.
     pub report: FusionReport,
     /// For each deploy node made by a rewrite: the original nodes it replaces (the
     /// region `verify::check_regions` runs alone).

@@ -4,29 +4,47 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+/// One rewrite that happened.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct FusedRegion {
+    /// Name of the rule that fired, e.g. `merge_add`.
     pub rule: String,
+    /// Names of the nodes it removed, sorted.
     pub from: Vec<String>,
+    /// Name of the node that replaces them.
     pub into: String,
 }
 
+/// A pattern found but not fused, because fusing it would not be exact (or worth it).
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Refusal {
+    /// Name of the rule that declined.
     pub rule: String,
+    /// Names of the nodes involved.
     pub nodes: Vec<String>,
+    /// Why, in words for the user.
     pub reason: String,
 }
 
+/// What a fusion did: the rewrites, the refusals and before/after totals.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct FusionReport {
+    /// Rewrites, in the order they were applied.
     pub fused: Vec<FusedRegion>,
+    /// Patterns left as they were, with reasons.
     pub refused: Vec<Refusal>,
+    /// Node count per op kind of the training graph.
     pub ops_before: BTreeMap<String, usize>,
+    /// Node count per op kind of the deploy graph.
     pub ops_after: BTreeMap<String, usize>,
+    /// Parameter values (f32 elements) of the training graph.
     pub params_before: usize,
+    /// Parameter values (f32 elements) of the deploy graph.
     pub params_after: usize,
+    /// 2 x multiply-accumulates per sample (batch 1) of the training graph.
     pub flops_before: u64,
+    /// 2 x multiply-accumulates per sample (batch 1) of the deploy graph.
     pub flops_after: u64,
+    /// Number of steps in the [`crate::FusionPlan`].
     pub plan_steps: usize,
 }

@@ -38,11 +38,17 @@ pub struct Kernel {
     pub layout: wgpu::BindGroupLayout,
 }
 
+/// An open wgpu device with its kernel cache; shared by plan execution and forward passes.
 pub struct GpuContext {
+    /// The logical device; buffers and pipelines are created on it.
     pub device: wgpu::Device,
+    /// The device's queue; every submission goes through it.
     pub queue: wgpu::Queue,
+    /// Name, backend and type of the adapter (software adapters steer `Backend::Auto` to the CPU).
     pub info: wgpu::AdapterInfo,
+    /// The adapter's limits, checked before every allocation.
     pub limits: wgpu::Limits,
+    /// Timestamp queries are supported, so compute time can be measured apart from transfers.
     pub timestamps: bool,
     submissions: AtomicUsize,
     kernels: Mutex<HashMap<&'static str, Arc<Kernel>>>,
@@ -154,6 +160,7 @@ impl GpuContext {
         Ok(k)
     }
 
+    /// Binds `buffers` to `kernel`'s bindings 0, 1, ... in order.
     pub fn bind_group(&self, kernel: &Kernel, buffers: &[wgpu::BindingResource]) -> wgpu::BindGroup {
         let entries: Vec<wgpu::BindGroupEntry> =
             buffers.iter().enumerate().map(|(i, r)| wgpu::BindGroupEntry { binding: i as u32, resource: r.clone() }).collect();
@@ -187,6 +194,7 @@ impl GpuContext {
         self.init_buffer(label, bytes, wgpu::BufferUsages::STORAGE)
     }
 
+    /// A uniform buffer holding `value` (a kernel's parameter struct).
     pub fn uniform<T: bytemuck::Pod>(&self, label: &str, value: &T) -> wgpu::Buffer {
         self.init_buffer(label, bytemuck::bytes_of(value), wgpu::BufferUsages::UNIFORM)
     }
@@ -207,6 +215,7 @@ impl GpuContext {
         }))
     }
 
+    /// `Error::Limit` when a storage binding of `bytes` exceeds the adapter's limit.
     pub fn check_binding(&self, bytes: u64) -> Result<()> {
         let have = self.limits.max_storage_buffer_binding_size;
         if bytes > have {

@@ -12,71 +12,123 @@ use crate::graph::{infer_shapes, Activation, Graph, Op};
 use crate::tensor::Tensor;
 use crate::weights::Weights;
 
+/// Uniform of `conv2d.wgsl`/`conv2d_tiled.wgsl`; layout must match the WGSL struct.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct ConvParams {
+    /// Batch size.
     pub n: u32,
+    /// Input channels.
     pub c: u32,
+    /// Input height.
     pub h: u32,
+    /// Input width.
     pub w: u32,
+    /// Output channels.
     pub o: u32,
+    /// Output height.
     pub ho: u32,
+    /// Output width.
     pub wo: u32,
+    /// Group count.
     pub groups: u32,
+    /// Kernel height.
     pub kh: u32,
+    /// Kernel width.
     pub kw: u32,
+    /// Vertical stride.
     pub sh: u32,
+    /// Horizontal stride.
     pub sw: u32,
+    /// Top padding.
     pub pt: u32,
+    /// Left padding.
     pub pl: u32,
+    /// Vertical dilation.
     pub dh: u32,
+    /// Horizontal dilation.
     pub dw: u32,
+    /// 1 when the bias binding holds a real bias.
     pub has_bias: u32,
+    /// Fused activation code (see `act_code`); 0 for none.
     pub act: u32,
+    /// Activation parameter (LeakyRelu slope).
     pub alpha: f32,
+    /// Padding to a 16-byte multiple.
     pub _pad: u32,
 }
 
+/// Uniform of `elementwise.wgsl`; layout must match the WGSL struct.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct ElementwiseParams {
+    /// 0: batch norm, 1: activation, 2: add.
     pub op: u32,
+    /// Elements to process.
     pub numel: u32,
+    /// Channel count (batch norm only).
     pub channels: u32,
+    /// Elements per channel plane, H*W (batch norm only).
     pub inner: u32,
+    /// Activation code (see `act_code`).
     pub act: u32,
+    /// Activation parameter (LeakyRelu slope).
     pub alpha: f32,
+    /// Batch-norm epsilon.
     pub eps: f32,
+    /// Padding to a 16-byte multiple.
     pub _pad: u32,
 }
 
+/// Uniform of `pool.wgsl`; layout must match the WGSL struct.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct PoolParams {
+    /// Planes to pool, N*C.
     pub planes: u32,
+    /// Input height.
     pub h: u32,
+    /// Input width.
     pub w: u32,
+    /// Output height.
     pub ho: u32,
+    /// Output width.
     pub wo: u32,
+    /// Window height.
     pub kh: u32,
+    /// Window width.
     pub kw: u32,
+    /// Vertical stride.
     pub sh: u32,
+    /// Horizontal stride.
     pub sw: u32,
+    /// Top padding.
     pub pt: u32,
+    /// Left padding.
     pub pl: u32,
+    /// Bottom padding.
     pub pb: u32,
+    /// Right padding.
     pub pr: u32,
+    /// 1 to divide by the full window, padding included.
     pub count_include_pad: u32,
+    /// Padding to a 16-byte multiple.
     pub _pad0: u32,
+    /// Padding to a 16-byte multiple.
     pub _pad1: u32,
 }
 
+/// Uniform of `linear.wgsl`; layout must match the WGSL struct.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct LinearParams {
+    /// Batch size.
     pub n: u32,
+    /// Input features.
     pub fin: u32,
+    /// Output features.
     pub fout: u32,
+    /// 1 when the bias binding holds a real bias.
     pub has_bias: u32,
 }
 

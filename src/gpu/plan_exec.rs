@@ -14,9 +14,13 @@ use crate::weights::Weights;
 const NONE: u32 = u32::MAX;
 /// Job record strides; `shaders_match_rust_constants` checks them against the WGSL.
 pub const FOLD_BN_STRIDE: usize = 16;
+/// u32 words per `fill.wgsl` job record.
 pub const FILL_STRIDE: usize = 16;
+/// u32 words per `place.wgsl` job record.
 pub const PLACE_STRIDE: usize = 16;
+/// u32 words per `place.wgsl` source record.
 pub const PLACE_SRC_STRIDE: usize = 24;
+/// u32 words per `compose.wgsl` job record.
 pub const COMPOSE_STRIDE: usize = 20;
 
 /// Where each tensor lives in the arena (in f32 elements).

@@ -4,6 +4,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::Graph;
 
+/// Which node produces and which nodes consume each tensor of a graph.
 pub struct GraphIndex {
     producer: HashMap<String, usize>,
     consumers: HashMap<String, Vec<usize>>,
@@ -11,6 +12,7 @@ pub struct GraphIndex {
 }
 
 impl GraphIndex {
+    /// Indexes `g`; node numbers are positions in `g.nodes`.
     pub fn new(g: &Graph) -> Self {
         let mut producer = HashMap::new();
         let mut consumers: HashMap<String, Vec<usize>> = HashMap::new();
@@ -28,14 +30,17 @@ impl GraphIndex {
         GraphIndex { producer, consumers, outputs: g.outputs.iter().cloned().collect() }
     }
 
+    /// The node writing `tensor`; `None` for graph inputs and parameters.
     pub fn producer(&self, tensor: &str) -> Option<usize> {
         self.producer.get(tensor).copied()
     }
 
+    /// Nodes reading `tensor`, each once, in graph order; empty if none.
     pub fn consumers(&self, tensor: &str) -> &[usize] {
         self.consumers.get(tensor).map_or(&[], |v| v.as_slice())
     }
 
+    /// `tensor` is returned by the graph, so its producer must stay.
     pub fn is_graph_output(&self, tensor: &str) -> bool {
         self.outputs.contains(tensor)
     }

@@ -21,22 +21,31 @@ pub fn infer_out(input: usize, kernel: usize, stride: usize, pad_total: usize, d
 /// One op applied to named input tensors, producing named outputs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Node {
+    /// Unique node name; reports and errors use it.
     pub name: String,
+    /// What the node computes.
     pub op: Op,
+    /// Names of the activation tensors it reads (parameters are named in `op`).
     pub inputs: Vec<String>,
+    /// Names of the tensors it produces.
     pub outputs: Vec<String>,
 }
 
 /// A graph input: its name and full shape (N, C, H, W or N, F).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ValueInfo {
+    /// Tensor name.
     pub name: String,
+    /// Full shape, batch first.
     pub shape: Vec<usize>,
 }
 
+/// A network: nodes over named tensors, with parameter shapes but no weights.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Graph {
+    /// Graph inputs, with shapes.
     pub inputs: Vec<ValueInfo>,
+    /// Names of the tensors the graph returns.
     pub outputs: Vec<String>,
     /// Nodes in topological order (validation checks it).
     pub nodes: Vec<Node>,
@@ -54,6 +63,7 @@ impl Graph {
         h
     }
 
+    /// Number of nodes whose [`Op::kind`] is `kind` (e.g. `"Conv"`).
     pub fn count(&self, kind: &str) -> usize {
         self.nodes.iter().filter(|n| n.op.kind() == kind).count()
     }
@@ -69,6 +79,7 @@ impl Graph {
             .fold(0usize, usize::saturating_add)
     }
 
+    /// The node named `name`, by linear search.
     pub fn node(&self, name: &str) -> Option<&Node> {
         self.nodes.iter().find(|n| n.name == name)
     }

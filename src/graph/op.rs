@@ -8,14 +8,23 @@ use serde::{Deserialize, Serialize};
 /// alignment of merged kernels depends on each side separately.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Conv2d {
+    /// Kernel tensor name, `[out, in/groups, kh, kw]`.
     pub weight: String,
+    /// Bias tensor name `[out]`, if any.
     pub bias: Option<String>,
+    /// Input channels (C of the NCHW input).
     pub in_channels: usize,
+    /// Output channels.
     pub out_channels: usize,
+    /// Kernel size `[kh, kw]`.
     pub kernel: [usize; 2],
+    /// Stride `[sh, sw]`.
     pub stride: [usize; 2],
+    /// Padding `[top, left, bottom, right]`.
     pub pads: [usize; 4],
+    /// Dilation `[dh, dw]`.
     pub dilation: [usize; 2],
+    /// Group count; divides both channel counts.
     pub groups: usize,
 }
 
@@ -24,9 +33,11 @@ impl Conv2d {
     pub fn weight_shape(&self) -> Vec<usize> {
         vec![self.out_channels, self.in_channels / self.groups.max(1), self.kernel[0], self.kernel[1]]
     }
+    /// A 1x1 kernel: fuses with any other kernel by composition.
     pub fn is_pointwise(&self) -> bool {
         self.kernel == [1, 1]
     }
+    /// Any side padded by more than zero.
     pub fn has_padding(&self) -> bool {
         self.pads.iter().any(|&p| p > 0)
     }
@@ -35,41 +46,66 @@ impl Conv2d {
 /// Inference-mode batch norm over axis 1 (2d on NCHW, 1d on NC).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BatchNorm {
+    /// Scale tensor name `[channels]`.
     pub gamma: String,
+    /// Shift tensor name `[channels]`.
     pub beta: String,
+    /// Running mean tensor name `[channels]`.
     pub mean: String,
+    /// Running variance tensor name `[channels]`.
     pub var: String,
+    /// Added to the variance before the square root.
     pub eps: f32,
+    /// Channel count (size of axis 1).
     pub channels: usize,
 }
 
 /// `y = x W^T + b`, weight `[out, in]` (PyTorch/ONNX Gemm with transB=1).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Linear {
+    /// Weight tensor name, `[out_features, in_features]`.
     pub weight: String,
+    /// Bias tensor name `[out_features]`, if any.
     pub bias: Option<String>,
+    /// Input features.
     pub in_features: usize,
+    /// Output features.
     pub out_features: usize,
 }
 
+/// 2D average pooling over NCHW (ONNX AveragePool).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AvgPool2d {
+    /// Window size `[kh, kw]`.
     pub kernel: [usize; 2],
+    /// Stride `[sh, sw]`.
     pub stride: [usize; 2],
+    /// Padding `[top, left, bottom, right]`.
     pub pads: [usize; 4],
+    /// Divide by the full window even where it overlaps padding; only then is the pool a conv.
     pub count_include_pad: bool,
+    /// Round the output size up instead of down.
     pub ceil_mode: bool,
 }
 
+/// Pointwise nonlinearity; never fused into weights, only into a conv's GPU dispatch.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Activation {
+    /// `max(x, 0)`.
     Relu,
+    /// `x` if positive, else `alpha * x`, with the given alpha.
     LeakyRelu(f32),
+    /// `1 / (1 + exp(-x))`.
     Sigmoid,
+    /// Hyperbolic tangent.
     Tanh,
+    /// Gaussian error linear unit.
     Gelu,
+    /// `x * sigmoid(x)` (swish).
     Silu,
+    /// `x * relu6(x + 3) / 6`.
     HardSwish,
+    /// `relu6(x + 3) / 6`.
     HardSigmoid,
 }
 
@@ -77,25 +113,35 @@ pub enum Activation {
 /// the source format's encoding of the node (e.g. ONNX NodeProto bytes) for writers.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Opaque {
+    /// Source-format op name (e.g. ONNX `op_type`), shown in reports.
     pub op_type: String,
+    /// Source-format encoding of the node; empty when built in memory.
     #[serde(default)]
     pub payload: Vec<u8>,
 }
 
+/// One node's operation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Op {
+    /// 2D convolution.
     Conv2d(Conv2d),
+    /// Inference-mode batch norm.
     BatchNorm(BatchNorm),
+    /// Fully connected layer.
     Linear(Linear),
+    /// 2D average pooling.
     AvgPool2d(AvgPool2d),
+    /// Mean over H and W, NCHW -> NC11.
     GlobalAvgPool,
     /// Sum of N inputs of the same shape.
     Add,
     /// Concatenation on the channel axis (1).
     Concat,
+    /// Pointwise activation.
     Activation(Activation),
     /// NCHW -> N x (C*H*W).
     Flatten,
+    /// An op passed through untouched.
     Opaque(Opaque),
 }
 

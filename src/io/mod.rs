@@ -2,6 +2,7 @@
 //! weights plus a JSON graph). Every write is atomic: a temp file in the target
 //! folder, then a rename, so a failure never leaves a half-written model.
 
+/// Crash-safe file writes: temp file in the target folder, then a rename.
 pub mod atomic;
 pub mod native;
 pub mod onnx;
@@ -16,7 +17,9 @@ use crate::weights::Weights;
 
 /// A model read from a file, with what is needed to write it back in kind.
 pub struct LoadedModel {
+    /// The model's structure.
     pub graph: Graph,
+    /// Its parameters as f32, whatever the file stored.
     pub weights: Weights,
     /// Set for ONNX input: the writer keeps its opset, metadata, io and dtypes.
     pub onnx: Option<onnx::OnnxModel>,

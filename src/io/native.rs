@@ -13,6 +13,7 @@ pub fn weights_path(graph_path: &Path) -> PathBuf {
     graph_path.with_extension("safetensors")
 }
 
+/// Writes `graph_path` (JSON graph) and the `.safetensors` beside it, both atomically.
 pub fn write_native(graph: &Graph, weights: &Weights, graph_path: &Path) -> Result<()> {
     let json = serde_json::to_vec_pretty(graph).map_err(|e| Error::File { path: graph_path.to_path_buf(), why: e.to_string() })?;
     let wpath = weights_path(graph_path);
@@ -35,6 +36,7 @@ pub fn write_native(graph: &Graph, weights: &Weights, graph_path: &Path) -> Resu
     crate::io::atomic::write_atomic_many(&[(&wpath, &st), (graph_path, &json)])
 }
 
+/// Reads a native model: the JSON graph at `graph_path` and the `.safetensors` beside it.
 pub fn read_native(graph_path: &Path) -> Result<(Graph, Weights)> {
     let json = std::fs::read(graph_path).map_err(|e| Error::Io { path: graph_path.to_path_buf(), source: e })?;
     let wpath = weights_path(graph_path);

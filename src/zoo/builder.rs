@@ -11,12 +11,19 @@ use crate::weights::Weights;
 /// Geometry of one conv to add.
 #[derive(Clone, Copy, Debug)]
 pub struct ConvSpec {
+    /// Output channels.
     pub out: usize,
+    /// Kernel size `[kh, kw]`.
     pub kernel: [usize; 2],
+    /// Stride, both axes.
     pub stride: usize,
+    /// Padding `[top, left, bottom, right]`.
     pub pads: [usize; 4],
+    /// Dilation, both axes.
     pub dilation: usize,
+    /// Group count; must divide the input and output channels.
     pub groups: usize,
+    /// Give the conv a random bias.
     pub bias: bool,
 }
 
@@ -25,41 +32,51 @@ impl ConvSpec {
     pub fn same(out: usize, k: usize, stride: usize, groups: usize) -> Self {
         ConvSpec { out, kernel: [k, k], stride, pads: [k / 2; 4], dilation: 1, groups, bias: false }
     }
+    /// A `kh x kw` conv (e.g. the 1x3/3x1 branches of ACNet), padded `k/2` per side.
     pub fn kernel_hw(out: usize, kh: usize, kw: usize, stride: usize) -> Self {
         ConvSpec { out, kernel: [kh, kw], stride, pads: [kh / 2, kw / 2, kh / 2, kw / 2], dilation: 1, groups: 1, bias: false }
     }
+    /// The same padding `p` on all four sides.
     pub fn pad(mut self, p: usize) -> Self {
         self.pads = [p; 4];
         self
     }
+    /// Dilation `d`, with padding reset to keep the output size ("same").
     pub fn dilated(mut self, d: usize) -> Self {
         self.dilation = d;
         self.pads = [(self.kernel[0] / 2) * d, (self.kernel[1] / 2) * d, (self.kernel[0] / 2) * d, (self.kernel[1] / 2) * d];
         self
     }
+    /// Adds a bias to the conv.
     pub fn with_bias(mut self) -> Self {
         self.bias = true;
         self
     }
 }
 
+/// Appends nodes to a graph with seeded random parameters; each method returns the output tensor's name.
 pub struct GraphBuilder {
+    /// The graph built so far.
     pub graph: Graph,
+    /// Random parameters for every tensor the graph names.
     pub weights: Weights,
     rng: StdRng,
     count: usize,
 }
 
 impl GraphBuilder {
+    /// An empty graph; `seed` makes the weights reproducible.
     pub fn new(seed: u64) -> Self {
         GraphBuilder { graph: Graph::default(), weights: Weights::new(), rng: StdRng::seed_from_u64(seed), count: 0 }
     }
 
+    /// Declares a graph input of full `shape` (batch first); returns `name`.
     pub fn input(&mut self, name: &str, shape: &[usize]) -> String {
         self.graph.inputs.push(ValueInfo { name: name.to_string(), shape: shape.to_vec() });
         name.to_string()
     }
 
+    /// Marks tensor `t` as a graph output.
     pub fn output(&mut self, t: &str) {
         self.graph.outputs.push(t.to_string());
     }
@@ -88,6 +105,7 @@ impl GraphBuilder {
         crate::graph::infer_shapes(&self.graph).expect("builder graphs are valid")[t][1]
     }
 
+    /// A conv on `x` with uniform He-style random weights.
     pub fn conv(&mut self, x: &str, s: ConvSpec) -> String {
         let cin = self.channels(x);
         let name = self.name("conv");
@@ -109,6 +127,7 @@ impl GraphBuilder {
         self.node(name, op, vec![x.to_string()])
     }
 
+    /// A batch norm on `x` with random, non-identity statistics.
     pub fn bn(&mut self, x: &str) -> String {
         let c = self.channels(x);
         let name = self.name("bn");
@@ -121,11 +140,13 @@ impl GraphBuilder {
         self.node(name, Op::BatchNorm(BatchNorm { gamma, beta, mean, var, eps: 1e-5, channels: c }), vec![x.to_string()])
     }
 
+    /// A conv followed by a batch norm, the unit of every training-form branch.
     pub fn conv_bn(&mut self, x: &str, s: ConvSpec) -> String {
         let y = self.conv(x, s);
         self.bn(&y)
     }
 
+    /// A Linear on `x` (`[N, F]`) to `out` features.
     pub fn linear(&mut self, x: &str, out: usize, bias: bool) -> String {
         let cin = crate::graph::infer_shapes(&self.graph).expect("valid")[x][1];
         let name = self.name("fc");
@@ -135,6 +156,7 @@ impl GraphBuilder {
         self.node(name, Op::Linear(Linear { weight, bias, in_features: cin, out_features: out }), vec![x.to_string()])
     }
 
+    /// One `Add` of all `xs` (same shapes).
     pub fn add(&mut self, xs: &[String]) -> String {
         let name = self.name("add");
         self.node(name, Op::Add, xs.to_vec())
@@ -149,20 +171,24 @@ impl GraphBuilder {
         acc
     }
 
+    /// Concatenation of `xs` on the channel axis.
     pub fn concat(&mut self, xs: &[String]) -> String {
         let name = self.name("concat");
         self.node(name, Op::Concat, xs.to_vec())
     }
 
+    /// Activation `a` on `x`.
     pub fn act(&mut self, x: &str, a: Activation) -> String {
         let name = self.name("act");
         self.node(name, Op::Activation(a), vec![x.to_string()])
     }
 
+    /// ReLU on `x`.
     pub fn relu(&mut self, x: &str) -> String {
         self.act(x, Activation::Relu)
     }
 
+    /// A `k x k` average pool with `pad` on every side.
     pub fn avg_pool(&mut self, x: &str, k: usize, stride: usize, pad: usize, count_include_pad: bool) -> String {
         let name = self.name("avgpool");
         self.node(
@@ -172,21 +198,25 @@ impl GraphBuilder {
         )
     }
 
+    /// Global average pool, NCHW -> NC11.
     pub fn global_pool(&mut self, x: &str) -> String {
         let name = self.name("gap");
         self.node(name, Op::GlobalAvgPool, vec![x.to_string()])
     }
 
+    /// Flatten to `[N, C*H*W]`.
     pub fn flatten(&mut self, x: &str) -> String {
         let name = self.name("flatten");
         self.node(name, Op::Flatten, vec![x.to_string()])
     }
 
+    /// An unmodelled op of type `op_type`, passed through fusion untouched.
     pub fn opaque(&mut self, x: &str, op_type: &str) -> String {
         let name = self.name("opaque");
         self.node(name, Op::Opaque(crate::graph::Opaque { op_type: op_type.to_string(), payload: vec![] }), vec![x.to_string()])
     }
 
+    /// The finished graph and its weights.
     pub fn finish(self) -> (Graph, Weights) {
         (self.graph, self.weights)
     }

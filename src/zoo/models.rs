@@ -7,6 +7,7 @@ use crate::weights::Weights;
 
 /// A zoo entry: name, what its deploy form should look like, and its builder.
 pub struct ZooModel {
+    /// Name used by `zoo::build` and `repfuse bench`.
     pub name: &'static str,
     /// Convs in the published deploy form (one per block).
     pub deploy_convs: usize,
@@ -58,6 +59,7 @@ fn small_net(b: &mut GraphBuilder, x: &str, block: fn(&mut GraphBuilder, &str, u
     head(b, &t)
 }
 
+/// Every zoo model, by name.
 pub const MODELS: &[ZooModel] = &[
     ZooModel { name: "repvgg_a0", deploy_convs: 22, build: |b, x| repvgg(b, x, [2, 4, 14, 1], 0.75, 2.5, false) },
     ZooModel { name: "repvgg_a1", deploy_convs: 22, build: |b, x| repvgg(b, x, [2, 4, 14, 1], 1.0, 2.5, false) },

@@ -22,8 +22,11 @@ use crate::weights::Weights;
 /// initializers).
 #[derive(Clone, Debug)]
 pub struct OnnxModel {
+    /// File it was read from; external data resolves relative to its folder.
     pub path: PathBuf,
+    /// The IR of the ONNX graph.
     pub graph: Graph,
+    /// Float initializers, converted to f32.
     pub weights: Weights,
     /// Element type of the model's float initializers (new tensors are written in it).
     pub float_type: FloatType,

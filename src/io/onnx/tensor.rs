@@ -13,12 +13,16 @@ use crate::tensor::checked_numel;
 /// Float element types repfuse reads and writes back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum FloatType {
+    /// 32-bit IEEE float.
     F32,
+    /// 16-bit IEEE half float.
     F16,
+    /// bfloat16 (8-bit exponent, 7-bit mantissa).
     BF16,
 }
 
 impl FloatType {
+    /// The float type of an ONNX `TensorProto.data_type`; `None` for non-float types.
     pub fn from_onnx(dt: i32) -> Option<FloatType> {
         match dt {
             x if x == DataType::FLOAT as i32 => Some(FloatType::F32),
@@ -27,6 +31,7 @@ impl FloatType {
             _ => None,
         }
     }
+    /// The ONNX `DataType` to write tensors of this type with.
     pub fn onnx(self) -> DataType {
         match self {
             FloatType::F32 => DataType::FLOAT,
@@ -49,6 +54,7 @@ pub struct ExternalData {
 }
 
 impl ExternalData {
+    /// External data of the model at `model_path`, resolved against its folder; nothing is read yet.
     pub fn new(model_path: &Path) -> Self {
         ExternalData { dir: model_path.parent().map(Path::to_path_buf).unwrap_or_default(), files: HashMap::new() }
     }
@@ -84,6 +90,7 @@ impl ExternalData {
     }
 }
 
+/// A tensor's dims as `usize`; `Error::Tensor` on a negative dimension.
 pub fn dims(t: &TensorProto) -> Result<Vec<usize>> {
     t.dims.iter().map(|&d| usize::try_from(d).map_err(|_| Error::tensor(&t.name, format!("negative dimension {} in {:?}", d, t.dims)))).collect()
 }
