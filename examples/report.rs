@@ -8,19 +8,9 @@ use repfuse::verify::{check_equivalence, compare, Tolerance};
 use repfuse::{fuse, FuseOptions, Tensor};
 
 fn io(dir: &Path) -> std::collections::BTreeMap<String, Tensor> {
-    let bytes = std::fs::read(dir.join("io.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .map(|(n, v)| {
-            let d: Vec<f32> = match v.dtype() {
-                safetensors::Dtype::F16 => v.data().chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-                _ => v.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-            };
-            let t = Tensor::new(&n, v.shape().to_vec(), d).unwrap();
-            (n, t)
-        })
-        .collect()
+    let path = dir.join("io.safetensors");
+    let w = repfuse::io::native::read_safetensors(&path, &std::fs::read(&path).unwrap()).unwrap();
+    w.iter().map(|(k, t)| (k.clone(), t.clone())).collect()
 }
 
 fn short(h: &std::collections::BTreeMap<String, usize>) -> String {

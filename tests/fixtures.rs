@@ -14,20 +14,9 @@ pub fn fixtures_dir() -> PathBuf {
 }
 
 fn load_io(dir: &Path) -> BTreeMap<String, Tensor> {
-    let bytes = std::fs::read(dir.join("io.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .map(|(name, v)| {
-            let data: Vec<f32> = match v.dtype() {
-                safetensors::Dtype::F32 => v.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-                safetensors::Dtype::F16 => v.data().chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-                d => panic!("unexpected dtype {:?}", d),
-            };
-            let t = Tensor::new(&name, v.shape().to_vec(), data).unwrap();
-            (name, t)
-        })
-        .collect()
+    let path = dir.join("io.safetensors");
+    let w = repfuse::io::native::read_safetensors(&path, &std::fs::read(&path).unwrap()).unwrap();
+    w.iter().map(|(k, t)| (k.clone(), t.clone())).collect()
 }
 
 fn expected(dir: &Path) -> serde_json::Value {

@@ -44,23 +44,31 @@ pub fn read_native(graph_path: &Path) -> Result<(Graph, Weights)> {
     read_native_bytes(graph_path, &json, &bytes)
 }
 
-/// `read_native` on bytes already in memory; `graph_path` names the files in errors.
-pub fn read_native_bytes(graph_path: &Path, json: &[u8], safetensors_bytes: &[u8]) -> Result<(Graph, Weights)> {
-    let file = |p: &Path, why: String| Error::File { path: p.to_path_buf(), why };
-    let graph: Graph = serde_json::from_slice(json).map_err(|e| file(graph_path, format!("not a repfuse graph file: {}", e)))?;
-    let wpath = weights_path(graph_path);
-    let st = safetensors::SafeTensors::deserialize(safetensors_bytes).map_err(|e| file(&wpath, format!("not a valid safetensors file: {}", e)))?;
+/// Every tensor of a safetensors file as f32 (F32, F16 and BF16 are read); `path`
+/// names the file in errors.
+pub fn read_safetensors(path: &Path, bytes: &[u8]) -> Result<Weights> {
+    let file = |why: String| Error::File { path: path.to_path_buf(), why };
+    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| file(format!("not a valid safetensors file: {}", e)))?;
     let mut weights = Weights::new();
     for (name, v) in st.tensors() {
         let data: Vec<f32> = match v.dtype() {
             safetensors::Dtype::F32 => v.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
             safetensors::Dtype::F16 => v.data().chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
             safetensors::Dtype::BF16 => v.data().chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            d => return Err(file(&wpath, format!("tensor `{}` has dtype {:?}; repfuse reads F32, F16 and BF16", name, d))),
+            d => return Err(file(format!("tensor `{}` has dtype {:?}; repfuse reads F32, F16 and BF16", name, d))),
         };
-        let t = Tensor::new(&name, v.shape().to_vec(), data).map_err(|e| file(&wpath, e.to_string()))?;
+        let t = Tensor::new(&name, v.shape().to_vec(), data).map_err(|e| file(e.to_string()))?;
         weights.insert(name, t);
     }
+    Ok(weights)
+}
+
+/// `read_native` on bytes already in memory; `graph_path` names the files in errors.
+pub fn read_native_bytes(graph_path: &Path, json: &[u8], safetensors_bytes: &[u8]) -> Result<(Graph, Weights)> {
+    let file = |p: &Path, why: String| Error::File { path: p.to_path_buf(), why };
+    let graph: Graph = serde_json::from_slice(json).map_err(|e| file(graph_path, format!("not a repfuse graph file: {}", e)))?;
+    let wpath = weights_path(graph_path);
+    let weights = read_safetensors(&wpath, safetensors_bytes)?;
     for (name, shape) in &graph.params {
         let t = weights.get(name).map_err(|_| file(&wpath, format!("tensor `{}` named by the graph is missing", name)))?;
         if t.shape() != shape.as_slice() {
