@@ -60,6 +60,13 @@ enum Command {
         /// 6b): exact, fewer nodes, more FLOPs.
         #[arg(long)]
         widen_shortcuts: bool,
+        /// Write float initializers in the input's float type (the default).
+        #[arg(long, conflicts_with = "f32")]
+        keep_dtype: bool,
+        /// Write a float16/bfloat16 ONNX model as float32 (initializers and graph
+        /// inputs/outputs).
+        #[arg(long)]
+        f32: bool,
     },
     /// Run two models on the same seeded random inputs and compare their outputs.
     Verify {
@@ -121,8 +128,8 @@ fn main() {
     tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).with_target(false).init();
     let result = match cli.command {
         Command::Demo { model, size, backend, json } => commands::demo(&model, size, backend, json),
-        Command::Fuse { input, output, backend, verify, json, compose_cost_limit, widen_shortcuts } => {
-            commands::fuse(&commands::FuseArgs { input, output, backend, verify, json, compose_cost_limit, widen_shortcuts })
+        Command::Fuse { input, output, backend, verify, json, compose_cost_limit, widen_shortcuts, keep_dtype: _, f32 } => {
+            commands::fuse(&commands::FuseArgs { input, output, backend, verify, json, compose_cost_limit, widen_shortcuts, f32 })
         }
         Command::Verify { original, fused, seed, json } => commands::verify(&original, &fused, seed, json),
         Command::Inspect { input, json } => commands::inspect(&input, json),

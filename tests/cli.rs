@@ -339,3 +339,21 @@ fn quiet_prints_nothing_and_verbose_traces_the_stages() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("read ONNX") && err.contains("fused") && err.contains("backend"), "{}", err);
 }
+
+#[test]
+fn f32_writes_a_half_model_as_float32_and_keep_dtype_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("v06_fp16_repvgg_block");
+    for (flag, want) in [("--f32", 1), ("--keep-dtype", 10)] {
+        let out = dir.path().join(format!("{}.onnx", &flag[2..]));
+        let o = run(&[os("fuse"), src.as_os_str(), os("-o"), out.as_os_str(), os("--backend"), os("cpu"), os("--verify"), os(flag)]);
+        assert_exit(&o, 0, flag);
+        let m = repfuse::io::onnx::read_onnx(&out).unwrap();
+        let expect = if want == 1 { repfuse::io::onnx::FloatType::F32 } else { repfuse::io::onnx::FloatType::F16 };
+        assert_eq!(m.float_type, expect, "{}", flag);
+        let o = run(&[os("verify"), src.as_os_str(), out.as_os_str()]);
+        assert_exit(&o, 0, &format!("verify after {}", flag));
+    }
+    let o = run(&[os("fuse"), src.as_os_str(), os("-o"), dir.path().join("x.onnx").as_os_str(), os("--f32"), os("--keep-dtype")]);
+    assert_exit(&o, 1, "--f32 with --keep-dtype");
+}

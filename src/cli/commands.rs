@@ -72,12 +72,17 @@ pub struct FuseArgs {
     pub json: bool,
     pub compose_cost_limit: f64,
     pub widen_shortcuts: bool,
+    /// Write a half-precision ONNX model as float32.
+    pub f32: bool,
 }
 
 pub fn fuse(a: &FuseArgs) -> Result<i32> {
     let t = Instant::now();
     let pb = super::spinner(a.json, &format!("reading {}", a.input.display()));
-    let model = repfuse::io::load_model(&a.input).with_context(|| format!("reading {}", a.input.display()))?;
+    let mut model = repfuse::io::load_model(&a.input).with_context(|| format!("reading {}", a.input.display()))?;
+    if a.f32 {
+        model.onnx = model.onnx.map(|m| m.as_f32()).transpose().context("--f32")?;
+    }
     let read_ms = t.elapsed().as_secs_f64() * 1e3;
     pb.set_message("fusing");
     let fuser = Fuser::new(a.backend);

@@ -40,6 +40,30 @@ pub struct OnnxModel {
 }
 
 impl OnnxModel {
+    /// The same model, to be written in float32: every float initializer and the
+    /// float16/bfloat16 graph inputs and outputs become float32. Refused when the
+    /// graph carries ops repfuse does not model, which may depend on the element type
+    /// (a Cast to float16, say).
+    pub fn as_f32(&self) -> crate::Result<OnnxModel> {
+        use onnx_protobuf::type_proto::Value;
+        if let Some(n) = self.graph.nodes.iter().find(|n| matches!(n.op, crate::graph::Op::Opaque(_))) {
+            return Err(crate::Error::unsupported(&n.name, format!("writing float32 needs every op known; `{}` may depend on the element type", n.op.kind())));
+        }
+        let mut m = self.clone();
+        m.float_type = FloatType::F32;
+        m.dtypes.values_mut().for_each(|t| *t = FloatType::F32);
+        if let Some(g) = m.proto.graph.as_mut() {
+            for vi in g.input.iter_mut().chain(g.output.iter_mut()) {
+                if let Some(Value::TensorType(tt)) = vi.type_.as_mut().and_then(|t| t.value.as_mut()) {
+                    if FloatType::from_onnx(tt.elem_type).is_some() {
+                        tt.elem_type = FloatType::F32.onnx() as i32;
+                    }
+                }
+            }
+        }
+        Ok(m)
+    }
+
     /// The default-domain opset the model declares.
     pub fn opset(&self) -> i64 {
         self.proto.opset_import.iter().find(|o| o.domain.is_empty() || o.domain == "ai.onnx").map_or(0, |o| o.version)
