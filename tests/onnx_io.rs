@@ -69,3 +69,19 @@ fn written_model_keeps_the_interface_and_writes_initializers_once_in_order() {
         }
     }
 }
+
+#[test]
+fn large_models_are_written_with_external_data_and_read_back_identically() {
+    let m = read_onnx(&fixture("z14_dbb_block")).unwrap();
+    let f = fuse(&m.graph, &FuseOptions::default()).unwrap();
+    let w = f.weights_cpu(&m.weights).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("deploy.onnx");
+    // Threshold 0: every initializer goes to deploy.onnx.data.
+    repfuse::io::onnx::write_onnx_with(Some(&m), &f.graph, &w, &out, 0).unwrap();
+    assert!(dir.path().join("deploy.onnx.data").exists());
+    let back = read_onnx(&out).unwrap();
+    for (name, t) in w.iter() {
+        assert_eq!(back.weights.get(name).unwrap().data(), t.data(), "{}", name);
+    }
+}

@@ -94,3 +94,18 @@ fn zoo_models_written_by_repfuse_run_in_onnx_runtime() {
         ort_agree(&py, m.name, &a, &b, Tolerance::for_graph(&g).atol);
     }
 }
+
+#[test]
+fn external_data_written_by_repfuse_runs_in_onnx_runtime() {
+    let Some(py) = python() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    for case in ["repvgg_a0", "z14_dbb_block"] {
+        let src = fixtures().into_iter().find(|d| d.ends_with(case)).unwrap().join("train.onnx");
+        let m = read_onnx(&src).unwrap();
+        let f = fuse(&m.graph, &FuseOptions::default()).unwrap();
+        let w = f.weights_cpu(&m.weights).unwrap();
+        let out = tmp.path().join(format!("{}.external.onnx", case));
+        repfuse::io::onnx::write_onnx_with(Some(&m), &f.graph, &w, &out, 0).unwrap();
+        ort_agree(&py, &format!("{} (external data)", case), &src, &out, Tolerance::for_graph(&m.graph).atol);
+    }
+}

@@ -158,6 +158,10 @@ fn base_proto(src: Option<&OnnxModel>, graph: &Graph) -> ModelProto {
 /// Serialises `graph` with `weights` as ONNX bytes. `src` is the model it was read
 /// from (None for graphs built in code).
 pub fn onnx_bytes(src: Option<&OnnxModel>, graph: &Graph, weights: &Weights) -> Result<Vec<u8>> {
+    build_proto(src, graph, weights)?.write_to_bytes().map_err(|e| Error::Graph(format!("serialising ONNX: {}", e)))
+}
+
+fn build_proto(src: Option<&OnnxModel>, graph: &Graph, weights: &Weights) -> Result<ModelProto> {
     let mut proto = base_proto(src, graph);
     let default_type = src.map_or(FloatType::F32, |m| m.float_type);
     let g = proto.graph.as_mut().expect("base_proto makes a graph");
@@ -185,16 +189,48 @@ pub fn onnx_bytes(src: Option<&OnnxModel>, graph: &Graph, weights: &Weights) -> 
         let was_init: BTreeSet<&String> = m.graph.params.keys().collect();
         g.input.retain(|i| !was_init.contains(&i.name) || written.contains(&i.name));
     }
-    proto.write_to_bytes().map_err(|e| Error::Graph(format!("serialising ONNX: {}", e)))
+    Ok(proto)
 }
 
-/// Writes `graph` + `weights` as an ONNX file, atomically.
+/// Initializer bytes above which `write_onnx` moves weights to an external data file
+/// (protobuf cannot hold a message over 2 GiB).
+pub const EXTERNAL_DATA_THRESHOLD: usize = 1536 << 20;
+
+/// Writes `graph` + `weights` as an ONNX file, atomically. Models whose initializers
+/// pass `EXTERNAL_DATA_THRESHOLD` keep their weights in `<file>.data` beside it.
 pub fn write_onnx(src: Option<&OnnxModel>, graph: &Graph, weights: &Weights, path: &Path) -> Result<()> {
-    let bytes = onnx_bytes(src, graph, weights)?;
-    if bytes.len() >= (2usize << 30) {
-        return Err(Error::File { path: path.to_path_buf(), why: "model over 2 GiB: writing external data is not supported yet".into() });
+    write_onnx_with(src, graph, weights, path, EXTERNAL_DATA_THRESHOLD)
+}
+
+/// `write_onnx` with the external-data threshold given (0: always external).
+pub fn write_onnx_with(src: Option<&OnnxModel>, graph: &Graph, weights: &Weights, path: &Path, external_threshold: usize) -> Result<()> {
+    use onnx_protobuf::tensor_proto::DataLocation;
+    use onnx_protobuf::StringStringEntryProto;
+    let mut proto = build_proto(src, graph, weights)?;
+    let g = proto.graph.as_mut().expect("built with a graph");
+    let total: usize = g.initializer.iter().map(|t| t.raw_data.len()).sum();
+    if total <= external_threshold {
+        let bytes = proto.write_to_bytes().map_err(|e| Error::Graph(format!("serialising ONNX: {}", e)))?;
+        return crate::io::write_atomic(path, &bytes);
     }
-    crate::io::write_atomic(path, &bytes)
+    let file_name = format!("{}.data", path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model.onnx".into()));
+    let mut data: Vec<u8> = Vec::with_capacity(total);
+    for t in g.initializer.iter_mut().filter(|t| !t.raw_data.is_empty()) {
+        // 64-byte aligned offsets, as onnx's own external-data writer uses for mmap.
+        data.resize(data.len().next_multiple_of(64), 0);
+        let entry = |k: &str, v: String| {
+            let mut e = StringStringEntryProto::new();
+            e.key = k.to_string();
+            e.value = v;
+            e
+        };
+        t.external_data = vec![entry("location", file_name.clone()), entry("offset", data.len().to_string()), entry("length", t.raw_data.len().to_string())];
+        data.extend_from_slice(&std::mem::take(&mut t.raw_data));
+        t.data_location = DataLocation::EXTERNAL.into();
+    }
+    let bytes = proto.write_to_bytes().map_err(|e| Error::Graph(format!("serialising ONNX: {}", e)))?;
+    let data_path = path.with_file_name(&file_name);
+    crate::io::atomic::write_atomic_many(&[(&data_path, &data), (path, &bytes)])
 }
 
 /// Count of nodes per ONNX op type in an ONNX file's bytes (for reports and tests).

@@ -10,7 +10,7 @@ pub mod tensor;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-pub use export::{onnx_bytes, op_counts, write_onnx};
+pub use export::{onnx_bytes, op_counts, write_onnx, write_onnx_with, EXTERNAL_DATA_THRESHOLD};
 pub use import::{read_onnx, read_onnx_bytes};
 pub use tensor::FloatType;
 
