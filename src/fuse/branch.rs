@@ -41,6 +41,9 @@ fn depthwise(weight: String, bias: Option<String>, channels: usize, kernel: [usi
 
 /// `x + conv(x)`  =>  `id(x) + conv(x)` with `id` a depthwise 1x1 dirac conv.
 pub fn identity_to_conv(ctx: &mut Ctx, i: usize) -> Option<Patch> {
+    if !(ctx.node(i).op == Op::Add) {
+        return None;
+    }
     let n = ctx.node(i).clone();
     if n.op != Op::Add {
         return None;
@@ -73,6 +76,9 @@ pub fn identity_to_conv(ctx: &mut Ctx, i: usize) -> Option<Patch> {
 
 /// A BN-only branch (RepVGG's identity BN) => depthwise 1x1 conv with bias.
 pub fn bn_branch_to_conv(ctx: &mut Ctx, i: usize) -> Option<Patch> {
+    if !(matches!(ctx.node(i).op, Op::BatchNorm(_))) {
+        return None;
+    }
     let n = ctx.node(i).clone();
     let Op::BatchNorm(bn) = &n.op else { return None };
     if ctx.shapes.get(&n.inputs[0]).map(Vec::len) != Some(4) {
@@ -98,6 +104,9 @@ pub fn bn_branch_to_conv(ctx: &mut Ctx, i: usize) -> Option<Patch> {
 /// branch or follows a conv it can compose with. Exact only when every window divides
 /// by kh*kw: count_include_pad, or no padding, and no ceil-mode overhang.
 pub fn avgpool_to_conv(ctx: &mut Ctx, i: usize) -> Option<Patch> {
+    if !(matches!(ctx.node(i).op, Op::AvgPool2d(_))) {
+        return None;
+    }
     let n = ctx.node(i).clone();
     let Op::AvgPool2d(p) = &n.op else { return None };
     let input = &n.inputs[0];

@@ -7,6 +7,10 @@ use crate::graph::{Linear, Node, Op};
 use crate::plan::{PlaceSource, Step};
 
 pub fn conv1x1_to_linear(ctx: &mut Ctx, i: usize) -> Option<Patch> {
+    // Cheap kind check first: rules run on every node of every wave.
+    if !(ctx.node(i).op == Op::Flatten) {
+        return None;
+    }
     let flat = ctx.node(i).clone();
     if flat.op != Op::Flatten {
         return None;

@@ -13,6 +13,10 @@ use crate::plan::{PlaceSource, Step};
 
 /// `Add(Add(a, b), c)` => `Add(a, b, c)` when the inner sum has no other reader.
 pub fn flatten_add(ctx: &mut Ctx, i: usize) -> Option<Patch> {
+    // Cheap kind check first: rules run on every node of every wave.
+    if !(ctx.node(i).op == Op::Add) {
+        return None;
+    }
     let n = ctx.node(i).clone();
     if n.op != Op::Add {
         return None;

@@ -13,6 +13,10 @@ use crate::graph::Node;
 use crate::plan::{ConvOperand, Step};
 
 pub fn compose_sequence(ctx: &mut Ctx, i: usize) -> Option<Patch> {
+    // Cheap kind check first: rules run on every node of every wave.
+    if !(matches!(ctx.node(i).op, crate::graph::Op::Conv2d(_) | crate::graph::Op::Linear(_))) {
+        return None;
+    }
     let second_node = ctx.node(i).clone();
     let b = ConvLike::from_op(&second_node.op)?;
     let t = &second_node.inputs[0];
