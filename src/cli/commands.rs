@@ -168,11 +168,7 @@ fn is_onnx(p: &Path) -> bool {
 fn round_weights(w: &repfuse::Weights, ft: FloatType) -> repfuse::Weights {
     let mut out = repfuse::Weights::new();
     for (k, t) in w.iter() {
-        let d: Vec<f32> = match ft {
-            FloatType::F16 => t.data().iter().map(|v| half::f16::from_f32(*v).to_f32()).collect(),
-            FloatType::BF16 => t.data().iter().map(|v| half::bf16::from_f32(*v).to_f32()).collect(),
-            FloatType::F32 => t.data().to_vec(),
-        };
+        let d: Vec<f32> = t.data().iter().map(|v| ft.round(*v)).collect();
         out.insert(k.clone(), repfuse::Tensor::new(k, t.shape().to_vec(), d).expect("same shape"));
     }
     out

@@ -169,14 +169,15 @@ impl GpuContext {
 
     /// A storage buffer holding `data` (at least 4 bytes: empty bindings are invalid).
     pub fn storage(&self, label: &str, data: &[f32]) -> wgpu::Buffer {
-        let bytes: &[u8] = if data.is_empty() { &[0; 4] } else { bytemuck::cast_slice(data) };
-        self.init_buffer(label, bytes, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC)
+        self.init_buffer(label, bytemuck::cast_slice(data), wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC)
     }
 
     /// A buffer holding `bytes` (a multiple of 4 long), uploaded through the queue.
     /// Not `create_buffer_init`: that panics when the device is lost, where this
     /// records an error that the next readback returns.
+    /// Empty data gets 4 zero bytes: a zero-sized binding is invalid.
     fn init_buffer(&self, label: &str, bytes: &[u8], usage: wgpu::BufferUsages) -> wgpu::Buffer {
+        let bytes: &[u8] = if bytes.is_empty() { &[0; 4] } else { bytes };
         let size = (bytes.len() as u64).next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT).max(wgpu::COPY_BUFFER_ALIGNMENT);
         let b = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
@@ -190,8 +191,7 @@ impl GpuContext {
 
     /// A read-only table of u32 records (job descriptors).
     pub fn table(&self, label: &str, data: &[u32]) -> wgpu::Buffer {
-        let bytes: &[u8] = if data.is_empty() { &[0; 4] } else { bytemuck::cast_slice(data) };
-        self.init_buffer(label, bytes, wgpu::BufferUsages::STORAGE)
+        self.init_buffer(label, bytemuck::cast_slice(data), wgpu::BufferUsages::STORAGE)
     }
 
     /// A uniform buffer holding `value` (a kernel's parameter struct).

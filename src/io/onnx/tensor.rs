@@ -39,6 +39,16 @@ impl FloatType {
             FloatType::BF16 => DataType::BFLOAT16,
         }
     }
+    /// The value a tensor of this type stores for `v` (round to nearest): what a
+    /// deploy model written in this type will actually compute with.
+    pub fn round(self, v: f32) -> f32 {
+        match self {
+            FloatType::F32 => v,
+            FloatType::F16 => half::f16::from_f32(v).to_f32(),
+            FloatType::BF16 => half::bf16::from_f32(v).to_f32(),
+        }
+    }
+
     fn size(self) -> usize {
         match self {
             FloatType::F32 => 4,
