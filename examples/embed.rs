@@ -12,7 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = std::env::args()
         .nth(1)
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/z14_dbb_block/train.onnx")));
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/fixtures/z14_dbb_block/train.onnx")));
     let model = repfuse::io::load_model(&path)?;
     // One Fuser per app: it owns the GPU device and the compiled pipelines.
     let fuser = Fuser::new(Backend::Gpu);

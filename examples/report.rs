@@ -22,7 +22,7 @@ fn short(h: &std::collections::BTreeMap<String, usize>) -> String {
 }
 
 fn main() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fixtures");
     let mut dirs: Vec<_> = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().path()).filter(|p| p.join("train.onnx").exists()).collect();
     dirs.sort();
     println!("| fixture | before | after | max abs vs PyTorch output_train | PyTorch's own fusion error |");

@@ -3,7 +3,7 @@
 //! error whose text names the file and/or the node/tensor and the field. Nothing may
 //! panic, and a failed run leaves no output file (or temp file) behind.
 //!
-//! The ONNX cases edit the PyTorch-exported fixtures in `../shared/fixtures` with
+//! The ONNX cases edit the PyTorch-exported fixtures in `tests/data/fixtures` with
 //! onnx-protobuf and write the result into a fresh temp dir.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -21,13 +21,8 @@ use repfuse::{fuse, Backend, FuseOptions, Fuser, Fusion, Weights};
 // helpers
 // ---------------------------------------------------------------------------------
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
-}
-
-fn fixture(case: &str) -> PathBuf {
-    fixtures().join(case).join("train.onnx")
-}
+mod common;
+use common::{fixture, fixtures_dir as fixtures};
 
 fn proto(case: &str) -> ModelProto {
     ModelProto::parse_from_bytes(&std::fs::read(fixture(case)).unwrap()).unwrap()
@@ -1254,18 +1249,38 @@ fn writing_into_a_read_only_directory_names_the_path_and_leaves_nothing() {
     let ro = dir.path().join("ro");
     std::fs::create_dir(&ro).unwrap();
     std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
-    // As root (or with CAP_DAC_OVERRIDE) the mode does not block writes: skip.
-    if std::fs::write(ro.join("probe"), b"x").is_ok() {
+    let root_can_write = std::fs::write(ro.join("probe"), b"x").is_ok();
+    if root_can_write {
+        // Root ignores the mode bits, so the write is made by the binary running as
+        // `nobody` (setpriv drops the privileges): the same code path, a real EACCES.
         std::fs::remove_file(ro.join("probe")).unwrap();
-        std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o755)).unwrap();
-        eprintln!("SKIPPING read-only directory case: this user can write into a 0o555 directory (root?)");
-        return;
-    }
-    for name in ["out.onnx", "out.json"] {
-        let path = ro.join(name);
-        let msg = err(name, no_panic(name, || save_model(&path, Some(&m), &f.graph, &f.weights)));
-        assert_names(name, &msg, &[&path.display().to_string()]);
-        assert!(listing(&ro).is_empty(), "{}: left {:?}", name, listing(&ro));
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let model = dir.path().join("in.onnx");
+        std::fs::copy(fixture("z01_conv_bn"), &model).unwrap();
+        std::fs::set_permissions(&model, std::fs::Permissions::from_mode(0o644)).unwrap();
+        for name in ["out.onnx", "out.json"] {
+            let path = ro.join(name);
+            let o = Command::new("setpriv")
+                .args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_repfuse"), "fuse"])
+                .arg(&model)
+                .arg("-o")
+                .arg(&path)
+                .args(["--backend", "cpu"])
+                .output()
+                .expect("setpriv (util-linux) runs the binary as nobody");
+            assert_no_panic_output(name, &o);
+            assert_eq!(o.status.code(), Some(1), "{}: as nobody into a 0o555 dir: {}", name, String::from_utf8_lossy(&o.stderr));
+            let msg = String::from_utf8_lossy(&o.stderr).to_string();
+            assert_names(name, &msg, &[&path.display().to_string()]);
+            assert!(listing(&ro).is_empty(), "{}: left {:?}", name, listing(&ro));
+        }
+    } else {
+        for name in ["out.onnx", "out.json"] {
+            let path = ro.join(name);
+            let msg = err(name, no_panic(name, || save_model(&path, Some(&m), &f.graph, &f.weights)));
+            assert_names(name, &msg, &[&path.display().to_string()]);
+            assert!(listing(&ro).is_empty(), "{}: left {:?}", name, listing(&ro));
+        }
     }
     std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o755)).unwrap();
 }

@@ -7,12 +7,11 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-fn fixture(case: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures").join(case).join("train.onnx")
-}
+mod common;
+use common::{fixture, fixtures_dir};
 
 fn run_in(dir: Option<&Path>, args: &[&OsStr]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_repfuse"));
@@ -205,10 +204,6 @@ fn inspect_exits_0_and_writes_nothing() {
         }
         assert_eq!(listing(dir.path()), before, "inspect wrote into the model's folder (its cwd)");
     }
-}
-
-fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
 }
 
 #[test]

@@ -1,17 +1,15 @@
-//! Every PyTorch-exported fixture in ../shared/fixtures fuses: the deploy graph's
+//! Every PyTorch-exported fixture in tests/data/fixtures fuses: the deploy graph's
 //! output on the recorded `input` matches PyTorch's `output_train`, its op counts are
 //! at most `ops_deploy` / `key_deploy`, and NEGATIVE cases keep their exact form.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use repfuse::io::onnx::{onnx_bytes, op_counts, read_onnx};
 use repfuse::verify::{compare, Tolerance};
 use repfuse::{fuse, FuseOptions, Tensor};
 
-pub fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
-}
+mod common;
 
 fn load_io(dir: &Path) -> BTreeMap<String, Tensor> {
     let path = dir.join("io.safetensors");
@@ -25,8 +23,7 @@ fn expected(dir: &Path) -> serde_json::Value {
 
 #[test]
 fn every_fixture_fuses_to_its_deploy_form_and_matches_pytorch() {
-    let mut cases: Vec<PathBuf> = std::fs::read_dir(fixtures_dir()).unwrap().map(|e| e.unwrap().path()).filter(|p| p.join("train.onnx").exists()).collect();
-    cases.sort();
+    let cases = common::fixture_cases();
     assert!(cases.len() >= 20, "fixtures missing: {:?}", cases);
     for dir in cases {
         let case = dir.file_name().unwrap().to_string_lossy().to_string();

@@ -11,7 +11,7 @@ use repfuse::{fuse, FuseOptions};
 /// same few-term sums; the GPU sums in f32 and the CPU in f64, so the single-conv
 /// tolerance applies.
 fn assert_plan_matches(name: &str, g: &repfuse::Graph, w: &repfuse::Weights) {
-    let Some(ctx) = common::gpu() else { return };
+    let ctx = common::gpu();
     let f = fuse(g, &FuseOptions::default()).unwrap();
     let cpu = repfuse::cpu::execute_plan(&f.plan, w).unwrap();
     let gpu = repfuse::gpu::execute_plan_gpu(ctx, &f.plan, w).unwrap();
@@ -24,7 +24,7 @@ fn assert_plan_matches(name: &str, g: &repfuse::Graph, w: &repfuse::Weights) {
 }
 
 #[test]
-fn plan_primitives_match_cpu_on_every_zoo_block() {
+fn gpu_plan_primitives_match_cpu_on_every_zoo_block() {
     // Each block exercises primitives: repvgg (fold_bn, bn_to_conv, place with group
     // expansion), dbb (avgpool fill, compose 1x1->KxK), mobileone (depthwise groups),
     // acnet (asymmetric place), identity (dirac), grouped repvgg (grouped place).
@@ -55,8 +55,8 @@ fn plan_primitives_match_cpu_on_every_zoo_block() {
 }
 
 #[test]
-fn forward_original_and_fused_on_gpu_match_cpu_reference() {
-    let Some(ctx) = common::gpu() else { return };
+fn gpu_forward_original_and_fused_on_gpu_match_cpu_reference() {
+    let ctx = common::gpu();
     for model in ["dbb", "acnet", "repnext"] {
         let (g, w, _) = repfuse::zoo::build(model, 1, 32, 5).unwrap();
         let f = fuse(&g, &FuseOptions::default()).unwrap();
@@ -85,10 +85,8 @@ fn repvgg_chain(blocks_n: usize) -> (repfuse::Graph, repfuse::Weights) {
 }
 
 #[test]
-fn plan_submissions_do_not_grow_with_depth() {
-    if common::gpu().is_none() {
-        return;
-    }
+fn gpu_plan_submissions_do_not_grow_with_depth() {
+    common::gpu();
     // Its own context: the shared one's counter also sees other tests' submissions.
     let ctx = &repfuse::gpu::GpuContext::new().unwrap();
     let mut counts = vec![];
@@ -105,10 +103,8 @@ fn plan_submissions_do_not_grow_with_depth() {
 }
 
 #[test]
-fn a_plan_larger_than_one_storage_binding_fuses_on_the_gpu() {
-    if common::gpu().is_none() {
-        return;
-    }
+fn gpu_a_plan_larger_than_one_storage_binding_fuses_on_the_gpu() {
+    common::gpu();
     let ctx = &repfuse::gpu::GpuContext::new().unwrap();
     // 9 RepVGG blocks at 512 channels: ~190 MB of source and fused weights, more than
     // lavapipe's 128 MiB per storage binding, so the plan must be split into windows.
@@ -135,8 +131,8 @@ fn a_plan_larger_than_one_storage_binding_fuses_on_the_gpu() {
 }
 
 #[test]
-fn conv_forward_shaders_match_the_reference_on_awkward_shapes() {
-    let Some(ctx) = common::gpu() else { return };
+fn gpu_conv_forward_shaders_match_the_reference_on_awkward_shapes() {
+    let ctx = common::gpu();
     // (in, out, kernel, stride, groups, dilation, h, w, batch): sizes that do not
     // divide the 64x64 tile or the 256-wide workgroup, grouped, strided, dilated,
     // depthwise (naive path) and wide (tiled path).
@@ -167,8 +163,8 @@ fn conv_forward_shaders_match_the_reference_on_awkward_shapes() {
 }
 
 #[test]
-fn plan_compute_time_comes_from_timestamps_where_supported() {
-    let Some(ctx) = common::gpu() else { return };
+fn gpu_plan_compute_time_comes_from_timestamps_where_supported() {
+    let ctx = common::gpu();
     let (g, w) = repvgg_chain(8);
     let f = fuse(&g, &FuseOptions::default()).unwrap();
     let (out, t) = repfuse::gpu::execute_plan_gpu_timed(ctx, &f.plan, &w).unwrap();
@@ -181,8 +177,8 @@ fn plan_compute_time_comes_from_timestamps_where_supported() {
 }
 
 #[test]
-fn every_forward_op_matches_the_reference_on_the_gpu() {
-    let Some(ctx) = common::gpu() else { return };
+fn gpu_every_forward_op_matches_the_reference_on_the_gpu() {
+    let ctx = common::gpu();
     use repfuse::graph::Activation;
     // Concat, avg-pool with and without count_include_pad (padded, strided), BN,
     // global pool, flatten, linear, add of three, and every activation.

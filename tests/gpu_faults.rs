@@ -15,10 +15,8 @@ fn small_model() -> (repfuse::Graph, repfuse::Weights) {
 }
 
 #[test]
-fn a_region_larger_than_one_binding_is_a_limit_error() {
-    if common::gpu().is_none() {
-        return;
-    }
+fn gpu_a_region_larger_than_one_binding_is_a_limit_error() {
+    common::gpu();
     let ctx = GpuContext::new().unwrap();
     // One 3x3 conv 2048->2048 + BN: a single region of ~300 MB, over lavapipe's
     // 128 MiB binding; it cannot be split, so it must be refused, not crash.
@@ -40,10 +38,8 @@ fn a_region_larger_than_one_binding_is_a_limit_error() {
 }
 
 #[test]
-fn an_allocation_the_device_refuses_is_an_error_not_a_panic() {
-    if common::gpu().is_none() {
-        return;
-    }
+fn gpu_an_allocation_the_device_refuses_is_an_error_not_a_panic() {
+    common::gpu();
     let ctx = GpuContext::new().unwrap();
     let too_big = (ctx.limits.max_buffer_size / 4 + 16) as usize;
     assert!(matches!(ctx.empty("huge", too_big), Err(Error::Limit { .. })));
@@ -64,10 +60,8 @@ fn an_allocation_the_device_refuses_is_an_error_not_a_panic() {
 }
 
 #[test]
-fn a_lost_device_gives_an_error_not_a_hang() {
-    if common::gpu().is_none() {
-        return;
-    }
+fn gpu_a_lost_device_gives_an_error_not_a_hang() {
+    common::gpu();
     let ctx = GpuContext::new().unwrap();
     let (g, w) = small_model();
     let f = fuse(&g, &FuseOptions::default()).unwrap();

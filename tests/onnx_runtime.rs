@@ -2,9 +2,10 @@
 //! original and the fused ONNX run in ONNX Runtime on the same random inputs and must
 //! agree; a read -> write round trip without fusion must run identically.
 //!
-//! Needs a Python with onnxruntime: $REPFUSE_PYTHON, else ./.venv/bin/python (the
-//! README's test command creates it). Without one the tests skip loudly, unless
-//! REPFUSE_REQUIRE_ORT=1 (set by .ci/run), which makes that a failure.
+//! Needs a Python with onnxruntime (`common::ort_python`): without one these tests
+//! fail; scripts/test.sh leaves them out by name, loudly, when it cannot make one.
+
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,20 +13,6 @@ use std::process::Command;
 use repfuse::io::onnx::{read_onnx, write_onnx};
 use repfuse::verify::Tolerance;
 use repfuse::{fuse, FuseOptions};
-
-fn python() -> Option<PathBuf> {
-    let candidates = [std::env::var("REPFUSE_PYTHON").ok().map(PathBuf::from), Some(Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"))];
-    for p in candidates.into_iter().flatten() {
-        if Command::new(&p).args(["-c", "import onnxruntime, onnx, numpy"]).output().is_ok_and(|o| o.status.success()) {
-            return Some(p);
-        }
-    }
-    if std::env::var("REPFUSE_REQUIRE_ORT").as_deref() == Ok("1") {
-        panic!("REPFUSE_REQUIRE_ORT=1 but no Python with onnxruntime (set REPFUSE_PYTHON or create .venv)");
-    }
-    eprintln!("\n!!!!!!!! SKIPPING ONNX RUNTIME TEST: no Python with onnxruntime. Run the README's test command to create .venv. !!!!!!!!\n");
-    None
-}
 
 /// Checks `b` with onnx's checker, runs both models in ORT; panics with the numbers
 /// when they disagree.
@@ -44,15 +31,12 @@ fn ort_agree(py: &Path, what: &str, a: &Path, b: &Path, atol: f64) {
 }
 
 fn fixtures() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures");
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.join("train.onnx").exists()).collect();
-    v.sort();
-    v
+    common::fixture_cases()
 }
 
 #[test]
-fn fused_fixtures_run_in_onnx_runtime_like_the_originals() {
-    let Some(py) = python() else { return };
+fn onnxruntime_fused_fixtures_run_in_onnx_runtime_like_the_originals() {
+    let py = common::ort_python();
     let tmp = tempfile::tempdir().unwrap();
     for dir in fixtures() {
         let case = dir.file_name().unwrap().to_string_lossy().to_string();
@@ -66,8 +50,8 @@ fn fused_fixtures_run_in_onnx_runtime_like_the_originals() {
 }
 
 #[test]
-fn round_trip_without_fusion_runs_identically() {
-    let Some(py) = python() else { return };
+fn onnxruntime_round_trip_without_fusion_runs_identically() {
+    let py = common::ort_python();
     let tmp = tempfile::tempdir().unwrap();
     for dir in fixtures() {
         let case = dir.file_name().unwrap().to_string_lossy().to_string();
@@ -81,8 +65,8 @@ fn round_trip_without_fusion_runs_identically() {
 }
 
 #[test]
-fn zoo_models_written_by_repfuse_run_in_onnx_runtime() {
-    let Some(py) = python() else { return };
+fn onnxruntime_zoo_models_written_by_repfuse_run_in_onnx_runtime() {
+    let py = common::ort_python();
     let tmp = tempfile::tempdir().unwrap();
     for m in repfuse::zoo::MODELS.iter().filter(|m| !m.name.contains("b2") && !m.name.contains("b3") && !m.name.contains("s4")) {
         let (g, w, _) = repfuse::zoo::build(m.name, 1, 32, 2).unwrap();
@@ -96,10 +80,10 @@ fn zoo_models_written_by_repfuse_run_in_onnx_runtime() {
 }
 
 #[test]
-fn external_data_written_by_repfuse_runs_in_onnx_runtime() {
-    let Some(py) = python() else { return };
+fn onnxruntime_external_data_written_by_repfuse_runs_in_onnx_runtime() {
+    let py = common::ort_python();
     let tmp = tempfile::tempdir().unwrap();
-    for case in ["repvgg_a0", "z14_dbb_block"] {
+    for case in ["z13_repvgg_bn_branch", "z14_dbb_block"] {
         let src = fixtures().into_iter().find(|d| d.ends_with(case)).unwrap().join("train.onnx");
         let m = read_onnx(&src).unwrap();
         let f = fuse(&m.graph, &FuseOptions::default()).unwrap();

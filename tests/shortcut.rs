@@ -34,12 +34,20 @@ fn shortcut_is_kept_by_default_and_absorbed_when_asked() {
         let fw = wide.weights_cpu(&w).unwrap();
         let e = check_equivalence(&g, &w, &wide.graph, &fw, 4).unwrap();
         assert!(e.passed(), "{:?}: {:?}", act, e);
-        if let Some(ctx) = common::gpu() {
-            let cpu = repfuse::cpu::execute_plan(&wide.plan, &w).unwrap();
-            let gpu = repfuse::gpu::execute_plan_gpu(ctx, &wide.plan, &w).unwrap();
-            for (k, t) in &cpu {
-                assert!(compare(&gpu[k], t, Tolerance::SINGLE_CONV).unwrap().passed(), "{:?}: {} differs on the GPU", act, k);
-            }
+    }
+}
+
+#[test]
+fn gpu_widened_plan_matches_the_cpu_reference() {
+    let ctx = common::gpu();
+    for (act, k) in [(Activation::Relu, 3), (Activation::Gelu, 7), (Activation::Silu, 5), (Activation::LeakyRelu(0.1), 3)] {
+        let (g, w) = block(6, k, 12, act, [7, 5]);
+        let wide = fuse(&g, &FuseOptions { widen_shortcuts: true, ..Default::default() }).unwrap();
+        let cpu = repfuse::cpu::execute_plan(&wide.plan, &w).unwrap();
+        let gpu = repfuse::gpu::execute_plan_gpu(ctx, &wide.plan, &w).unwrap();
+        assert!(!cpu.is_empty());
+        for (k, t) in &cpu {
+            assert!(compare(&gpu[k], t, Tolerance::SINGLE_CONV).unwrap().passed(), "{:?}: {} differs on the GPU", act, k);
         }
     }
 }

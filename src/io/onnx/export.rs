@@ -189,6 +189,7 @@ fn build_proto(src: Option<&OnnxModel>, graph: &Graph, weights: &Weights) -> Res
         let was_init: BTreeSet<&String> = m.graph.params.keys().collect();
         g.input.retain(|i| !was_init.contains(&i.name) || written.contains(&i.name));
     }
+    super::check::check_written_model(&proto)?;
     Ok(proto)
 }
 

@@ -81,20 +81,26 @@ pub fn read_onnx_bytes(path: &Path, bytes: &[u8]) -> Result<OnnxModel> {
                 continue;
             }
         }
+        // Read through Identity aliases before looking at the node: PyTorch stores equal
+        // initializers once and makes the others with Identity, so a Conv's bias or a
+        // Gather's table may be an alias. Every reader (known or carried) then names
+        // the real tensor, and no alias is left dangling when the Identity is dropped.
+        let resolved;
+        let n = if n.input.iter().any(|i| st.alias.contains_key(i)) {
+            let mut r = n.clone();
+            for i in &mut r.input {
+                *i = st.resolve(i);
+            }
+            resolved = r;
+            &resolved
+        } else {
+            n
+        };
         // MatMul(x, W) + Add(b) is a Linear with bias when nothing else reads the product.
         let fused_add = (n.op_type == "MatMul").then(|| matmul_bias(g.node.as_slice(), k, &consumers, &st)).flatten();
         let used_add = st.import_node(n, k, fused_add.as_ref().map(|(j, b)| (&g.node[*j], b.clone()))).map_err(&in_file)?;
         if let (true, Some((j, _))) = (used_add, fused_add) {
             skip.insert(j);
-        }
-    }
-    // Resolve Identity aliases in node inputs.
-    let alias = std::mem::take(&mut st.alias);
-    for node in &mut st.graph.nodes {
-        for i in &mut node.inputs {
-            while let Some(a) = alias.get(i) {
-                *i = a.clone();
-            }
         }
     }
     let float_type = st.dtypes.values().next().copied().unwrap_or(FloatType::F32);
@@ -148,7 +154,7 @@ fn matmul_bias(nodes: &[NodeProto], k: usize, consumers: &HashMap<&str, usize>, 
     if add.op_type != "Add" || add.input.len() != 2 || add.output.len() != 1 || add.output[0].is_empty() {
         return None;
     }
-    let other = if add.input[0] == *out { &add.input[1] } else { &add.input[0] };
+    let other = &st.resolve(if add.input[0] == *out { &add.input[1] } else { &add.input[0] });
     (st.weights.contains(other) && st.graph.params.get(other).map(Vec::len) == Some(1)).then(|| (j, other.clone()))
 }
 
@@ -182,6 +188,15 @@ impl State {
             self.passthrough.insert(t.name.clone(), t.clone());
         }
         Ok(())
+    }
+
+    /// `name` read through Identity aliases.
+    fn resolve(&self, name: &str) -> String {
+        let mut n = name;
+        while let Some(a) = self.alias.get(n) {
+            n = a;
+        }
+        n.to_string()
     }
 
     fn is_float_param(&self, name: &str) -> bool {

@@ -3,6 +3,7 @@
 //! ops repfuse models to the IR and carries every other node through byte for byte.
 
 mod attrs;
+mod check;
 mod export;
 mod import;
 pub mod tensor;
@@ -10,6 +11,7 @@ pub mod tensor;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+pub use check::check_written_model;
 pub use export::{onnx_bytes, op_counts, write_onnx, write_onnx_with, EXTERNAL_DATA_THRESHOLD};
 pub use import::{read_onnx, read_onnx_bytes};
 pub use tensor::FloatType;
