@@ -33,7 +33,7 @@ fn main() {
         let w = f.weights_cpu(&m.weights).unwrap();
         let t = io(&d);
         let out = repfuse::cpu::forward(&f.graph, &w, &[("input".to_string(), t["input"].clone())].into_iter().collect()).unwrap();
-        let s = compare(&out[&f.graph.outputs[0]], &t["output_train"], Tolerance::SINGLE_CONV).unwrap();
+        let s = compare(&out[&f.graph.outputs[0]], &t["output_train"], Tolerance::for_graph(&m.graph)).unwrap();
         let exp: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("expected.json")).unwrap()).unwrap();
         println!(
             "| {} | {} | {} | {:.2e} | {:.2e} |",

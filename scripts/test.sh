@@ -31,8 +31,9 @@ fi
 not_run=()
 args=()
 cargo build --release --bin repfuse
-if ./target/release/repfuse adapters --json 2>/dev/null | grep -q '"name"'; then
-  echo ">> GPU adapter: $(./target/release/repfuse adapters 2>/dev/null | sed -n 2p)"
+adapters="$(./target/release/repfuse adapters --json 2>/dev/null || true)"
+if grep -q '"name"' <<<"$adapters"; then
+  echo ">> GPU adapter: $(grep -m1 '"name"' <<<"$adapters")"
 elif [ "${REPFUSE_REQUIRE_GPU:-}" = 1 ]; then
   echo "!! REPFUSE_REQUIRE_GPU=1 but wgpu finds no adapter (install mesa-vulkan-drivers)" >&2; exit 1
 else

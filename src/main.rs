@@ -67,6 +67,10 @@ enum Command {
         /// inputs/outputs).
         #[arg(long)]
         f32: bool,
+        /// Testing the verifier: scale the first fused weight by 1 + 1e-3 before
+        /// verifying and writing, so `--verify` must fail (exit 2, nothing written).
+        #[arg(long, hide = true)]
+        inject_fault: bool,
     },
     /// Run two models on the same seeded random inputs and compare their outputs.
     Verify {
@@ -128,8 +132,8 @@ fn main() {
     tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).with_target(false).init();
     let result = match cli.command {
         Command::Demo { model, size, backend, json } => commands::demo(&model, size, backend, json),
-        Command::Fuse { input, output, backend, verify, json, compose_cost_limit, widen_shortcuts, keep_dtype: _, f32 } => {
-            commands::fuse(&commands::FuseArgs { input, output, backend, verify, json, compose_cost_limit, widen_shortcuts, f32 })
+        Command::Fuse { input, output, backend, verify, json, compose_cost_limit, widen_shortcuts, keep_dtype: _, f32, inject_fault } => {
+            commands::fuse(&commands::FuseArgs { input, output, backend, verify, json, compose_cost_limit, widen_shortcuts, f32, inject_fault })
         }
         Command::Verify { original, fused, seed, json } => commands::verify(&original, &fused, seed, json),
         Command::Inspect { input, json } => commands::inspect(&input, json),

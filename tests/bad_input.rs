@@ -1443,27 +1443,18 @@ fn binary_on_a_truncated_file_that_protobuf_accepts_exits_1() {
     assert!(!out.exists(), "an output was written from a truncated file");
 }
 
-/// z02 with conv bias 1e7 and BN mean 1e7: the training form rounds its 1e7-sized
-/// intermediate to f32 (spacing 1.0), the folded conv (bias 0) does not, so the two
-/// differ by up to 0.5: verification over tolerance.
-fn over_tolerance_model(dir: &Path) -> PathBuf {
-    let mut m = proto("z02_conv_bias_bn");
-    for i in 0..16 {
-        set_f32(init(&mut m, "0.branches.0.conv.bias"), i, 1e7);
-        set_f32(init(&mut m, "0.branches.0.bn.running_mean"), i, 1e7);
-        set_f32(init(&mut m, "0.branches.0.bn.running_var"), i, 1.0);
-        set_f32(init(&mut m, "0.branches.0.bn.weight"), i, 1.0);
-        set_f32(init(&mut m, "0.branches.0.bn.bias"), i, 0.0);
-    }
-    write_proto(dir, "cancel.onnx", &m)
+/// z02 fused with `--inject-fault` (its fused conv weight scaled by 1 + 1e-3, far
+/// above rounding): verification must fail.
+fn over_tolerance_model() -> PathBuf {
+    fixture("z02_conv_bias_bn")
 }
 
 #[test]
 fn binary_failed_verification_exits_2_writes_nothing_and_keeps_existing_output() {
     let dir = tmp();
-    let input = over_tolerance_model(dir.path());
+    let input = over_tolerance_model();
     let out = dir.path().join("fresh.onnx");
-    let o = repfuse_bin(&[os("fuse"), input.as_os_str(), os("-o"), out.as_os_str(), os("--backend"), os("cpu"), os("--verify")]);
+    let o = repfuse_bin(&[os("fuse"), input.as_os_str(), os("-o"), out.as_os_str(), os("--backend"), os("cpu"), os("--verify"), os("--inject-fault")]);
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert_eq!(o.status.code(), Some(2), "stdout:\n{}\nstderr:\n{}", stdout, String::from_utf8_lossy(&o.stderr));
     assert_no_panic_output("over tolerance", &o);
@@ -1471,7 +1462,17 @@ fn binary_failed_verification_exits_2_writes_nothing_and_keeps_existing_output()
 
     let existing = dir.path().join("existing.onnx");
     std::fs::write(&existing, b"OLD").unwrap();
-    let o = repfuse_bin(&[os("fuse"), input.as_os_str(), os("-o"), existing.as_os_str(), os("--backend"), os("cpu"), os("--verify"), os("--json")]);
+    let o = repfuse_bin(&[
+        os("fuse"),
+        input.as_os_str(),
+        os("-o"),
+        existing.as_os_str(),
+        os("--backend"),
+        os("cpu"),
+        os("--verify"),
+        os("--json"),
+        os("--inject-fault"),
+    ]);
     assert_eq!(o.status.code(), Some(2));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("--json output is JSON");
     assert_eq!(v["written"], serde_json::json!(false));

@@ -42,16 +42,19 @@ def main():
             "shape_equal": list(x.shape) == list(y.shape),
             "max_abs": float(diff.max()) if diff.size else 0.0,
             "ref_abs_max": float(np.abs(x64).max()) if x.size else 0.0,
-            # Same policy as src/verify.rs: the absolute floor scales with max |reference|.
-            "allclose": bool(np.all(diff <= TOL[x.dtype.name][0] * max(1.0, float(np.abs(x64).max(initial=0.0))) + TOL[x.dtype.name][1] * np.abs(x64))),
+            # Same policy as Tolerance::for_graph in src/verify.rs: sigmas * unit
+            # roundoff * max|reference|, the unit of the output's float type.
+            "allclose": bool(np.all(diff <= BOUND * UNIT_RATIO[x.dtype.name] * float(np.abs(x64).max(initial=0.0)) + 1e-30)),
         })
     print(json.dumps(res))
 
 
-# (atol, rtol) per output dtype; the Rust side passes a depth-scaled atol in argv[4].
-TOL = {"float32": (1e-5, 5e-4), "float16": (2e-2, 1e-2), "float64": (1e-9, 1e-7)}
+# The allowed error relative to max|reference| for float32 outputs (argv[4], from
+# Tolerance::for_graph); other output types scale it by their unit roundoff.
+BOUND = 1e-6
+UNIT_RATIO = {"float32": 1.0, "float16": 2.0**13, "float64": 2.0**-29}
 
 if __name__ == "__main__":
     if len(sys.argv) > 4:
-        TOL["float32"] = (float(sys.argv[4]), 5e-4)
+        BOUND = float(sys.argv[4])
     main()

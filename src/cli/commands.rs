@@ -18,12 +18,13 @@ pub const EXIT_OVER_TOLERANCE: i32 = 2;
 fn print_equivalence(e: &Equivalence) {
     for (name, s) in &e.outputs {
         crate::say!(
-            "  output {:<20} max_abs {:.3e}  max_rel {:.3e}  tolerance atol {:.1e} (x max|ref|) rtol {:.1e}  {}",
+            "  output {:<20} max_abs {:.3e}  max_rel {:.3e}  worst element at {:.3} of its bound ({} x u={:.1e} x error scale)  {}",
             name,
             s.max_abs,
             s.max_rel,
-            s.tolerance.atol,
-            s.tolerance.rtol,
+            s.worst_ratio,
+            s.tolerance.sigmas,
+            s.tolerance.unit,
             if s.passed() { "PASS" } else { "FAIL" }
         );
     }
@@ -74,6 +75,25 @@ pub struct FuseArgs {
     pub widen_shortcuts: bool,
     /// Write a half-precision ONNX model as float32.
     pub f32: bool,
+    /// Perturb the first fused weight (tests that verification catches it).
+    pub inject_fault: bool,
+}
+
+/// The fused weights with the first weight of the first fused node scaled by 1 + 1e-3:
+/// a defect far above f32 rounding, for testing the verifier end to end.
+fn inject_fault(fused: &repfuse::Fused) -> repfuse::Weights {
+    let mut w = fused.weights.clone();
+    let first = fused.origins.keys().next().and_then(|n| fused.graph.node(n)).and_then(|n| match &n.op {
+        repfuse::graph::Op::Conv2d(c) => Some(c.weight.clone()),
+        repfuse::graph::Op::Linear(l) => Some(l.weight.clone()),
+        _ => None,
+    });
+    if let Some(name) = first {
+        let t = w.get(&name).expect("deploy weights hold every deploy parameter").clone();
+        let data = t.data().iter().map(|v| v * (1.0 + 1e-3)).collect();
+        w.insert(name.clone(), repfuse::Tensor::new(&name, t.shape().to_vec(), data).expect("same shape"));
+    }
+    w
 }
 
 pub fn fuse(a: &FuseArgs) -> Result<i32> {
@@ -87,7 +107,10 @@ pub fn fuse(a: &FuseArgs) -> Result<i32> {
     pb.set_message("fusing");
     let fuser = Fuser::new(a.backend);
     let t = Instant::now();
-    let fused = fuser.fuse(&model.graph, &model.weights, &FuseOptions { compose_cost_limit: a.compose_cost_limit, widen_shortcuts: a.widen_shortcuts })?;
+    let mut fused = fuser.fuse(&model.graph, &model.weights, &FuseOptions { compose_cost_limit: a.compose_cost_limit, widen_shortcuts: a.widen_shortcuts })?;
+    if a.inject_fault {
+        fused.weights = inject_fault(&fused);
+    }
     let fuse_ms = t.elapsed().as_secs_f64() * 1e3;
     // Verify the model as it will be written: weights rounded to the file's float type.
     let half = model.onnx.as_ref().is_some_and(|m| m.float_type != FloatType::F32) && is_onnx(&a.output);
@@ -96,8 +119,11 @@ pub fn fuse(a: &FuseArgs) -> Result<i32> {
         _ => fused.weights.clone(),
     };
     pb.set_message("verifying");
-    let (eq, skipped) = if a.verify { verify_pair(&model.graph, &model.weights, &fused.graph, &written_w, half)? } else { (None, None) };
-    let tol: fn(&repfuse::Graph) -> Tolerance = if half { Tolerance::half } else { Tolerance::for_graph };
+    let tol = match model.onnx.as_ref() {
+        Some(m) if half => Tolerance::for_float(m.float_type),
+        _ => Tolerance::F32,
+    };
+    let (eq, skipped) = if a.verify { verify_pair(&model.graph, &model.weights, &fused.graph, &written_w, tol)? } else { (None, None) };
     let regions =
         if a.verify { repfuse::verify::check_regions_with(&model.graph, &model.weights, &fused.graph, &fused.origins, &written_w, 7, tol)? } else { vec![] };
     let region_fail = regions.iter().any(|r| r.error.as_ref().is_some_and(|e| !e.passed()));
@@ -150,13 +176,12 @@ fn verify_pair(
     w: &repfuse::Weights,
     fg: &repfuse::Graph,
     fw: &repfuse::Weights,
-    half: bool,
+    tol: Tolerance,
 ) -> Result<(Option<Equivalence>, Option<String>)> {
     let ops = unrunnable_ops(g);
     if !ops.is_empty() {
         return Ok((None, Some(format!("the graph has ops the reference cannot run: {}", ops.join(", ")))));
     }
-    let tol = if half { Tolerance::half(g) } else { Tolerance::for_graph(g) };
     Ok((Some(check_equivalence_with(g, w, fg, fw, 7, tol)?), None))
 }
 
@@ -182,8 +207,12 @@ pub fn verify(original: &Path, fused: &Path, seed: u64, json_out: bool) -> Resul
         anyhow::ensure!(ops.is_empty(), "{}: the reference cannot run ops {}", p.display(), ops.join(", "));
     }
     anyhow::ensure!(a.graph.inputs == b.graph.inputs, "the models take different inputs: {:?} vs {:?}", a.graph.inputs, b.graph.inputs);
-    let half = [&a, &b].iter().any(|m| m.onnx.as_ref().is_some_and(|o| o.float_type != FloatType::F32));
-    let tol = if half { Tolerance::half(&a.graph) } else { Tolerance::for_graph(&a.graph) };
+    // The coarser of the two files' float types bounds the rounding of the weights.
+    let tol =
+        [&a, &b]
+            .iter()
+            .filter_map(|m| m.onnx.as_ref().map(|o| Tolerance::for_float(o.float_type)))
+            .fold(Tolerance::F32, |t, u| if u.unit > t.unit { u } else { t });
     let eq = check_equivalence_with(&a.graph, &a.weights, &b.graph, &b.weights, seed, tol)?;
     if json_out {
         println!("{}", serde_json::to_string_pretty(&json!({"original": original, "fused": fused, "seed": seed, "verification": eq, "passed": eq.passed()}))?);

@@ -14,13 +14,33 @@ use crate::weights::Weights;
 
 /// Runs `g` on `inputs` (by graph input name); returns every graph output by name.
 pub fn forward(g: &Graph, weights: &Weights, inputs: &HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>> {
-    let mut live: HashMap<String, Tensor> = HashMap::new();
+    Ok(run_graph(g, weights, inputs, false)?.into_iter().map(|(k, (v, _))| (k, v)).collect())
+}
+
+/// `forward`, and with every output its rounding-error scale `S` (see
+/// `error_scale.rs`): the tolerance policy bounds each element's error by `k * u * S`.
+pub fn forward_with_error_scale(g: &Graph, weights: &Weights, inputs: &HashMap<String, Tensor>) -> Result<HashMap<String, (Tensor, Tensor)>> {
+    run_graph(g, weights, inputs, true)?
+        .into_iter()
+        .map(|(k, (v, s2))| {
+            let s = s2.expect("tracked");
+            let s = Tensor::from_parts(s.shape().to_vec(), s.data().iter().map(|x| x.sqrt()).collect());
+            Ok((k, (v, s)))
+        })
+        .collect()
+}
+
+type Live = (Tensor, Option<Tensor>);
+
+fn run_graph(g: &Graph, weights: &Weights, inputs: &HashMap<String, Tensor>, track: bool) -> Result<HashMap<String, Live>> {
+    let mut live: HashMap<String, Live> = HashMap::new();
     for v in &g.inputs {
         let t = inputs.get(&v.name).ok_or_else(|| Error::tensor(&v.name, "graph input not supplied"))?;
         if t.shape() != v.shape.as_slice() {
             return Err(Error::tensor(&v.name, format!("input has shape {:?}, graph declares {:?}", t.shape(), v.shape)));
         }
-        live.insert(v.name.clone(), t.clone());
+        // Inputs are exact: both graphs see the same values.
+        live.insert(v.name.clone(), (t.clone(), track.then(|| Tensor::zeros(t.shape().to_vec()))));
     }
     // Refuse before allocating when a tensor would be absurdly large (a hostile file
     // can declare a 65536x65536 input).
@@ -37,18 +57,25 @@ pub fn forward(g: &Graph, weights: &Weights, inputs: &HashMap<String, Tensor>) -
         }
     }
     for (i, n) in g.nodes.iter().enumerate() {
-        let ins: Vec<&Tensor> = n
+        let ins: Vec<&Live> = n
             .inputs
             .iter()
             .map(|t| live.get(t).ok_or_else(|| Error::Graph(format!("node `{}` reads `{}` before it exists", n.name, t))))
             .collect::<Result<_>>()?;
-        let out = run_node(n, &ins, weights)?;
+        let xs: Vec<&Tensor> = ins.iter().map(|l| &l.0).collect();
+        let out = run_node(n, &xs, weights)?;
+        let scale = if track {
+            let s2: Vec<&Tensor> = ins.iter().map(|l| l.1.as_ref().expect("tracked")).collect();
+            Some(super::error_scale::error_scale_sq(n, &xs, &s2, &out, weights, run_node)?)
+        } else {
+            None
+        };
         for t in &n.inputs {
             if last_use.get(t.as_str()) == Some(&i) && !g.outputs.contains(t) {
                 live.remove(t);
             }
         }
-        live.insert(n.outputs[0].clone(), out);
+        live.insert(n.outputs[0].clone(), (out, scale));
     }
     g.outputs.iter().map(|o| live.get(o).cloned().map(|t| (o.clone(), t)).ok_or_else(|| Error::Graph(format!("output `{}` was not computed", o)))).collect()
 }

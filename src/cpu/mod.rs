@@ -2,10 +2,11 @@
 //! of any graph of known ops (f32 tensors, f64 accumulation).
 
 mod conv;
+mod error_scale;
 mod forward;
 pub mod plan_exec;
 pub mod primitives;
 
 pub use conv::conv2d;
-pub use forward::forward;
+pub use forward::{forward, forward_with_error_scale};
 pub use plan_exec::execute_plan;

@@ -1,0 +1,146 @@
+//! Mutation checks: the verification must FAIL on each classic fusion defect, and pass
+//! the correct fusion of the same model with room to spare. Each defect is applied to
+//! a copy (of the graph, the weights, or the fused result); nothing real is changed.
+//!
+//! - the BN eps dropped from every fold (a variance of `var` instead of `var + eps`);
+//! - one branch's bias lost (one BN's shift `beta - mean * scale` made 0);
+//! - a fused kernel placed one tap off (its columns rolled by one);
+//! - a fused conv's pads swapped (`[1, 1, 1, 1]` -> `[0, 0, 2, 2]`, same output size).
+//!
+//! Measured (worst element's error over its bound): correct fusions 0.008-0.12; dropped
+//! eps 2.3-10; lost bias 1.7e4-6.8e5; one tap off 14-2e4; swapped pads 11-2e4.
+
+use repfuse::graph::Op;
+use repfuse::verify::{check_equivalence, Equivalence};
+use repfuse::{fuse, FuseOptions, Graph, Tensor, Weights};
+
+/// Models with the blocks each defect touches: RepVGG (BN, 1x1 and identity
+/// branches), DBB (sequences and avg-pool), ACNet (asymmetric), MobileOne (depthwise).
+const MODELS: [(&str, usize); 4] = [("repvgg_a0", 32), ("dbb", 16), ("acnet", 16), ("mobileone_s0", 32)];
+
+fn verdict(e: &repfuse::Result<Equivalence>) -> String {
+    match e {
+        Ok(e) => {
+            format!("passed={} worst ratio {:.3e} max_abs {:.3e}", e.passed(), e.outputs.iter().map(|(_, s)| s.worst_ratio).fold(0.0, f64::max), e.max_abs())
+        }
+        Err(err) => format!("error: {}", err),
+    }
+}
+
+fn worst_ratio(e: &Equivalence) -> f64 {
+    e.outputs.iter().map(|(_, s)| s.worst_ratio).fold(0.0, f64::max)
+}
+
+/// Fails the test unless verifying `fg`/`fw` against the original fails (an error,
+/// e.g. a shape change, counts as a failed verification too), and by a wide margin:
+/// at least 10x further from the original than the correct fusion of the same model.
+fn assert_caught(what: &str, g: &Graph, w: &Weights, fg: &Graph, fw: &Weights) {
+    let e = check_equivalence(g, w, fg, fw, 11);
+    assert!(e.as_ref().map_or(true, |e| !e.passed()), "{}: the defect was NOT caught: {}", what, verdict(&e));
+    if let Ok(e) = &e {
+        let f = fuse(g, &FuseOptions::default()).unwrap();
+        let good = check_equivalence(g, w, &f.graph, &f.weights_cpu(w).unwrap(), 11).unwrap();
+        assert!(
+            worst_ratio(e) > 10.0 * worst_ratio(&good),
+            "{}: caught only narrowly: {} (correct fusion: {})",
+            what,
+            verdict(&Ok(e.clone())),
+            verdict(&Ok(good))
+        );
+    }
+    eprintln!("{:<40} caught: {}", what, verdict(&e));
+}
+
+fn bn_names(g: &Graph) -> Vec<String> {
+    g.nodes.iter().filter(|n| matches!(n.op, Op::BatchNorm(_))).map(|n| n.name.clone()).collect()
+}
+
+#[test]
+fn correct_fusions_pass_with_room_to_spare() {
+    for (name, size) in MODELS {
+        let (g, w, _) = repfuse::zoo::build(name, 1, size, 5).unwrap();
+        let f = fuse(&g, &FuseOptions::default()).unwrap();
+        let fw = f.weights_cpu(&w).unwrap();
+        let e = check_equivalence(&g, &w, &f.graph, &fw, 11).unwrap();
+        assert!(e.passed(), "{}: {}", name, verdict(&Ok(e.clone())));
+        eprintln!("{:<40} correct: {}", name, verdict(&Ok(e.clone())));
+        assert!(worst_ratio(&e) < 0.5, "{}: a correct fusion uses over half the bound: {}", name, verdict(&Ok(e)));
+    }
+}
+
+#[test]
+fn dropping_the_bn_eps_is_caught() {
+    for (name, size) in MODELS {
+        let (g, w, _) = repfuse::zoo::build(name, 1, size, 5).unwrap();
+        let mut bad = g.clone();
+        for n in &mut bad.nodes {
+            if let Op::BatchNorm(b) = &mut n.op {
+                b.eps = 0.0;
+            }
+        }
+        let f = fuse(&bad, &FuseOptions::default()).unwrap();
+        let fw = f.weights_cpu(&w).unwrap();
+        assert_caught(&format!("{}: BN eps dropped", name), &g, &w, &f.graph, &fw);
+    }
+}
+
+#[test]
+fn losing_one_branch_bias_is_caught() {
+    for (name, size) in MODELS {
+        let (g, w, _) = repfuse::zoo::build(name, 1, size, 5).unwrap();
+        // The last BN of the network, wherever it sits: its shift becomes 0 (beta = 0
+        // and mean = 0), as if the fold forgot that branch's bias.
+        let bn = bn_names(&g).pop().unwrap();
+        let Op::BatchNorm(b) = &g.node(&bn).unwrap().op else { unreachable!() };
+        let mut bad_w = Weights::new();
+        for (k, t) in w.iter() {
+            let zero = *k == b.beta || *k == b.mean;
+            bad_w.insert(k.clone(), if zero { Tensor::zeros(t.shape().to_vec()) } else { t.clone() });
+        }
+        let f = fuse(&g, &FuseOptions::default()).unwrap();
+        let fw = f.weights_cpu(&bad_w).unwrap();
+        assert_caught(&format!("{}: bias of `{}` lost", name, bn), &g, &w, &f.graph, &fw);
+    }
+}
+
+/// The first fused conv with a kernel at least 3 wide and unit stride.
+fn wide_conv(f: &repfuse::Fusion) -> String {
+    f.graph
+        .nodes
+        .iter()
+        .find(|n| matches!(&n.op, Op::Conv2d(c) if c.kernel[1] >= 3 && c.pads == [1, 1, 1, 1] && f.origins.contains_key(&n.name)))
+        .map(|n| n.name.clone())
+        .expect("a fused 3x3 conv")
+}
+
+#[test]
+fn a_kernel_one_tap_off_is_caught() {
+    for (name, size) in MODELS {
+        let (g, w, _) = repfuse::zoo::build(name, 1, size, 5).unwrap();
+        let f = fuse(&g, &FuseOptions::default()).unwrap();
+        let mut fw = f.weights_cpu(&w).unwrap();
+        let conv = wide_conv(&f);
+        let Op::Conv2d(c) = &f.graph.node(&conv).unwrap().op else { unreachable!() };
+        let t = fw.get(&c.weight).unwrap();
+        let kw = c.kernel[1];
+        // Every row of every kernel moved one tap to the right (wrapping).
+        let rolled: Vec<f32> = t.data().chunks(kw).flat_map(|row| (0..kw).map(move |i| row[(i + kw - 1) % kw])).collect();
+        fw.insert(c.weight.clone(), Tensor::new(&c.weight, t.shape().to_vec(), rolled).unwrap());
+        assert_caught(&format!("{}: `{}` one tap off", name, conv), &g, &w, &f.graph, &fw);
+    }
+}
+
+#[test]
+fn swapped_pads_are_caught() {
+    for (name, size) in MODELS {
+        let (g, w, _) = repfuse::zoo::build(name, 1, size, 5).unwrap();
+        let mut f = fuse(&g, &FuseOptions::default()).unwrap();
+        let fw = f.weights_cpu(&w).unwrap();
+        let conv = wide_conv(&f);
+        let n = f.graph.nodes.iter_mut().find(|n| n.name == conv).unwrap();
+        if let Op::Conv2d(c) = &mut n.op {
+            c.pads = [0, 0, 2, 2];
+        }
+        assert_caught(&format!("{}: `{}` pads swapped", name, conv), &g, &w, &f.graph, &fw);
+    }
+}
