@@ -47,3 +47,68 @@ fn corpus_onnxruntime_runs_every_fused_real_model_like_pytorch() {
         eprintln!("{:<18} valid, ORT max_abs {:.2e} vs PyTorch's own {:.2e} (|y| max {:.3})", case, err, torch, r["ref_abs_max"].as_f64().unwrap());
     }
 }
+
+#[test]
+#[ignore = "needs REPFUSE_MODELS=<folder of the timm fixtures>; scripts/test.sh runs it when set"]
+fn corpus_fuse_verify_and_verify_check_every_real_model_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    for dir in common::corpus_cases() {
+        let case = case_name(&dir);
+        let src = dir.join("train.onnx");
+        let out = tmp.path().join(format!("{}.onnx", case));
+        let o = Command::new(env!("CARGO_BIN_EXE_repfuse"))
+            .arg("fuse")
+            .arg(&src)
+            .arg("-o")
+            .arg(&out)
+            .args(["--backend", "cpu", "--verify", "--json"])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}: fuse --verify: {}", case, String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert!(v["verification_skipped"].is_null(), "{}: end-to-end verification skipped: {}", case, v["verification_skipped"]);
+        assert!(v["verification_engine"].is_string(), "{}: no engine named", case);
+        for r in v["regions"].as_array().unwrap() {
+            assert!(
+                r["error"].is_object() || r["skipped"].as_str().is_some_and(|s| !s.is_empty()),
+                "{}: region neither checked nor skipped with a reason: {}",
+                case,
+                r
+            );
+            assert!(!r["skipped"].as_str().is_some_and(|s| s.contains("shapes unknown")), "{}: region skipped for unknown shapes: {}", case, r);
+        }
+        let o = Command::new(env!("CARGO_BIN_EXE_repfuse")).arg("verify").arg(&src).arg(&out).arg("--json").output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}: verify: {}{}", case, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        eprintln!("{:<18} verify: {} max_abs {:.2e}", case, v["engine"], v["verification"]["outputs"][0][1]["max_abs"].as_f64().unwrap());
+    }
+}
+
+#[test]
+#[ignore = "needs REPFUSE_MODELS=<folder of the timm fixtures>; scripts/test.sh runs it when set"]
+fn corpus_a_dropped_bn_eps_fails_verification_on_every_real_model() {
+    use repfuse::graph::Op;
+    use repfuse::io::onnx::onnx_bytes;
+    use repfuse::verify::{check_equivalence_onnx, depth_all, OnnxSource, Tolerance, UNIT_F32};
+    for dir in common::corpus_cases() {
+        let case = case_name(&dir);
+        let m = read_onnx(&dir.join("train.onnx")).unwrap();
+        let mut bad = m.graph.clone();
+        for n in &mut bad.nodes {
+            if let Op::BatchNorm(b) = &mut n.op {
+                b.eps = 0.0;
+            }
+        }
+        let f = fuse(&bad, &FuseOptions::default()).unwrap();
+        let bytes = onnx_bytes(Some(&m), &f.graph, &f.weights_cpu(&m.weights).unwrap()).unwrap();
+        let original = std::fs::read(dir.join("train.onnx")).unwrap();
+        let tol = Tolerance::for_engine(depth_all(&m.graph), UNIT_F32);
+        let e =
+            check_equivalence_onnx(&OnnxSource { bytes: &original, dir: Some(&dir) }, &OnnxSource { bytes: &bytes, dir: Some(&dir) }, &m.graph.inputs, 7, tol)
+                .unwrap()
+                .equivalence;
+        let ratio = e.outputs.iter().map(|(_, s)| s.worst_ratio).fold(0.0, f64::max);
+        assert!(!e.passed(), "{}: a fusion without BN eps passed verification (worst {:.3} of the bound)", case, ratio);
+        eprintln!("{:<18} dropped eps caught at {:.1}x the bound", case, ratio);
+    }
+}

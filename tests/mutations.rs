@@ -144,3 +144,58 @@ fn swapped_pads_are_caught() {
         assert_caught(&format!("{}: `{}` pads swapped", name, conv), &g, &w, &f.graph, &fw);
     }
 }
+
+/// Models the f64 reference cannot run are verified end to end by the ONNX engine,
+/// against `max|y|` rather than a per-element scale: the same defects must fail there
+/// too. Checked on in-repository PyTorch exports here (the engine path does not depend
+/// on the ops), and on the real timm models in tests/corpus.rs.
+#[test]
+fn the_onnx_engine_check_catches_a_dropped_eps_and_a_kernel_one_tap_off() {
+    use repfuse::io::onnx::{onnx_bytes, read_onnx};
+    use repfuse::verify::{check_equivalence_onnx, depth_all, OnnxSource, Tolerance, UNIT_F32};
+    #[path = "common/mod.rs"]
+    mod common;
+    for case in ["z13_repvgg_bn_branch", "z14_dbb_block", "z08_acnet"] {
+        let path = common::fixture(case);
+        let m = read_onnx(&path).unwrap();
+        let original = std::fs::read(&path).unwrap();
+        let tol = Tolerance::for_engine(depth_all(&m.graph), UNIT_F32);
+        let check = |fg: &Graph, fw: &Weights| {
+            let bytes = onnx_bytes(Some(&m), fg, fw).unwrap();
+            let c =
+                check_equivalence_onnx(&OnnxSource { bytes: &original, dir: None }, &OnnxSource { bytes: &bytes, dir: None }, &m.graph.inputs, 3, tol).unwrap();
+            c.equivalence
+        };
+        let f = fuse(&m.graph, &FuseOptions::default()).unwrap();
+        let fw = f.weights_cpu(&m.weights).unwrap();
+        let good = check(&f.graph, &fw);
+        assert!(good.passed(), "{}: correct fusion fails the engine check: {}", case, verdict(&Ok(good.clone())));
+        let mut bad = m.graph.clone();
+        for n in &mut bad.nodes {
+            if let Op::BatchNorm(b) = &mut n.op {
+                b.eps = 0.0;
+            }
+        }
+        let fb = fuse(&bad, &FuseOptions::default()).unwrap();
+        let no_eps = check(&fb.graph, &fb.weights_cpu(&m.weights).unwrap());
+        let conv = wide_conv(&f);
+        let Op::Conv2d(c) = &f.graph.node(&conv).unwrap().op else { unreachable!() };
+        let t = fw.get(&c.weight).unwrap();
+        let kw = c.kernel[1];
+        let rolled: Vec<f32> = t.data().chunks(kw).flat_map(|row| (0..kw).map(move |i| row[(i + kw - 1) % kw])).collect();
+        let mut tap = fw.clone();
+        tap.insert(c.weight.clone(), Tensor::new(&c.weight, t.shape().to_vec(), rolled).unwrap());
+        let off = check(&f.graph, &tap);
+        for (what, e) in [("BN eps dropped", &no_eps), ("one tap off", &off)] {
+            assert!(
+                !e.passed() && worst_ratio(e) > 10.0 * worst_ratio(&good),
+                "{} {}: not caught by the engine check: {} (correct: {})",
+                case,
+                what,
+                verdict(&Ok(e.clone())),
+                verdict(&Ok(good.clone()))
+            );
+            eprintln!("{:<24} {:<16} engine check caught: {} (correct {:.3})", case, what, verdict(&Ok(e.clone())), worst_ratio(&good));
+        }
+    }
+}

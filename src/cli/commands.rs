@@ -123,9 +123,9 @@ pub fn fuse(a: &FuseArgs) -> Result<i32> {
         Some(m) if half => Tolerance::for_float(m.float_type),
         _ => Tolerance::F32,
     };
-    let (eq, skipped) = if a.verify { verify_pair(&model.graph, &model.weights, &fused.graph, &written_w, tol)? } else { (None, None) };
-    let regions =
-        if a.verify { repfuse::verify::check_regions_with(&model.graph, &model.weights, &fused.graph, &fused.origins, &written_w, 7, tol)? } else { vec![] };
+    let (e2e, skipped) = if a.verify { end_to_end(&model, &a.input, &fused.graph, &written_w, tol)? } else { (None, None) };
+    let eq = e2e.as_ref().map(|e| e.equivalence.clone());
+    let regions = if a.verify { region_checks(&model, &a.input, &fused, &written_w, tol)? } else { vec![] };
     let region_fail = regions.iter().any(|r| r.error.as_ref().is_some_and(|e| !e.passed()));
     let code = if eq.as_ref().is_some_and(|e| !e.passed()) || region_fail { EXIT_OVER_TOLERANCE } else { EXIT_OK };
     pb.set_message(format!("writing {}", a.output.display()));
@@ -138,7 +138,7 @@ pub fn fuse(a: &FuseArgs) -> Result<i32> {
         crate::say!(
             "{}",
             serde_json::to_string_pretty(
-                &json!({"input": a.input, "output": a.output, "written": code == EXIT_OK, "backend": fused.backend, "backend_reason": fused.backend_reason, "read_ms": read_ms, "fuse_ms": fuse_ms, "report": fused.report, "verification": eq, "verification_skipped": skipped})
+                &json!({"input": a.input, "output": a.output, "written": code == EXIT_OK, "backend": fused.backend, "backend_reason": fused.backend_reason, "read_ms": read_ms, "fuse_ms": fuse_ms, "report": fused.report, "verification": eq, "verification_engine": e2e.as_ref().map(|e| &e.engine), "verification_skipped": skipped, "regions": regions})
             )?
         );
         return Ok(code);
@@ -146,24 +146,33 @@ pub fn fuse(a: &FuseArgs) -> Result<i32> {
     crate::say!("{} -> {}  (backend {:?}: {})\n", a.input.display(), a.output.display(), fused.backend, fused.backend_reason);
     table::print_report(&fused.report);
     crate::say!("\n  read {:.1} ms, fused {:.1} ms, {} regions fused", read_ms, fuse_ms, fused.report.fused.len());
-    if let Some(e) = &eq {
-        crate::say!("\nverification (CPU reference, seeded random input):");
-        print_equivalence(e);
+    if let Some(e) = &e2e {
+        crate::say!("\nend-to-end verification ({}, seeded random input):", e.engine);
+        print_equivalence(&e.equivalence);
     }
     if let Some(s) = skipped {
-        crate::say!("\nend-to-end verification skipped: {}", s);
+        crate::say!("\nend-to-end verification NOT done: {}", s);
     }
     if a.verify {
         let checked: Vec<_> = regions.iter().filter_map(|r| r.error.as_ref()).collect();
         let worst = checked.iter().map(|e| e.max_abs).fold(0.0, f64::max);
         crate::say!(
-            "regions checked alone: {} of {} (max abs error {:.3e}, {} over tolerance, {} skipped)",
+            "regions checked alone (CPU reference): {} of {} (max abs error {:.3e}, {} over tolerance, {} skipped)",
             checked.len(),
             regions.len(),
             worst,
             checked.iter().filter(|e| !e.passed()).count(),
             regions.len() - checked.len()
         );
+        let mut reasons: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+        for r in &regions {
+            if let Some(why) = &r.skipped {
+                *reasons.entry(why.split(" (").next().unwrap_or(why)).or_default() += 1;
+            }
+        }
+        for (why, n) in reasons {
+            crate::say!("  skipped {}: {}", n, why);
+        }
     }
     if code != EXIT_OK {
         crate::say!("\nnot written: the fused model is over tolerance");
@@ -171,18 +180,60 @@ pub fn fuse(a: &FuseArgs) -> Result<i32> {
     Ok(code)
 }
 
-fn verify_pair(
-    g: &repfuse::Graph,
-    w: &repfuse::Weights,
+/// An end-to-end check and the engine that ran it.
+struct EndToEnd {
+    equivalence: Equivalence,
+    engine: String,
+}
+
+/// Runs the original model and the fused one on seeded inputs: on the f64 CPU
+/// reference when it can run every op, else (ONNX input) on the ONNX engine with the
+/// fused model as it will be written. `Ok((None, Some(why)))` when neither can.
+fn end_to_end(
+    model: &repfuse::io::LoadedModel,
+    input: &Path,
     fg: &repfuse::Graph,
     fw: &repfuse::Weights,
     tol: Tolerance,
-) -> Result<(Option<Equivalence>, Option<String>)> {
-    let ops = unrunnable_ops(g);
-    if !ops.is_empty() {
-        return Ok((None, Some(format!("the graph has ops the reference cannot run: {}", ops.join(", ")))));
+) -> Result<(Option<EndToEnd>, Option<String>)> {
+    let ops = unrunnable_ops(&model.graph);
+    if ops.is_empty() {
+        let eq = check_equivalence_with(&model.graph, &model.weights, fg, fw, 7, tol)?;
+        return Ok((Some(EndToEnd { equivalence: eq, engine: "CPU reference, f64 sums, per-element error scale".into() }), None));
     }
-    Ok((Some(check_equivalence_with(g, w, fg, fw, 7, tol)?), None))
+    let Some(onnx) = &model.onnx else {
+        return Ok((None, Some(format!("the graph has ops the reference cannot run ({}) and is not ONNX", ops.join(", ")))));
+    };
+    let original = std::fs::read(input).with_context(|| format!("reading {}", input.display()))?;
+    let fused = repfuse::io::onnx::onnx_bytes(Some(onnx), fg, fw)?;
+    let dir = input.parent();
+    let src = |bytes| repfuse::verify::OnnxSource { bytes, dir };
+    let tol = Tolerance::for_engine(repfuse::verify::depth_all(&model.graph), tol.unit);
+    match repfuse::verify::check_equivalence_onnx(&src(&original), &src(&fused), &model.graph.inputs, 7, tol) {
+        Ok(c) => Ok((Some(EndToEnd { equivalence: c.equivalence, engine: c.engine }), None)),
+        Err(e) => Ok((None, Some(format!("the reference cannot run {} and the ONNX engine failed: {}", ops.join(", "), e)))),
+    }
+}
+
+/// Every fused region run alone on the CPU reference. Shapes downstream of ops the
+/// reference cannot run come from the ONNX engine's shape analysis.
+fn region_checks(
+    model: &repfuse::io::LoadedModel,
+    input: &Path,
+    fused: &repfuse::Fused,
+    fw: &repfuse::Weights,
+    tol: Tolerance,
+) -> Result<Vec<repfuse::verify::RegionCheck>> {
+    let mut shapes = repfuse::graph::infer_shapes(&model.graph)?;
+    if model.onnx.is_some() && !unrunnable_ops(&model.graph).is_empty() {
+        let bytes = std::fs::read(input).with_context(|| format!("reading {}", input.display()))?;
+        if let Ok(more) = repfuse::verify::tract_engine::tensor_shapes(&bytes, input.parent(), &model.graph.inputs) {
+            for (k, v) in more {
+                shapes.entry(k).or_insert(v);
+            }
+        }
+    }
+    Ok(repfuse::verify::check_regions_shaped(&model.graph, &model.weights, &fused.graph, &fused.origins, fw, 7, tol, &shapes)?)
 }
 
 fn is_onnx(p: &Path) -> bool {
@@ -202,10 +253,6 @@ fn round_weights(w: &repfuse::Weights, ft: FloatType) -> repfuse::Weights {
 pub fn verify(original: &Path, fused: &Path, seed: u64, json_out: bool) -> Result<i32> {
     let a = repfuse::io::load_model(original).with_context(|| format!("reading {}", original.display()))?;
     let b = repfuse::io::load_model(fused).with_context(|| format!("reading {}", fused.display()))?;
-    for (m, p) in [(&a, original), (&b, fused)] {
-        let ops = unrunnable_ops(&m.graph);
-        anyhow::ensure!(ops.is_empty(), "{}: the reference cannot run ops {}", p.display(), ops.join(", "));
-    }
     anyhow::ensure!(a.graph.inputs == b.graph.inputs, "the models take different inputs: {:?} vs {:?}", a.graph.inputs, b.graph.inputs);
     // The coarser of the two files' float types bounds the rounding of the weights.
     let tol =
@@ -213,11 +260,30 @@ pub fn verify(original: &Path, fused: &Path, seed: u64, json_out: bool) -> Resul
             .iter()
             .filter_map(|m| m.onnx.as_ref().map(|o| Tolerance::for_float(o.float_type)))
             .fold(Tolerance::F32, |t, u| if u.unit > t.unit { u } else { t });
-    let eq = check_equivalence_with(&a.graph, &a.weights, &b.graph, &b.weights, seed, tol)?;
-    if json_out {
-        println!("{}", serde_json::to_string_pretty(&json!({"original": original, "fused": fused, "seed": seed, "verification": eq, "passed": eq.passed()}))?);
+    let unrunnable: Vec<String> = [&a, &b].iter().flat_map(|m| unrunnable_ops(&m.graph)).collect();
+    let (eq, engine) = if unrunnable.is_empty() {
+        (check_equivalence_with(&a.graph, &a.weights, &b.graph, &b.weights, seed, tol)?, "CPU reference, f64 sums, per-element error scale".to_string())
     } else {
-        crate::say!("{} vs {} (seed {}):", original.display(), fused.display(), seed);
+        anyhow::ensure!(
+            a.onnx.is_some() && b.onnx.is_some(),
+            "the reference cannot run ops {} and the ONNX engine needs two ONNX files",
+            unrunnable.join(", ")
+        );
+        let (ba, bb) = (std::fs::read(original)?, std::fs::read(fused)?);
+        let (sa, sb) = (repfuse::verify::OnnxSource { bytes: &ba, dir: original.parent() }, repfuse::verify::OnnxSource { bytes: &bb, dir: fused.parent() });
+        let tol = Tolerance::for_engine(repfuse::verify::depth_all(&a.graph), tol.unit);
+        let c = repfuse::verify::check_equivalence_onnx(&sa, &sb, &a.graph.inputs, seed, tol)?;
+        (c.equivalence, c.engine)
+    };
+    if json_out {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"original": original, "fused": fused, "seed": seed, "engine": engine, "verification": eq, "passed": eq.passed()})
+            )?
+        );
+    } else {
+        crate::say!("{} vs {} (seed {}, {}):", original.display(), fused.display(), seed, engine);
         print_equivalence(&eq);
     }
     Ok(if eq.passed() { EXIT_OK } else { EXIT_OVER_TOLERANCE })

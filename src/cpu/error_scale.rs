@@ -10,8 +10,8 @@
 //! - conv / linear `y = W*x + b`: `S(y)^2 = (W^2) * (S(x)^2 + x^2) + b^2 + y^2`
 //!   (input errors through the weights, each weight rounded once, the output stored);
 //! - batch norm `y = s*x + t`: `S(y)^2 = s^2 (S(x)^2 + x^2) + t^2 + y^2`;
-//! - add: `sum S_i^2 + y^2`; activation: `L^2 S(x)^2 + y^2` with `L` the activation's
-//!   largest slope; pools: the window mean of `S^2` (a mean of k independent errors has
+//! - add: `sum S_i^2 + y^2`; activation: `f'(x)^2 S(x)^2 + y^2` (its slope where it
+//!   is evaluated: 0 where ReLU is off); pools: the window mean of `S^2` (a mean of k independent errors has
 //!   variance `sum/k^2`, so this is k times conservative) `+ y^2`; concat and flatten
 //!   move `S` with the data.
 //!
@@ -31,16 +31,39 @@ fn zip(a: &Tensor, b: &Tensor, f: impl Fn(f32, f32) -> f32) -> Tensor {
     Tensor::from_parts(a.shape().to_vec(), a.data().iter().zip(b.data()).map(|(x, y)| f(*x, *y)).collect())
 }
 
-/// Largest slope of an activation (its Lipschitz constant).
-fn slope(a: Activation) -> f32 {
+/// The activation's slope at `v`: an error in its input moves its output by that
+/// much (to first order). Where ReLU is off, an input error does not reach the output
+/// at all; passing it through anyway would make deep ReLU nets' scales grow like
+/// 2^(depth/2) and the bound useless.
+fn slope(a: Activation, v: f32) -> f64 {
+    let x = v as f64;
+    let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
     match a {
-        Activation::Relu | Activation::Tanh => 1.0,
-        Activation::LeakyRelu(alpha) => alpha.abs().max(1.0),
-        Activation::Sigmoid => 0.25,
-        Activation::Gelu => 1.13,
-        Activation::Silu => 1.1,
-        Activation::HardSwish => 1.5,
-        Activation::HardSigmoid => 1.0 / 6.0,
+        Activation::Relu => (x > 0.0) as u8 as f64,
+        Activation::LeakyRelu(alpha) => {
+            if x > 0.0 {
+                1.0
+            } else {
+                alpha.abs() as f64
+            }
+        }
+        Activation::Sigmoid => sigmoid(x) * (1.0 - sigmoid(x)),
+        Activation::Tanh => 1.0 - x.tanh().powi(2),
+        Activation::Gelu => {
+            let pdf = (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
+            (0.5 * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)) + x * pdf).abs()
+        }
+        Activation::Silu => (sigmoid(x) * (1.0 + x * (1.0 - sigmoid(x)))).abs(),
+        Activation::HardSwish => {
+            if x <= -3.0 {
+                0.0
+            } else if x >= 3.0 {
+                1.0
+            } else {
+                ((2.0 * x + 3.0) / 6.0).abs()
+            }
+        }
+        Activation::HardSigmoid => (x.abs() < 3.0) as u8 as f64 / 6.0,
     }
 }
 
@@ -95,8 +118,8 @@ pub fn error_scale_sq(
         }
         Op::Add => plus_y2(s2[1..].iter().fold((*s2[0]).clone(), |acc, t| zip(&acc, t, |a, b| a + b))),
         Op::Activation(a) => {
-            let l2 = slope(*a) * slope(*a);
-            plus_y2(Tensor::from_parts(y.shape().to_vec(), s2[0].data().iter().map(|s| s * l2).collect()))
+            let d = s2[0].data().iter().zip(x[0].data()).map(|(s, v)| (*s as f64 * slope(*a, *v).powi(2)) as f32).collect();
+            plus_y2(Tensor::from_parts(y.shape().to_vec(), d))
         }
         Op::AvgPool2d(_) | Op::GlobalAvgPool => plus_y2(run(n, s2, w)?),
         Op::Concat | Op::Flatten => run(n, s2, w)?,

@@ -21,6 +21,9 @@
 //! number of f32 roundings on the path (`Tolerance::f32_sums`, `for_graph`).
 
 use std::collections::HashMap;
+use std::path::Path;
+
+pub mod tract_engine;
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::Serialize;
@@ -70,6 +73,15 @@ impl Tolerance {
         Tolerance { sigmas: Self::F32.sigmas * (terms.max(1) as f64).sqrt(), ..Self::F32 }
     }
 
+    /// Against `max|reference|`, for an engine that runs whole models in f32 (tract):
+    /// `nodes` roundings on the longest path (`depth_all`), each a random error of up
+    /// to one unit roundoff of values up to `max|reference|` (weights in `unit`).
+    /// Measured on the seven timm models: correct fusions 11u-55u of `max|y|`, under
+    /// half this bound; a dropped BN eps 2000u-90000u.
+    pub fn for_engine(nodes: usize, unit: f64) -> Tolerance {
+        Tolerance { unit, sigmas: Self::F32.sigmas * (nodes.max(1) as f64).sqrt(), ..Self::F32 }
+    }
+
     /// Against `max|reference|`: the outputs of `g` computed with f32 sums (a GPU
     /// forward): `depth` layers of up to `K` terms each.
     pub fn for_graph(g: &Graph) -> Tolerance {
@@ -88,6 +100,20 @@ pub fn max_reduction(g: &Graph) -> usize {
         })
         .max()
         .unwrap_or(1)
+}
+
+/// Nodes of any kind on the longest path from an input to an output.
+pub fn depth_all(g: &Graph) -> usize {
+    let mut d: HashMap<&str, usize> = HashMap::new();
+    let mut best = 0;
+    for n in &g.nodes {
+        let here = n.inputs.iter().filter_map(|t| d.get(t.as_str())).max().copied().unwrap_or(0) + 1;
+        for o in &n.outputs {
+            d.insert(o, here);
+        }
+        best = best.max(here);
+    }
+    best
 }
 
 /// Conv/Linear layers on the longest path from an input to an output.
@@ -185,9 +211,13 @@ pub fn compare_scaled(actual: &Tensor, reference: &Tensor, scale: Option<&Tensor
 
 /// Seeded random inputs in [-1, 1) for every graph input.
 pub fn random_inputs(g: &Graph, seed: u64) -> HashMap<String, Tensor> {
+    random_inputs_for(&g.inputs, seed)
+}
+
+/// Seeded random inputs in [-1, 1) for the inputs `vs`.
+pub fn random_inputs_for(vs: &[crate::graph::ValueInfo], seed: u64) -> HashMap<String, Tensor> {
     let mut rng = StdRng::seed_from_u64(seed);
-    g.inputs
-        .iter()
+    vs.iter()
         .map(|v| {
             let n = v.shape.iter().product();
             let data = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
@@ -240,6 +270,49 @@ pub fn check_equivalence_with(original: &Graph, original_w: &Weights, fused: &Gr
     Ok(Equivalence { outputs })
 }
 
+/// An ONNX model as bytes, with the folder its external data lives in.
+pub struct OnnxSource<'a> {
+    /// The model file's bytes.
+    pub bytes: &'a [u8],
+    /// Where `location` entries of external initializers resolve.
+    pub dir: Option<&'a Path>,
+}
+
+/// An end-to-end check by the ONNX engine: the outputs' errors and which form of
+/// the engine ran.
+#[derive(Clone, Debug, Serialize)]
+pub struct EngineCheck {
+    /// Errors per output, against the original run by the same engine.
+    pub equivalence: Equivalence,
+    /// The engine and the form it ran each model in.
+    pub engine: String,
+}
+
+/// Runs two ONNX models with the ONNX engine (tract) on the same seeded inputs of the
+/// shapes `inputs` and compares every output of `original` with `fused`'s, under
+/// `tol` (see [`Tolerance::for_engine`]). For graphs the f64 reference cannot run.
+pub fn check_equivalence_onnx(original: &OnnxSource, fused: &OnnxSource, inputs: &[crate::graph::ValueInfo], seed: u64, tol: Tolerance) -> Result<EngineCheck> {
+    let a = tract_engine::TractModel::load(original.bytes, original.dir, inputs)?;
+    let b = tract_engine::TractModel::load(fused.bytes, fused.dir, inputs)?;
+    let feeds = random_inputs_for(inputs, seed);
+    let (ra, rb) = (a.run(&feeds)?, b.run(&feeds)?);
+    let mut names: Vec<&String> = ra.keys().collect();
+    names.sort();
+    let mut outputs = vec![];
+    for name in names {
+        let x = rb.get(name).ok_or_else(|| Error::Graph(format!("fused model lost output `{}`", name)))?;
+        outputs.push((name.clone(), compare(x, &ra[name], tol)?));
+    }
+    let form = |m: &tract_engine::TractModel| match &m.optimized {
+        Ok(()) => "optimized".to_string(),
+        Err(e) => {
+            let first: String = e.lines().next().unwrap_or("").chars().take(120).collect();
+            format!("typed, un-optimized (its optimizer failed: {}...)", first)
+        }
+    };
+    Ok(EngineCheck { equivalence: Equivalence { outputs }, engine: format!("tract-onnx 0.23: original {}, fused {}", form(&a), form(&b)) })
+}
+
 /// Op types the reference forward cannot run (Opaque nodes), if any: end-to-end
 /// verification needs none.
 pub fn unrunnable_ops(g: &Graph) -> Vec<String> {
@@ -290,6 +363,22 @@ pub fn check_regions_with(
     tolerance: Tolerance,
 ) -> Result<Vec<RegionCheck>> {
     let shapes = crate::graph::infer_shapes(original)?;
+    check_regions_shaped(original, original_w, fused, origins, fused_w, seed, tolerance, &shapes)
+}
+
+/// `check_regions_with` given the tensor shapes (e.g. from the ONNX engine's shape
+/// analysis, for regions downstream of ops the reference cannot run).
+#[allow(clippy::too_many_arguments)]
+pub fn check_regions_shaped(
+    original: &Graph,
+    original_w: &Weights,
+    fused: &Graph,
+    origins: &std::collections::BTreeMap<String, Vec<String>>,
+    fused_w: &Weights,
+    seed: u64,
+    tolerance: Tolerance,
+    shapes: &HashMap<String, Vec<usize>>,
+) -> Result<Vec<RegionCheck>> {
     let mut out = vec![];
     for (k, (name, from)) in origins.iter().enumerate() {
         let node = fused.node(name).expect("origins name deploy nodes");
@@ -314,7 +403,7 @@ pub fn check_regions_with(
             continue;
         }
         let Some(in_shapes) = inputs.iter().map(|t| shapes.get(t).cloned()).collect::<Option<Vec<_>>>() else {
-            out.push(check("input shapes unknown (downstream of an op the reference cannot run)".into()));
+            out.push(check("input shapes unknown (downstream of an op the reference cannot run, and no ONNX engine shape for it)".into()));
             continue;
         };
         let vi = |ts: &[String]| ts.iter().zip(&in_shapes).map(|(t, s)| crate::graph::ValueInfo { name: t.clone(), shape: s.clone() }).collect();

@@ -1,0 +1,130 @@
+//! The runner for graphs the f64 reference cannot run: ONNX models with attention,
+//! GELU as Erf, Reshape/Transpose, layer scales, Gather... are run by tract-onnx, an
+//! established ONNX inference engine in pure Rust (no system library, no Python), so
+//! `verify` and `fuse --verify` check every model end to end, opaque ops included.
+//!
+//! tract's optimiser rewrites the graph before running it; on some real models
+//! (LeViT) its declutter pass fails, so a model it cannot optimise runs from tract's
+//! typed (un-optimised) form instead, and the report says which form ran.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use tract_onnx::prelude::{tvec, DatumType, Framework, InferenceFact, InferenceModelExt, IntoTValue, Tensor as TractTensor, TypedSimplePlan};
+use tract_onnx::tract_hir::infer::Factoid;
+
+use crate::error::{Error, Result};
+use crate::graph::ValueInfo;
+use crate::tensor::Tensor;
+
+type Plan = TypedSimplePlan;
+
+/// An ONNX model loaded into tract, ready to run on inputs of fixed shapes.
+pub struct TractModel {
+    plan: std::sync::Arc<Plan>,
+    inputs: Vec<(String, DatumType)>,
+    outputs: Vec<String>,
+    /// Whether tract's optimised plan runs (false: its typed form, after the
+    /// optimiser failed; the message says why).
+    pub optimized: std::result::Result<(), String>,
+}
+
+fn engine_err(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Unsupported { node: what.to_string(), why: format!("the ONNX engine (tract) cannot run this model: {:#}", e) }
+}
+
+fn parse(
+    bytes: &[u8],
+    dir: Option<&Path>,
+    inputs: &[ValueInfo],
+) -> Result<(tract_onnx::prelude::InferenceModel, HashMap<String, tract_onnx::prelude::OutletId>, Vec<String>)> {
+    let onnx = tract_onnx::onnx();
+    let proto = onnx.proto_model_for_read(&mut &bytes[..]).map_err(|e| engine_err("model", e))?;
+    let out_names: Vec<String> = proto.graph.as_ref().map(|g| g.output.iter().map(|o| o.name.clone()).collect()).unwrap_or_default();
+    let in_types: HashMap<String, i32> = proto
+        .graph
+        .as_ref()
+        .map(|g| {
+            g.input
+                .iter()
+                .filter_map(|i| match i.r#type.as_ref()?.value.as_ref()? {
+                    tract_onnx::pb::type_proto::Value::TensorType(t) => Some((i.name.clone(), t.elem_type)),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let parsed = onnx.parse(&proto, dir.and_then(|d| d.to_str())).map_err(|e| engine_err("model", e))?;
+    let mut model = parsed.model;
+    let names: Vec<String> = model.input_outlets().map_err(|e| engine_err("inputs", e))?.iter().map(|o| model.node(o.node).name.clone()).collect();
+    for (k, name) in names.iter().enumerate() {
+        let v = inputs.iter().find(|v| v.name == *name).ok_or_else(|| Error::tensor(name, "the ONNX engine sees an input the graph does not declare"))?;
+        // ONNX elem types: 1 float, 10 float16, 16 bfloat16.
+        let dt = match in_types.get(name) {
+            Some(10) => DatumType::F16,
+            _ => DatumType::F32,
+        };
+        model = model.with_input_fact(k, InferenceFact::dt_shape(dt, v.shape.clone())).map_err(|e| engine_err(name, e))?;
+    }
+    Ok((model, parsed.outlets_by_name, out_names))
+}
+
+impl TractModel {
+    /// Loads ONNX `bytes` (external data resolved in `dir`) with the graph inputs
+    /// fixed to `inputs`' shapes.
+    pub fn load(bytes: &[u8], dir: Option<&Path>, inputs: &[ValueInfo]) -> Result<TractModel> {
+        let (model, _, outputs) = parse(bytes, dir, inputs)?;
+        let input_names: Vec<(String, DatumType)> = model
+            .input_outlets()
+            .map_err(|e| engine_err("inputs", e))?
+            .iter()
+            .map(|o| {
+                let n = model.node(o.node).name.clone();
+                let dt = model.outlet_fact(*o).ok().and_then(|f| f.datum_type.concretize()).unwrap_or(DatumType::F32);
+                (n, dt)
+            })
+            .collect();
+        let typed = model.into_typed().map_err(|e| engine_err("model", e))?;
+        let (runnable, optimized) = match typed.clone().into_optimized() {
+            Ok(m) => (m, Ok(())),
+            Err(e) => (typed, Err(format!("{:#}", e))),
+        };
+        let plan = Plan::new(runnable).map_err(|e| engine_err("model", e))?;
+        Ok(TractModel { plan, inputs: input_names, outputs, optimized })
+    }
+
+    /// Runs the model; returns every graph output by name, as f32.
+    pub fn run(&self, inputs: &HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>> {
+        let mut feed = tvec![];
+        for (name, dt) in &self.inputs {
+            let t = inputs.get(name).ok_or_else(|| Error::tensor(name, "graph input not supplied"))?;
+            let x = TractTensor::from_shape::<f32>(t.shape(), t.data()).map_err(|e| engine_err(name, e))?;
+            let x = x.cast_to_dt(*dt).map_err(|e| engine_err(name, e))?.into_owned();
+            feed.push(x.into_tvalue());
+        }
+        let out = self.plan.run(feed).map_err(|e| engine_err("run", e))?;
+        let mut res: HashMap<String, Tensor> = HashMap::new();
+        for (name, v) in self.outputs.iter().zip(out.iter()) {
+            let f = v.cast_to::<f32>().map_err(|e| engine_err(name, e))?;
+            let data: Vec<f32> = f.to_plain_array_view::<f32>().map_err(|e| engine_err(name, e))?.iter().copied().collect();
+            res.insert(name.clone(), Tensor::new(name, v.shape().to_vec(), data)?);
+        }
+        Ok(res)
+    }
+}
+
+/// The shape of every tensor of an ONNX model whose shape tract can infer, by ONNX
+/// name, for graph inputs fixed to `inputs`' shapes.
+pub fn tensor_shapes(bytes: &[u8], dir: Option<&Path>, inputs: &[ValueInfo]) -> Result<HashMap<String, Vec<usize>>> {
+    use tract_onnx::prelude::InferenceModelExt as _;
+    let (mut model, by_name, _) = parse(bytes, dir, inputs)?;
+    model.analyse(false).map_err(|e| engine_err("shape analysis", e))?;
+    let mut out = HashMap::new();
+    for (name, outlet) in by_name {
+        if let Ok(f) = model.outlet_fact(outlet) {
+            if let Ok(Some(s)) = f.shape.as_concrete_finite() {
+                out.insert(name, s.to_vec());
+            }
+        }
+    }
+    Ok(out)
+}
