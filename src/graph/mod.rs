@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use index::GraphIndex;
-pub use op::{Activation, AvgPool2d, BatchNorm, Conv2d, Linear, Op, Opaque};
+pub use op::{Activation, AvgPool2d, BatchNorm, Conv2d, Linear, Op, Opaque, WrittenAs};
 pub use shape::{infer_shapes, node_flops, window_out, Shapes};
 
 /// Output length of a conv axis (no ceil mode).

@@ -58,6 +58,22 @@ pub struct BatchNorm {
     pub eps: f32,
     /// Channel count (size of axis 1).
     pub channels: usize,
+    /// Set when this batch norm stands for another node of the source file (an ONNX
+    /// Mul/Add/Sub/Div by a per-channel constant, or a Neg): writers give that node
+    /// back, as it was, when the batch norm survives fusion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub written_as: Option<WrittenAs>,
+}
+
+/// The source node a stand-in op is written back as (see `BatchNorm::written_as`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WrittenAs {
+    /// The node's encoding in the source format (an ONNX NodeProto).
+    pub payload: Vec<u8>,
+    /// Which of the node's inputs is the data tensor (rewired to the op's input).
+    pub data_input: usize,
+    /// Parameters the node reads (kept in the graph while the op lives).
+    pub reads: Vec<String>,
 }
 
 /// `y = x W^T + b`, weight `[out, in]` (PyTorch/ONNX Gemm with transB=1).
@@ -167,7 +183,11 @@ impl Op {
         match self {
             Op::Conv2d(c) => std::iter::once(c.weight.as_str()).chain(c.bias.as_deref()).collect(),
             Op::Linear(l) => std::iter::once(l.weight.as_str()).chain(l.bias.as_deref()).collect(),
-            Op::BatchNorm(b) => vec![&b.gamma, &b.beta, &b.mean, &b.var],
+            Op::BatchNorm(b) => {
+                let mut v: Vec<&str> = vec![&b.gamma, &b.beta, &b.mean, &b.var];
+                v.extend(b.written_as.iter().flat_map(|w| w.reads.iter().map(String::as_str)));
+                v
+            }
             _ => vec![],
         }
     }

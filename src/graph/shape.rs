@@ -26,6 +26,65 @@ pub fn window_out(input: usize, kernel: usize, stride: usize, pad: usize, dilati
     Some(out)
 }
 
+/// ONNX ops whose output has the broadcast shape of their inputs. Knowing them keeps
+/// shapes known past GELU written as Erf, layer scales and the like, so the rules can
+/// still prove what they need downstream.
+const ELEMENTWISE: &[&str] = &[
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Pow",
+    "Max",
+    "Min",
+    "Erf",
+    "Sqrt",
+    "Neg",
+    "Abs",
+    "Exp",
+    "Log",
+    "Reciprocal",
+    "Relu",
+    "Sigmoid",
+    "Tanh",
+    "Softplus",
+    "Softsign",
+    "Elu",
+    "Selu",
+    "Celu",
+    "Gelu",
+    "Mish",
+    "HardSigmoid",
+    "HardSwish",
+    "LeakyRelu",
+    "PRelu",
+    "Identity",
+    "Floor",
+    "Ceil",
+    "Round",
+    "Sign",
+    "Sin",
+    "Cos",
+];
+
+/// Numpy broadcast of `shapes`, or None when they do not broadcast.
+fn broadcast(shapes: &[&Vec<usize>]) -> Option<Vec<usize>> {
+    let rank = shapes.iter().map(|s| s.len()).max()?;
+    let mut out = vec![1usize; rank];
+    for s in shapes {
+        for (i, &d) in s.iter().enumerate() {
+            let o = &mut out[rank - s.len() + i];
+            match (*o, d) {
+                (a, b) if a == b => {}
+                (1, b) => *o = b,
+                (_, 1) => {}
+                _ => return None,
+            }
+        }
+    }
+    Some(out)
+}
+
 /// Infers every known tensor shape. Errors name the node and field at fault.
 pub fn infer_shapes(g: &Graph) -> Result<Shapes> {
     let mut shapes: Shapes = HashMap::new();
@@ -33,7 +92,8 @@ pub fn infer_shapes(g: &Graph) -> Result<Shapes> {
         shapes.insert(v.name.clone(), v.shape.clone());
     }
     for n in &g.nodes {
-        let ins: Option<Vec<&Vec<usize>>> = n.inputs.iter().map(|t| shapes.get(t)).collect();
+        // Carried nodes name their constant inputs among their inputs.
+        let ins: Option<Vec<&Vec<usize>>> = n.inputs.iter().map(|t| shapes.get(t).or_else(|| g.params.get(t))).collect();
         let out = match ins {
             Some(ins) => node_output_shape(n, &ins)?,
             None => None,
@@ -135,6 +195,7 @@ fn node_output_shape(n: &Node, ins: &[&Vec<usize>]) -> Result<Option<Vec<usize>>
             want_rank(n, first, &[2, 3, 4])?;
             vec![first[0], first[1..].iter().product()]
         }
+        Op::Opaque(o) if n.outputs.len() == 1 && ELEMENTWISE.contains(&o.op_type.as_str()) => return Ok(broadcast(ins)),
         Op::Opaque(_) => return Ok(None),
     };
     Ok(Some(shape))

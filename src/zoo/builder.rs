@@ -137,7 +137,7 @@ impl GraphBuilder {
         let beta = self.param(format!("{}.bias", name), vec![c], -0.5, 0.5);
         let mean = self.param(format!("{}.running_mean", name), vec![c], -0.5, 0.5);
         let var = self.param(format!("{}.running_var", name), vec![c], 0.5, 2.0);
-        self.node(name, Op::BatchNorm(BatchNorm { gamma, beta, mean, var, eps: 1e-5, channels: c }), vec![x.to_string()])
+        self.node(name, Op::BatchNorm(BatchNorm { gamma, beta, mean, var, eps: 1e-5, channels: c, written_as: None }), vec![x.to_string()])
     }
 
     /// A conv followed by a batch norm, the unit of every training-form branch.

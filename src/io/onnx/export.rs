@@ -37,6 +37,16 @@ fn to_protos(n: &Node) -> Result<Vec<NodeProto>> {
                 make_int("group", c.groups as i64),
             ];
         }
+        Op::BatchNorm(b) if b.written_as.is_some() => {
+            let w = b.written_as.as_ref().expect("checked");
+            let mut q = NodeProto::parse_from_bytes(&w.payload).map_err(|e| Error::unsupported(&n.name, format!("carried node cannot be decoded: {}", e)))?;
+            if w.data_input >= q.input.len() {
+                return Err(Error::unsupported(&n.name, "carried node has no data input at the recorded position"));
+            }
+            q.input[w.data_input] = n.inputs[0].clone();
+            q.output = n.outputs.clone();
+            return Ok(vec![q]);
+        }
         Op::BatchNorm(b) => {
             p.op_type = "BatchNormalization".into();
             p.input.extend([b.gamma.clone(), b.beta.clone(), b.mean.clone(), b.var.clone()]);
@@ -168,8 +178,12 @@ fn build_proto(src: Option<&OnnxModel>, graph: &Graph, weights: &Weights) -> Res
     for n in &graph.nodes {
         g.node.extend(to_protos(n)?);
     }
+    // Only what the written nodes read (a stand-in batch norm written back as its
+    // source node reads the source's constant, not the stand-in's parameters).
+    let read: BTreeSet<String> = g.node.iter().flat_map(|n| n.input.iter().cloned()).chain(g.output.iter().map(|o| o.name.clone())).collect();
+    let to_write: Vec<(&String, &Vec<usize>)> = graph.params.iter().filter(|(k, _)| read.contains(*k) || subgraph_reads(g, k)).collect();
     let mut written = BTreeSet::new();
-    for (name, shape) in &graph.params {
+    for (name, shape) in to_write {
         let t = match src.and_then(|m| m.passthrough.get(name)) {
             Some(t) => t.clone(),
             None => {
@@ -191,6 +205,15 @@ fn build_proto(src: Option<&OnnxModel>, graph: &Graph, weights: &Weights) -> Res
     }
     super::check::check_written_model(&proto)?;
     Ok(proto)
+}
+
+/// Whether a subgraph (If/Loop/Scan body) of any node reads `name`.
+fn subgraph_reads(g: &onnx_protobuf::GraphProto, name: &str) -> bool {
+    fn reads(g: &onnx_protobuf::GraphProto, name: &str) -> bool {
+        g.node.iter().any(|n| n.input.iter().any(|i| i == name) || n.attribute.iter().any(|a| a.g.iter().chain(a.graphs.iter()).any(|sg| reads(sg, name))))
+    }
+    // The main graph's own nodes are counted by the caller; here only subgraphs.
+    g.node.iter().any(|n| n.attribute.iter().any(|a| a.g.iter().chain(a.graphs.iter()).any(|sg| reads(sg, name))))
 }
 
 /// Initializer bytes above which `write_onnx` moves weights to an external data file

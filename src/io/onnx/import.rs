@@ -103,6 +103,7 @@ pub fn read_onnx_bytes(path: &Path, bytes: &[u8]) -> Result<OnnxModel> {
             skip.insert(j);
         }
     }
+    super::arith::lift_constant_arith(&mut st.graph, &mut st.weights, &mut st.dtypes).map_err(&in_file)?;
     let float_type = st.dtypes.values().next().copied().unwrap_or(FloatType::F32);
     tracing::info!(path = %path.display(), nodes = st.graph.nodes.len(), weights = st.weights.len(), opset = ?opset, "read ONNX");
     Ok(OnnxModel {
@@ -293,6 +294,7 @@ impl State {
                     var: names[3].clone(),
                     eps: attrs::float(n, "epsilon", 1e-5),
                     channels,
+                    written_as: None,
                 };
                 Some(KnownOp::Op(Op::BatchNorm(bn), vec![inp(0)?]))
             }

@@ -2,6 +2,7 @@
 //! eval mode (BatchNormalization kept), opsets 11-21, external data included; maps the
 //! ops repfuse models to the IR and carries every other node through byte for byte.
 
+mod arith;
 mod attrs;
 mod check;
 mod export;
