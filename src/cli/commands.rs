@@ -224,15 +224,14 @@ fn region_checks(
     fw: &repfuse::Weights,
     tol: Tolerance,
 ) -> Result<Vec<repfuse::verify::RegionCheck>> {
-    let mut shapes = repfuse::graph::infer_shapes(&model.graph)?;
+    let mut seed = std::collections::HashMap::new();
     if model.onnx.is_some() && !unrunnable_ops(&model.graph).is_empty() {
         let bytes = std::fs::read(input).with_context(|| format!("reading {}", input.display()))?;
         if let Ok(more) = repfuse::verify::tract_engine::tensor_shapes(&bytes, input.parent(), &model.graph.inputs) {
-            for (k, v) in more {
-                shapes.entry(k).or_insert(v);
-            }
+            seed = more;
         }
     }
+    let shapes = repfuse::graph::infer_shapes_seeded(&model.graph, seed)?;
     Ok(repfuse::verify::check_regions_shaped(&model.graph, &model.weights, &fused.graph, &fused.origins, fw, 7, tol, &shapes)?)
 }
 

@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use index::GraphIndex;
-pub use op::{Activation, AvgPool2d, BatchNorm, Conv2d, Linear, Op, Opaque, WrittenAs};
-pub use shape::{infer_shapes, node_flops, window_out, Shapes};
+pub use op::{Activation, AvgPool2d, BatchNorm, Conv2d, Linear, Op, Opaque, ShapeHint, WrittenAs};
+pub use shape::{infer_shapes, infer_shapes_seeded, node_flops, window_out, Shapes};
 
 /// Output length of a conv axis (no ceil mode).
 pub fn infer_out(input: usize, kernel: usize, stride: usize, pad_total: usize, dilation: usize) -> Option<usize> {

@@ -134,6 +134,28 @@ pub struct Opaque {
     /// Source-format encoding of the node; empty when built in memory.
     #[serde(default)]
     pub payload: Vec<u8>,
+    /// What the reader knows of its output shape beyond the op name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shape_hint: Option<ShapeHint>,
+}
+
+/// How a carried node's output shape follows from its input's, read from its
+/// attributes (elementwise ops need none: they broadcast).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ShapeHint {
+    /// A reduction over `axes` (negative counts from the end), kept as size 1 or
+    /// dropped: ONNX ReduceMean/ReduceSum/ReduceMax/... with an `axes` attribute.
+    Reduce {
+        /// Reduced axes.
+        axes: Vec<i64>,
+        /// Reduced axes stay, with size 1.
+        keepdims: bool,
+    },
+    /// ONNX Flatten at `axis`: `[prod(dims[..axis]), prod(dims[axis..])]`.
+    Flatten {
+        /// Where the second output axis starts (negative counts from the end).
+        axis: i64,
+    },
 }
 
 /// One node's operation.

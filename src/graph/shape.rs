@@ -85,9 +85,42 @@ fn broadcast(shapes: &[&Vec<usize>]) -> Option<Vec<usize>> {
     Some(out)
 }
 
+/// The output shape of a carried node with shape hint `h` on input shape `s`, or
+/// None for an axis out of range.
+fn hinted(s: &[usize], h: &crate::graph::ShapeHint) -> Option<Vec<usize>> {
+    let rank = s.len() as i64;
+    let axis = |a: i64| {
+        let a = if a < 0 { a + rank } else { a };
+        (0..=rank).contains(&a).then_some(a as usize)
+    };
+    match h {
+        crate::graph::ShapeHint::Reduce { axes, keepdims } => {
+            let axes: Vec<usize> = axes.iter().map(|&a| axis(a).filter(|&a| a < s.len())).collect::<Option<_>>()?;
+            Some(s.iter().enumerate().filter_map(|(i, &d)| if axes.contains(&i) { keepdims.then_some(1) } else { Some(d) }).collect())
+        }
+        crate::graph::ShapeHint::Flatten { axis: a } => {
+            let k = axis(*a)?;
+            Some(vec![s[..k].iter().product(), s[k..].iter().product()])
+        }
+    }
+}
+
 /// Infers every known tensor shape. Errors name the node and field at fault.
 pub fn infer_shapes(g: &Graph) -> Result<Shapes> {
-    let mut shapes: Shapes = HashMap::new();
+    infer(g, HashMap::new(), true)
+}
+
+/// `infer_shapes` starting from shapes known elsewhere (an ONNX engine's analysis of
+/// tensors past ops repfuse does not model), so they propagate through known ops.
+///
+/// Lenient: a node whose shapes do not check leaves its output unknown instead of
+/// failing (the seed may disagree with what the reference models, e.g. a broadcast).
+pub fn infer_shapes_seeded(g: &Graph, seed: Shapes) -> Result<Shapes> {
+    infer(g, seed, false)
+}
+
+fn infer(g: &Graph, seed: Shapes, strict: bool) -> Result<Shapes> {
+    let mut shapes: Shapes = seed;
     for v in &g.inputs {
         shapes.insert(v.name.clone(), v.shape.clone());
     }
@@ -95,11 +128,12 @@ pub fn infer_shapes(g: &Graph) -> Result<Shapes> {
         // Carried nodes name their constant inputs among their inputs.
         let ins: Option<Vec<&Vec<usize>>> = n.inputs.iter().map(|t| shapes.get(t).or_else(|| g.params.get(t))).collect();
         let out = match ins {
-            Some(ins) => node_output_shape(n, &ins)?,
+            Some(ins) if strict => node_output_shape(n, &ins)?,
+            Some(ins) => node_output_shape(n, &ins).ok().flatten(),
             None => None,
         };
         if let (Some(s), Some(o)) = (out, n.outputs.first()) {
-            shapes.insert(o.clone(), s);
+            shapes.entry(o.clone()).or_insert(s);
         }
     }
     Ok(shapes)
@@ -196,6 +230,7 @@ fn node_output_shape(n: &Node, ins: &[&Vec<usize>]) -> Result<Option<Vec<usize>>
             vec![first[0], first[1..].iter().product()]
         }
         Op::Opaque(o) if n.outputs.len() == 1 && ELEMENTWISE.contains(&o.op_type.as_str()) => return Ok(broadcast(ins)),
+        Op::Opaque(crate::graph::Opaque { shape_hint: Some(h), .. }) if n.outputs.len() == 1 && ins.len() == 1 => return Ok(hinted(first, h)),
         Op::Opaque(_) => return Ok(None),
     };
     Ok(Some(shape))

@@ -128,3 +128,49 @@ pub fn tensor_shapes(bytes: &[u8], dir: Option<&Path>, inputs: &[ValueInfo]) -> 
     }
     Ok(out)
 }
+
+/// An integer tensor the ONNX engine proved constant for fixed input shapes.
+pub struct ConstInts {
+    /// Its shape.
+    pub shape: Vec<usize>,
+    /// Its values, widened to i64.
+    pub values: Vec<i64>,
+    /// The ONNX element type it had (6 int32, 7 int64).
+    pub onnx_type: i32,
+}
+
+/// Every integer tensor of an ONNX model whose value tract's analysis proves constant
+/// when the graph inputs have `inputs`' shapes: the results of shape arithmetic
+/// (Shape, Gather, Concat, Unsqueeze... on static shapes), by ONNX name.
+pub fn constant_int_tensors(bytes: &[u8], dir: Option<&Path>, inputs: &[ValueInfo]) -> Result<HashMap<String, ConstInts>> {
+    use tract_onnx::prelude::InferenceModelExt as _;
+    let (mut model, by_name, _) = parse(bytes, dir, inputs)?;
+    model.analyse(false).map_err(|e| engine_err("shape analysis", e))?;
+    let mut out = HashMap::new();
+    for (name, outlet) in by_name {
+        let Ok(f) = model.outlet_fact(outlet) else { continue };
+        let Some(k) = f.value.concretize() else { continue };
+        let (values, onnx_type): (Vec<i64>, i32) = match k.datum_type() {
+            DatumType::I64 => match k.to_plain_array_view::<i64>() {
+                Ok(v) => (v.iter().copied().collect(), 7),
+                Err(_) => continue,
+            },
+            DatumType::I32 => match k.to_plain_array_view::<i32>() {
+                Ok(v) => (v.iter().map(|&x| x as i64).collect(), 6),
+                Err(_) => continue,
+            },
+            // tract keeps what Shape computes as dimensions; concrete ones are int64
+            // in ONNX.
+            DatumType::TDim => match k.to_plain_array_view::<tract_onnx::prelude::TDim>() {
+                Ok(v) => match v.iter().map(|d| d.to_i64().ok()).collect::<Option<Vec<i64>>>() {
+                    Some(v) => (v, 7),
+                    None => continue,
+                },
+                Err(_) => continue,
+            },
+            _ => continue,
+        };
+        out.insert(name, ConstInts { shape: k.shape().to_vec(), values, onnx_type });
+    }
+    Ok(out)
+}

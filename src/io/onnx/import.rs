@@ -103,6 +103,10 @@ pub fn read_onnx_bytes(path: &Path, bytes: &[u8]) -> Result<OnnxModel> {
             skip.insert(j);
         }
     }
+    if dynamic_dims.is_empty() {
+        super::static_shapes::fold_static_shapes(bytes, path, &mut st.graph, &mut st.passthrough);
+    }
+    super::matmul::lift_token_linears(&mut st.graph, &mut st.weights);
     super::arith::lift_constant_arith(&mut st.graph, &mut st.weights, &mut st.dtypes).map_err(&in_file)?;
     let float_type = st.dtypes.values().next().copied().unwrap_or(FloatType::F32);
     tracing::info!(path = %path.display(), nodes = st.graph.nodes.len(), weights = st.weights.len(), opset = ?opset, "read ONNX");
@@ -243,7 +247,16 @@ impl State {
             }
             _ => {
                 let payload = n.write_to_bytes().map_err(|e| Error::unsupported(&name, format!("cannot re-encode node: {}", e)))?;
-                self.graph.nodes.push(Node { name, op: Op::Opaque(Opaque { op_type: n.op_type.clone(), payload }), inputs: data_inputs, outputs });
+                // Reductions with their axes as an attribute (opset < 18) and Flatten
+                // keep a known shape.
+                let shape_hint = match n.op_type.as_str() {
+                    t if t.starts_with("Reduce") && data_inputs.len() == 1 => {
+                        attrs::ints(n, "axes").map(|axes| crate::graph::ShapeHint::Reduce { axes, keepdims: attrs::int(n, "keepdims", 1) != 0 })
+                    }
+                    "Flatten" => Some(crate::graph::ShapeHint::Flatten { axis: attrs::int(n, "axis", 1) }),
+                    _ => None,
+                };
+                self.graph.nodes.push(Node { name, op: Op::Opaque(Opaque { op_type: n.op_type.clone(), payload, shape_hint }), inputs: data_inputs, outputs });
             }
         }
         Ok(false)

@@ -7,6 +7,8 @@ mod attrs;
 mod check;
 mod export;
 mod import;
+mod matmul;
+mod static_shapes;
 pub mod tensor;
 
 use std::collections::BTreeMap;
