@@ -112,3 +112,51 @@ fn corpus_a_dropped_bn_eps_fails_verification_on_every_real_model() {
         eprintln!("{:<18} dropped eps caught at {:.1}x the bound", case, ratio);
     }
 }
+
+/// Counts of what re-parameterization removes, in a written ONNX model: Conv,
+/// BatchNormalization, Concat, and Add/Sub of two tensors computed from the input
+/// (branch sums and residuals; an Add of a constant, or of a table gathered with
+/// constant indices, is a bias, not a branch).
+fn key_counts(bytes: &[u8]) -> std::collections::BTreeMap<&'static str, usize> {
+    use onnx_protobuf::{Message, ModelProto};
+    let m = ModelProto::parse_from_bytes(bytes).unwrap();
+    let g = m.graph.as_ref().unwrap();
+    let mut data: std::collections::HashSet<&str> = g.input.iter().map(|i| i.name.as_str()).collect();
+    let mut c = std::collections::BTreeMap::new();
+    for n in &g.node {
+        let from_input = n.input.iter().filter(|i| data.contains(i.as_str())).count();
+        if from_input > 0 {
+            data.extend(n.output.iter().map(String::as_str));
+        }
+        let key = match n.op_type.as_str() {
+            "Conv" => "Conv",
+            "BatchNormalization" => "BatchNormalization",
+            "Concat" if from_input > 0 => "Concat",
+            "Add" | "Sum" if from_input >= 2 => "Add(branch)",
+            "Sub" if from_input >= 2 => "Sub(branch)",
+            _ => continue,
+        };
+        *c.entry(key).or_insert(0) += 1;
+    }
+    c
+}
+
+#[test]
+#[ignore = "needs REPFUSE_MODELS=<folder of the timm fixtures>; scripts/test.sh runs it when set"]
+fn corpus_every_real_model_reaches_pytorchs_deploy_counts() {
+    for dir in common::corpus_cases() {
+        let case = case_name(&dir);
+        let exp: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+        let m = read_onnx(&dir.join("train.onnx")).unwrap();
+        let f = fuse(&m.graph, &FuseOptions::default()).unwrap();
+        let bytes = repfuse::io::onnx::onnx_bytes(Some(&m), &f.graph, &f.weights_cpu(&m.weights).unwrap()).unwrap();
+        let ours = key_counts(&bytes);
+        let mut line = String::new();
+        for key in ["Conv", "BatchNormalization", "Add(branch)", "Sub(branch)", "Concat"] {
+            let (have, want) = (ours.get(key).copied().unwrap_or(0), exp["key_deploy"][key].as_u64().unwrap_or(0) as usize);
+            assert!(have <= want, "{}: {} {} after fusion, PyTorch's deploy form has {} (all: {:?})", case, key, have, want, ours);
+            line += &format!(" {} {}/{}", key, have, want);
+        }
+        eprintln!("{:<18}{} (repfuse/PyTorch deploy)", case, line);
+    }
+}
