@@ -303,14 +303,7 @@ pub fn check_equivalence_onnx(original: &OnnxSource, fused: &OnnxSource, inputs:
         let x = rb.get(name).ok_or_else(|| Error::Graph(format!("fused model lost output `{}`", name)))?;
         outputs.push((name.clone(), compare(x, &ra[name], tol)?));
     }
-    let form = |m: &tract_engine::TractModel| match &m.optimized {
-        Ok(()) => "optimized".to_string(),
-        Err(e) => {
-            let first: String = e.lines().next().unwrap_or("").chars().take(120).collect();
-            format!("typed, un-optimized (its optimizer failed: {}...)", first)
-        }
-    };
-    Ok(EngineCheck { equivalence: Equivalence { outputs }, engine: format!("tract-onnx 0.23: original {}, fused {}", form(&a), form(&b)) })
+    Ok(EngineCheck { equivalence: Equivalence { outputs }, engine: "tract-onnx 0.23, typed form (no graph optimisation)".into() })
 }
 
 /// Op types the reference forward cannot run (Opaque nodes), if any: end-to-end

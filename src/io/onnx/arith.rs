@@ -35,9 +35,10 @@ enum Lift {
 /// Lifts every liftable node; repeats while lifting makes more shapes known.
 pub(super) fn lift_constant_arith(g: &mut Graph, w: &mut Weights, dtypes: &mut BTreeMap<String, FloatType>) -> Result<()> {
     loop {
-        // A graph whose shapes do not infer is reported by validation, with the node
-        // at fault, when it is fused; reading it lifts nothing.
-        let Ok(shapes) = crate::graph::infer_shapes(g) else { return Ok(()) };
+        // Lenient: a node whose shapes do not check (a broadcast Add, which this pass
+        // hands back to ONNX; a bad file, which validation reports with the node at
+        // fault when it is fused) just leaves its output unknown.
+        let shapes = crate::graph::infer_shapes_seeded(g, HashMap::new())?;
         let mut alias: HashMap<String, String> = HashMap::new();
         let mut changed = false;
         let mut nodes = Vec::with_capacity(g.nodes.len());

@@ -1,0 +1,110 @@
+"""Writes the exporter-form models in this folder: small ONNX graphs in the shapes
+PyTorch's exporter gives real timm blocks (layer scales as Mul, absent branches as
+`+ 0`, RepMixer's `x + gamma * (mixer(x) - norm(x))`, averaged heads, LeViT's
+token-wise Linear + BN1d with reshape_as). Each `<name>.onnx` has a `<name>.json` with
+the most of each op the deploy form may keep. Run with a Python that has onnx and
+numpy: `python tests/data/forms/make.py` (the files are committed; tests read them)."""
+import json
+import os
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+rng = np.random.default_rng(2026)
+
+
+class G:
+    def __init__(self, shape):
+        self.nodes, self.inits, self.k = [], [], 0
+        self.shape = shape
+
+    def name(self, p):
+        self.k += 1
+        return f"{p}{self.k}"
+
+    def init(self, p, arr, dtype=np.float32):
+        n = self.name(p)
+        self.inits.append(numpy_helper.from_array(np.asarray(arr).astype(dtype), n))
+        return n
+
+    def op(self, t, ins, **kw):
+        y = self.name(t.lower())
+        self.nodes.append(helper.make_node(t, ins, [y], name=y, **kw))
+        return y
+
+    def conv(self, x, cin, cout, k, groups=1):
+        w = self.init("w", rng.normal(0, 0.3, (cout, cin // groups, k, k)))
+        return self.op("Conv", [x, w], kernel_shape=[k, k], pads=[k // 2] * 4, group=groups)
+
+    def bn(self, x, c):
+        args = [self.init("g", rng.uniform(0.5, 1.5, c)), self.init("b", rng.normal(0, 0.2, c)), self.init("m", rng.normal(0, 0.2, c)), self.init("v", rng.uniform(0.2, 2.0, c))]
+        return self.op("BatchNormalization", [x] + args, epsilon=1e-5)
+
+    def save(self, name, out, out_shape, limits):
+        graph = helper.make_graph(self.nodes, name, [helper.make_tensor_value_info("input", TensorProto.FLOAT, self.shape)], [helper.make_tensor_value_info(out, TensorProto.FLOAT, out_shape)], self.inits)
+        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        m.ir_version = 8
+        onnx.checker.check_model(m, full_check=True)
+        onnx.save(m, os.path.join(HERE, name + ".onnx"))
+        json.dump(limits, open(os.path.join(HERE, name + ".json"), "w"), indent=1)
+
+
+C, H = 8, 9
+
+# MobileOne: an absent branch is the Python int 0, exported as `+ 0`.
+g = G([1, C, H, H])
+a = g.bn(g.conv("input", C, C, 3), C)
+b = g.bn(g.conv("input", C, C, 1), C)
+idn = g.op("Add", [g.bn("input", C), g.init("zero", np.array(0.0))])
+y = g.op("Relu", [g.op("Add", [g.op("Add", [a, b]), idn])])
+g.save("add_zero_branch", y, [1, C, H, H], {"Conv": 1, "BatchNormalization": 0, "Add": 0})
+
+# A layer scale (per-channel Mul) and a division by a constant after conv+BN.
+g = G([1, C, H, H])
+y = g.bn(g.conv("input", C, C, 3), C)
+y = g.op("Mul", [y, g.init("gamma", rng.normal(1, 0.2, (C, 1, 1)))])
+y = g.op("Div", [y, g.init("d", rng.uniform(1, 3, (1, C, 1, 1)))])
+y = g.op("Sub", [g.init("c", rng.normal(0, 1, (C, 1, 1))), y])
+g.save("scale_div_const_minus", y, [1, C, H, H], {"Conv": 1, "BatchNormalization": 0, "Mul": 0, "Div": 0, "Sub": 0})
+
+# FastViT's RepMixer: x + gamma * (mixer(x) - norm(x)), mixer a dw conv + BN.
+g = G([1, C, H, H])
+mixer = g.bn(g.conv("input", C, C, 3, groups=C), C)
+norm = g.bn("input", C)
+d = g.op("Sub", [mixer, norm])
+y = g.op("Add", ["input", g.op("Mul", [g.init("ls", rng.normal(0.5, 0.1, (C, 1, 1))), d])])
+g.save("repmixer", y, [1, C, H, H], {"Conv": 1, "BatchNormalization": 0, "Sub": 0, "Mul": 0, "Add": 0, "Neg": 0})
+
+# Two heads on one feature, averaged: (head(x) + head_dist(x)) / 2.
+g = G([1, C, H, H])
+f = g.op("Flatten", [g.op("GlobalAveragePool", ["input"])], axis=1)
+h1 = g.op("Gemm", [f, g.init("w", rng.normal(0, 0.3, (5, C))), g.init("b", rng.normal(0, 0.1, 5))], transB=1)
+h2 = g.op("Gemm", [f, g.init("w", rng.normal(0, 0.3, (5, C))), g.init("b", rng.normal(0, 0.1, 5))], transB=1)
+y = g.op("Div", [g.op("Add", [h1, h2]), g.init("two", np.array(2.0))])
+g.save("averaged_heads", y, [1, 5], {"Gemm": 1, "Add": 0, "Div": 0})
+
+# LeViT's LinearNorm on tokens: bn(linear(x).flatten(0, 1)).reshape_as(linear(x)).
+N, I, O = 6, 8, 12
+g = G([1, N, I])
+mm = g.op("MatMul", ["input", g.op("Transpose", [g.init("w", rng.normal(0, 0.3, (O, I)))], perm=[1, 0])])
+bn = g.bn(g.op("Flatten", [mm], axis=2), O)
+y = g.op("Reshape", [bn, g.op("Shape", [mm])])
+y = g.op("Erf", [y])
+g.save("token_linear_bn", y, [1, N, O], {"BatchNormalization": 0, "Shape": 0, "MatMul": 0})
+
+# A layer scale after GELU-as-Erf has nothing to fold into: it stays a Mul, and a
+# broadcast Add of a computed [1, C, 1, 1] tensor stays an Add.
+g = G([1, C, H, H])
+e = g.op("Erf", [g.conv("input", C, C, 3)])
+y = g.op("Mul", [e, g.init("ls", rng.normal(1, 0.1, (1, C, 1, 1)))])
+pooled = g.op("ReduceMean", [y], axes=[2, 3], keepdims=1)
+y = g.op("Add", [y, pooled])
+g.save("unfusable_scale_and_broadcast", y, [1, C, H, H], {"Conv": 1, "Mul": 1, "Add": 1, "BatchNormalization": 0})
+
+# c - conv(x): tract's declutter pass folds this Sub into the conv with the wrong
+# sign; the verifier must not trust that pass (see src/verify/tract_engine.rs).
+g = G([1, C, H, H])
+y = g.op("Sub", [g.init("c", rng.normal(0, 1, (C, 1, 1))), g.conv("input", C, C, 3)])
+g.save("const_minus_conv", y, [1, C, H, H], {"Conv": 1, "Sub": 0})

@@ -1,0 +1,73 @@
+//! The forms real exporters write (tests/data/forms, made by make.py there): each
+//! fuses down to at most the op counts in its `.json`, the written model is valid,
+//! and the fused model computes what the original does, checked by the CPU reference
+//! where it can run the graph and by the ONNX engine (tract) where it cannot; ONNX
+//! Runtime agrees too.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use repfuse::io::onnx::{onnx_bytes, op_counts, read_onnx, write_onnx};
+use repfuse::verify::{check_equivalence, check_equivalence_onnx, depth_all, unrunnable_ops, OnnxSource, Tolerance, UNIT_F32};
+use repfuse::{fuse, FuseOptions};
+
+fn forms() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/forms");
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "onnx")).collect();
+    v.sort();
+    assert!(v.len() >= 6, "exporter forms missing: {:?}", v);
+    v
+}
+
+#[test]
+fn exporter_forms_fuse_to_their_deploy_counts_and_compute_the_same() {
+    for path in forms() {
+        let name = path.file_stem().unwrap().to_string_lossy().to_string();
+        let limits: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path.with_extension("json")).unwrap()).unwrap();
+        let m = read_onnx(&path).unwrap_or_else(|e| panic!("{}: {}", name, e));
+        let f = fuse(&m.graph, &FuseOptions::default()).unwrap_or_else(|e| panic!("{}: {}", name, e));
+        let w = f.weights_cpu(&m.weights).unwrap();
+        let bytes = onnx_bytes(Some(&m), &f.graph, &w).unwrap_or_else(|e| panic!("{}: {}", name, e));
+        let counts = op_counts(&bytes).unwrap();
+        for (op, max) in limits.as_object().unwrap() {
+            let have = counts.get(op).copied().unwrap_or(0);
+            assert!(have as u64 <= max.as_u64().unwrap(), "{}: {} {} left, at most {} expected (all: {:?})", name, have, op, max, counts);
+        }
+        // The engine compares the file as read with the file as written, so it also
+        // checks what the reader lifted (the reference sees only the lifted graph).
+        let original = std::fs::read(&path).unwrap();
+        let tol = Tolerance::for_engine(depth_all(&m.graph), UNIT_F32);
+        let c = check_equivalence_onnx(&OnnxSource { bytes: &original, dir: None }, &OnnxSource { bytes: &bytes, dir: None }, &m.graph.inputs, 3, tol).unwrap();
+        assert!(c.equivalence.passed(), "{}: engine check failed: {:?}", name, c.equivalence);
+        let mut engine = format!("engine, worst {:.3} of bound", c.equivalence.outputs[0].1.worst_ratio);
+        if unrunnable_ops(&m.graph).is_empty() {
+            let e = check_equivalence(&m.graph, &m.weights, &f.graph, &w, 3).unwrap();
+            assert!(e.passed(), "{}: reference check failed: {:?}", name, e);
+            engine += &format!("; reference, worst {:.3} of bound", e.outputs[0].1.worst_ratio);
+        }
+        eprintln!("{:<30} {:?} -> {:?}  ({})", name, m.graph.op_histogram(), counts, engine);
+    }
+}
+
+#[test]
+fn onnxruntime_runs_the_fused_exporter_forms_like_the_originals() {
+    let py = common::ort_python();
+    let tmp = tempfile::tempdir().unwrap();
+    for path in forms() {
+        let name = path.file_stem().unwrap().to_string_lossy().to_string();
+        let m = read_onnx(&path).unwrap();
+        let f = fuse(&m.graph, &FuseOptions::default()).unwrap();
+        let out = tmp.path().join(format!("{}.onnx", name));
+        write_onnx(Some(&m), &f.graph, &f.weights_cpu(&m.weights).unwrap(), &out).unwrap();
+        let t = Tolerance::for_engine(depth_all(&m.graph), UNIT_F32);
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ort_check.py");
+        let o = Command::new(&py).arg(script).arg(&path).arg(&out).arg("9").arg((t.sigmas * t.unit).to_string()).output().unwrap();
+        assert!(o.status.success(), "{}: checker / ORT: {}", name, String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        for r in v["outputs"].as_array().unwrap() {
+            assert!(r["shape_equal"] == true && r["allclose"] == true, "{}: {}", name, r);
+        }
+    }
+}
