@@ -35,6 +35,20 @@ pub fn print_report(r: &repfuse::FusionReport) {
             crate::say!("    {} [{}]: {}", x.rule, x.nodes.join(", "), x.reason);
         }
     }
+    if !r.left.is_empty() {
+        // Grouped by op and explanation: real models leave dozens of residual sums.
+        let mut groups: std::collections::BTreeMap<(&str, &str), Vec<&str>> = std::collections::BTreeMap::new();
+        for l in &r.left {
+            // Refusals name their nodes; they are listed above, so group by rule.
+            let why = if l.why.starts_with("refused by ") { l.why.split(':').next().unwrap_or(&l.why) } else { l.why.as_str() };
+            groups.entry((l.op.as_str(), why)).or_default().push(l.node.as_str());
+        }
+        crate::say!("\n  left in the deploy graph ({} BN / sum / concat nodes):", r.left.len());
+        for ((op, why), nodes) in groups {
+            let more = if nodes.len() > 1 { format!(" (and {} more)", nodes.len() - 1) } else { String::new() };
+            crate::say!("    {} `{}`{}: {}", op, nodes[0], more, why);
+        }
+    }
 }
 
 pub fn human(x: f64) -> String {

@@ -6,6 +6,7 @@ mod branch;
 mod conv_bn;
 pub mod conv_like;
 pub mod geometry;
+mod left;
 mod linear;
 mod merge;
 mod report;
@@ -15,7 +16,7 @@ mod shortcut;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-pub use report::{FusedRegion, FusionReport, Refusal};
+pub use report::{FusedRegion, FusionReport, Left, Refusal};
 use rule::{Ctx, Patch, Rule};
 
 use crate::error::{Error, Result};
@@ -247,6 +248,7 @@ fn finish(
     // pattern refused one way and fused another way is not a refusal.
     let names: BTreeSet<&str> = g.nodes.iter().map(|n| n.name.as_str()).collect();
     report.refused = refusals.into_iter().filter(|r| r.nodes.iter().all(|n| names.contains(n.as_str()))).collect();
+    report.left = left::explain(&g, &report.refused);
     report.ops_after = g.op_histogram();
     report.params_after = g.param_count();
     report.flops_after = g.flops(&shapes);

@@ -26,6 +26,18 @@ pub struct Refusal {
     pub reason: String,
 }
 
+/// A node of a kind re-parameterization removes (BN, branch sum, concat) that is
+/// still in the deploy graph, and why.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Left {
+    /// Its name.
+    pub node: String,
+    /// Its kind.
+    pub op: String,
+    /// The refusal that kept it, or "no rule matches: <the pattern>".
+    pub why: String,
+}
+
 /// What a fusion did: the rewrites, the refusals and before/after totals.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct FusionReport {
@@ -33,6 +45,8 @@ pub struct FusionReport {
     pub fused: Vec<FusedRegion>,
     /// Patterns left as they were, with reasons.
     pub refused: Vec<Refusal>,
+    /// Every BN, sum and concat still in the deploy graph, with why.
+    pub left: Vec<Left>,
     /// Node count per op kind of the training graph.
     pub ops_before: BTreeMap<String, usize>,
     /// Node count per op kind of the deploy graph.
