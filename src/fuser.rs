@@ -43,7 +43,8 @@ pub struct Fused {
 /// Fuses models on a chosen backend; build once, share across threads.
 pub struct Fuser {
     backend: Backend,
-    gpu: OnceLock<std::result::Result<GpuContext, String>>,
+    /// The context, or why it did not open: (no adapter at all?, the message).
+    gpu: OnceLock<std::result::Result<GpuContext, (bool, String)>>,
 }
 
 impl Fuser {
@@ -54,7 +55,14 @@ impl Fuser {
 
     /// The GPU context, opened once.
     pub fn gpu(&self) -> Result<&GpuContext> {
-        self.gpu.get_or_init(|| GpuContext::new().map_err(|e| e.to_string())).as_ref().map_err(|e| Error::NoAdapter(e.clone()))
+        self.gpu.get_or_init(|| GpuContext::new().map_err(|e| (matches!(e, Error::NoAdapter(_)), e.to_string()))).as_ref().map_err(|(none, e)| {
+            // A missing adapter and a device that failed to start are different faults.
+            if *none {
+                Error::NoAdapter(e.trim_start_matches("no GPU adapter: ").to_string())
+            } else {
+                Error::Gpu(e.clone())
+            }
+        })
     }
 
     /// Which backend `fuse` will use, and why.

@@ -36,7 +36,8 @@ fn exporter_forms_fuse_to_their_deploy_counts_and_compute_the_same() {
             assert!(have as u64 <= max.as_u64().unwrap(), "{}: {} {} left, at most {} expected (all: {:?})", name, have, op, max, counts);
         }
         // Every BN, sum and concat still there is explained.
-        let kept = f.graph.nodes.iter().filter(|n| matches!(n.op, repfuse::graph::Op::BatchNorm(_) | repfuse::graph::Op::Add | repfuse::graph::Op::Concat)).count();
+        let kept =
+            f.graph.nodes.iter().filter(|n| matches!(n.op, repfuse::graph::Op::BatchNorm(_) | repfuse::graph::Op::Add | repfuse::graph::Op::Concat)).count();
         assert_eq!(f.report.left.len(), kept, "{}: left {:?}", name, f.report.left);
         assert!(f.report.left.iter().all(|l| l.why.starts_with("refused by ") || l.why.starts_with("no rule matches: ")), "{}: {:?}", name, f.report.left);
         // The engine compares the file as read with the file as written, so it also

@@ -22,14 +22,15 @@ pub enum Bind {
     ReadWrite,
 }
 
-/// Binding kinds of each kernel, in binding order.
-fn layout_of(name: &str) -> &'static [Bind] {
+/// Binding kinds of each kernel, in binding order; None for a kernel this table does
+/// not know (an error at pipeline creation, never an empty layout).
+fn layout_of(name: &str) -> Option<&'static [Bind]> {
     use Bind::*;
     match name {
-        "fold_bn" | "fill" | "place" | "compose" => &[ReadWrite, Read],
-        "conv2d" | "conv2d_tiled" | "linear" | "elementwise" => &[Uniform, Read, Read, Read, ReadWrite],
-        "pool" => &[Uniform, Read, ReadWrite],
-        _ => &[],
+        "fold_bn" | "fill" | "place" | "compose" => Some(&[ReadWrite, Read]),
+        "conv2d" | "conv2d_tiled" | "linear" | "elementwise" => Some(&[Uniform, Read, Read, Read, ReadWrite]),
+        "pool" => Some(&[Uniform, Read, ReadWrite]),
+        _ => None,
     }
 }
 
@@ -123,6 +124,7 @@ impl GpuContext {
         shaders::validate(name, source)?;
         let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(name), source: wgpu::ShaderSource::Wgsl(source.into()) });
         let entries: Vec<wgpu::BindGroupLayoutEntry> = layout_of(name)
+            .ok_or_else(|| Error::Gpu(format!("kernel `{}` has no binding layout", name)))?
             .iter()
             .enumerate()
             .map(|(i, b)| wgpu::BindGroupLayoutEntry {

@@ -147,7 +147,11 @@ pub fn act_code(a: Option<Activation>) -> (u32, f32) {
     }
 }
 
+/// A size that `forward_gpu` proved fits in u32 before recording anything (every
+/// tensor of the graph has at most u32::MAX elements, so every dimension and offset
+/// derived from one does too).
 fn u(x: usize) -> u32 {
+    debug_assert!(x <= u32::MAX as usize, "forward_gpu's size check missed {}", x);
     x as u32
 }
 
@@ -180,6 +184,13 @@ impl Recorder<'_> {
 /// Runs `g` forward on the GPU; returns every graph output by name.
 pub fn forward_gpu(ctx: &GpuContext, g: &Graph, weights: &Weights, inputs: &HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>> {
     let shapes = infer_shapes(g)?;
+    // Kernel parameters are u32: refuse what would not fit before recording anything.
+    for (t, s) in shapes.iter().chain(g.params.iter()) {
+        let n = crate::tensor::checked_numel(s).unwrap_or(usize::MAX);
+        if n > u32::MAX as usize {
+            return Err(Error::Limit { what: format!("elements of tensor `{}` (u32 kernel sizes)", t), need: n as u64, have: u32::MAX as u64 });
+        }
+    }
     let mut consumers: HashMap<&str, usize> = HashMap::new();
     for n in &g.nodes {
         for t in &n.inputs {

@@ -44,12 +44,13 @@ impl Arena {
     }
 }
 
-fn dims4(shape: &[usize]) -> [usize; 4] {
+/// A kernel's shape as OIHW (a Linear weight is `[O, I, 1, 1]`, a bias `[O, 1, 1, 1]`).
+fn dims4(shape: &[usize]) -> Result<[usize; 4]> {
     match *shape {
-        [o, i, h, w] => [o, i, h, w],
-        [o, i] => [o, i, 1, 1],
-        [o] => [o, 1, 1, 1],
-        _ => [0; 4],
+        [o, i, h, w] => Ok([o, i, h, w]),
+        [o, i] => Ok([o, i, 1, 1]),
+        [o] => Ok([o, 1, 1, 1]),
+        _ => Err(Error::Graph(format!("internal error: a plan kernel of shape {:?} (rank 1, 2 or 4 expected)", shape))),
     }
 }
 
@@ -346,11 +347,11 @@ fn encode(step: &Step, arena: &Arena, shape_of: &dyn Fn(&str) -> Result<Vec<usiz
             ((r, vec![]), channels * kernel[0] * kernel[1])
         }
         Step::Place { out_shape, groups, in_channels, sources, out_kernel, out_bias } => {
-            let [o, per, kh, kw] = dims4(out_shape);
+            let [o, per, kh, kw] = dims4(out_shape)?;
             // Source records go in a side list; `src0` (field 8) is set by `Batch`.
             let mut srcs = vec![];
             for s in sources {
-                let [so, si, sh, sw] = dims4(&shape_of(&s.kernel)?);
+                let [so, si, sh, sw] = dims4(&shape_of(&s.kernel)?)?;
                 let m = s.map;
                 let mut q = vec![
                     arena.at(&s.kernel)?,
@@ -383,8 +384,8 @@ fn encode(step: &Step, arena: &Arena, shape_of: &dyn Fn(&str) -> Result<Vec<usiz
             ((r, srcs), o * per * kh * kw + o)
         }
         Step::Compose { first, second, in_channels, out_shape, groups, out_kernel, out_bias } => {
-            let [m, ca, ah, aw] = dims4(&shape_of(&first.kernel)?);
-            let [o, mb, bh, bw] = dims4(&shape_of(&second.kernel)?);
+            let [m, ca, ah, aw] = dims4(&shape_of(&first.kernel)?)?;
+            let [o, mb, bh, bw] = dims4(&shape_of(&second.kernel)?)?;
             let mut r = vec![
                 arena.at(&first.kernel)?,
                 arena.at_opt(first.bias.as_ref())?,
