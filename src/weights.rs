@@ -21,6 +21,10 @@ impl Weights {
     pub fn insert(&mut self, name: impl Into<String>, t: Tensor) {
         self.tensors.insert(name.into(), t);
     }
+    /// Drops the tensor `name`, returning it if it was held.
+    pub fn remove(&mut self, name: &str) -> Option<Tensor> {
+        self.tensors.remove(name)
+    }
     /// The tensor `name`; `Error::Tensor` when it is missing.
     pub fn get(&self, name: &str) -> Result<&Tensor> {
         self.tensors.get(name).ok_or_else(|| Error::tensor(name, "missing from the weights"))

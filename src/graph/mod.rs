@@ -51,6 +51,11 @@ pub struct Graph {
     pub nodes: Vec<Node>,
     /// Shape of every parameter tensor an op names.
     pub params: BTreeMap<String, Vec<usize>>,
+    /// Shapes of carried nodes' outputs that a shape analysis of the source file
+    /// proved (the ONNX engine's), for tensors repfuse's own inference cannot follow
+    /// (past attention, reshapes, state-space mixers).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub known_shapes: BTreeMap<String, Vec<usize>>,
 }
 
 impl Graph {

@@ -132,8 +132,21 @@ fn infer(g: &Graph, seed: Shapes, strict: bool) -> Result<Shapes> {
             Some(ins) => node_output_shape(n, &ins).ok().flatten(),
             None => None,
         };
+        // A carried node: what the source's own shape analysis proved, if anything.
+        let out = match (&n.op, out) {
+            (Op::Opaque(_), None) => n.outputs.first().and_then(|o| g.known_shapes.get(o)).cloned(),
+            (_, out) => out,
+        };
         if let (Some(s), Some(o)) = (out, n.outputs.first()) {
             shapes.entry(o.clone()).or_insert(s);
+        }
+        // A carried node's other outputs (Split): only the source's analysis knows them.
+        if matches!(n.op, Op::Opaque(_)) {
+            for o in n.outputs.iter().skip(1) {
+                if let Some(s) = g.known_shapes.get(o) {
+                    shapes.entry(o.clone()).or_insert_with(|| s.clone());
+                }
+            }
         }
     }
     Ok(shapes)

@@ -75,11 +75,14 @@ impl Tolerance {
 
     /// Against `max|reference|`, for an engine that runs whole models in f32 (tract):
     /// `nodes` roundings on the longest path (`depth_all`), each a random error of up
-    /// to one unit roundoff of values up to `max|reference|` (weights in `unit`).
-    /// Measured on the seven timm models: correct fusions 11u-55u of `max|y|`, under
-    /// half this bound; a dropped BN eps 2000u-90000u.
+    /// to one unit roundoff of values up to `max|reference|` (weights in `unit`), at
+    /// 16 sigmas: models with long reductions (attention, state-space mixers) round
+    /// more per node. Measured: two independent correct runtimes (ONNX Runtime and
+    /// PyTorch) differ by up to 0.25 of this bound (EfficientViM-M1, the worst of 19
+    /// timm models); correct fusions use 0.01-0.55 of it; a dropped BN eps fails it by
+    /// 3x-11000x.
     pub fn for_engine(nodes: usize, unit: f64) -> Tolerance {
-        Tolerance { unit, sigmas: Self::F32.sigmas * (nodes.max(1) as f64).sqrt(), ..Self::F32 }
+        Tolerance { unit, sigmas: 2.0 * Self::F32.sigmas * (nodes.max(1) as f64).sqrt(), ..Self::F32 }
     }
 
     /// Against `max|reference|`: the outputs of `g` computed with f32 sums (a GPU
@@ -400,9 +403,20 @@ pub fn check_regions_shaped(
             continue;
         };
         let vi = |ts: &[String]| ts.iter().zip(&in_shapes).map(|(t, s)| crate::graph::ValueInfo { name: t.clone(), shape: s.clone() }).collect();
-        let sub_orig =
-            Graph { inputs: vi(&inputs), outputs: vec![out_t.clone()], nodes: members.into_iter().cloned().collect(), params: original.params.clone() };
-        let sub_fused = Graph { inputs: vi(&inputs), outputs: vec![out_t.clone()], nodes: vec![node.clone()], params: fused.params.clone() };
+        let sub_orig = Graph {
+            inputs: vi(&inputs),
+            outputs: vec![out_t.clone()],
+            nodes: members.into_iter().cloned().collect(),
+            params: original.params.clone(),
+            known_shapes: original.known_shapes.clone(),
+        };
+        let sub_fused = Graph {
+            inputs: vi(&inputs),
+            outputs: vec![out_t.clone()],
+            nodes: vec![node.clone()],
+            params: fused.params.clone(),
+            known_shapes: fused.known_shapes.clone(),
+        };
         let feeds = random_inputs(&sub_orig, seed.wrapping_add(k as u64));
         let r = crate::cpu::forward_with_error_scale(&sub_orig, original_w, &feeds)?;
         let x = crate::cpu::forward(&sub_fused, fused_w, &feeds)?;

@@ -30,6 +30,29 @@ pub struct TractModel {
     outputs: Vec<String>,
 }
 
+/// Runs `f`, turning a panic inside tract into an error. tract indexes maps with names
+/// a corrupt file need not define, and repfuse must not panic on any input file. The
+/// panic message is silenced for this thread only (other threads' panics still print).
+fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    use std::sync::{Arc, Mutex};
+    static HOOK: Mutex<()> = Mutex::new(());
+    let lock = HOOK.lock().unwrap_or_else(|e| e.into_inner());
+    let prev: Arc<dyn Fn(&std::panic::PanicHookInfo<'_>) + Send + Sync> = Arc::from(std::panic::take_hook());
+    let me = std::thread::current().id();
+    let chained = prev.clone();
+    std::panic::set_hook(Box::new(move |info| {
+        if std::thread::current().id() != me {
+            chained(info)
+        }
+    }));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(Box::new(move |info| prev(info)));
+    drop(lock);
+    r.unwrap_or_else(|_| Err(engine_err(what, "the engine failed on this model (it panicked)")))
+}
+
+type ConstsAndShapes = (HashMap<String, ConstInts>, HashMap<String, Vec<usize>>);
+
 fn engine_err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Unsupported { node: what.to_string(), why: format!("the ONNX engine (tract) cannot run this model: {:#}", e) }
 }
@@ -73,6 +96,10 @@ impl TractModel {
     /// Loads ONNX `bytes` (external data resolved in `dir`) with the graph inputs
     /// fixed to `inputs`' shapes.
     pub fn load(bytes: &[u8], dir: Option<&Path>, inputs: &[ValueInfo]) -> Result<TractModel> {
+        guarded("model", || Self::load_unguarded(bytes, dir, inputs))
+    }
+
+    fn load_unguarded(bytes: &[u8], dir: Option<&Path>, inputs: &[ValueInfo]) -> Result<TractModel> {
         let (model, _, outputs) = parse(bytes, dir, inputs)?;
         let input_names: Vec<(String, DatumType)> = model
             .input_outlets()
@@ -91,6 +118,10 @@ impl TractModel {
 
     /// Runs the model; returns every graph output by name, as f32.
     pub fn run(&self, inputs: &HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>> {
+        guarded("run", || self.run_unguarded(inputs))
+    }
+
+    fn run_unguarded(&self, inputs: &HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>> {
         let mut feed = tvec![];
         for (name, dt) in &self.inputs {
             let t = inputs.get(name).ok_or_else(|| Error::tensor(name, "graph input not supplied"))?;
@@ -112,6 +143,10 @@ impl TractModel {
 /// The shape of every tensor of an ONNX model whose shape tract can infer, by ONNX
 /// name, for graph inputs fixed to `inputs`' shapes.
 pub fn tensor_shapes(bytes: &[u8], dir: Option<&Path>, inputs: &[ValueInfo]) -> Result<HashMap<String, Vec<usize>>> {
+    guarded("shape analysis", || tensor_shapes_unguarded(bytes, dir, inputs))
+}
+
+fn tensor_shapes_unguarded(bytes: &[u8], dir: Option<&Path>, inputs: &[ValueInfo]) -> Result<HashMap<String, Vec<usize>>> {
     use tract_onnx::prelude::InferenceModelExt as _;
     let (mut model, by_name, _) = parse(bytes, dir, inputs)?;
     model.analyse(false).map_err(|e| engine_err("shape analysis", e))?;
@@ -126,27 +161,49 @@ pub fn tensor_shapes(bytes: &[u8], dir: Option<&Path>, inputs: &[ValueInfo]) -> 
     Ok(out)
 }
 
-/// An integer tensor the ONNX engine proved constant for fixed input shapes.
+/// A tensor the ONNX engine proved constant for fixed input shapes.
 pub struct ConstInts {
     /// Its shape.
     pub shape: Vec<usize>,
-    /// Its values, widened to i64.
+    /// Its values, widened to i64 (integer tensors).
     pub values: Vec<i64>,
-    /// The ONNX element type it had (6 int32, 7 int64).
+    /// Its values (float32 tensors).
+    pub floats: Vec<f32>,
+    /// The ONNX element type it had (1 float, 6 int32, 7 int64).
     pub onnx_type: i32,
 }
 
-/// Every integer tensor of an ONNX model whose value tract's analysis proves constant
-/// when the graph inputs have `inputs`' shapes: the results of shape arithmetic
-/// (Shape, Gather, Concat, Unsqueeze... on static shapes), by ONNX name.
-pub fn constant_int_tensors(bytes: &[u8], dir: Option<&Path>, inputs: &[ValueInfo]) -> Result<HashMap<String, ConstInts>> {
+/// Float constants larger than this are not folded (a transposed weight is better
+/// left to the rules than duplicated).
+const MAX_FOLDED_FLOATS: usize = 1 << 16;
+
+/// Every integer (and small float32) tensor of an ONNX model whose value tract's
+/// analysis proves constant when the graph inputs have `inputs`' shapes: the results
+/// of shape arithmetic (Shape, Gather, Concat, Unsqueeze... on static shapes) and of
+/// arithmetic on initializers (a gate `sigmoid(alpha)`), by ONNX name.
+/// With them, the shape of every tensor the analysis could infer.
+pub fn constant_tensors_and_shapes(bytes: &[u8], dir: Option<&Path>, inputs: &[ValueInfo]) -> Result<ConstsAndShapes> {
+    guarded("shape analysis", || constants_unguarded(bytes, dir, inputs))
+}
+
+fn constants_unguarded(bytes: &[u8], dir: Option<&Path>, inputs: &[ValueInfo]) -> Result<ConstsAndShapes> {
     use tract_onnx::prelude::InferenceModelExt as _;
     let (mut model, by_name, _) = parse(bytes, dir, inputs)?;
     model.analyse(false).map_err(|e| engine_err("shape analysis", e))?;
     let mut out = HashMap::new();
+    let mut shapes = HashMap::new();
     for (name, outlet) in by_name {
         let Ok(f) = model.outlet_fact(outlet) else { continue };
+        if let Ok(Some(s)) = f.shape.as_concrete_finite() {
+            shapes.insert(name.clone(), s.to_vec());
+        }
         let Some(k) = f.value.concretize() else { continue };
+        if k.datum_type() == DatumType::F32 && k.len() <= MAX_FOLDED_FLOATS {
+            if let Ok(v) = k.to_plain_array_view::<f32>() {
+                out.insert(name, ConstInts { shape: k.shape().to_vec(), values: vec![], floats: v.iter().copied().collect(), onnx_type: 1 });
+            }
+            continue;
+        }
         let (values, onnx_type): (Vec<i64>, i32) = match k.datum_type() {
             DatumType::I64 => match k.to_plain_array_view::<i64>() {
                 Ok(v) => (v.iter().copied().collect(), 7),
@@ -167,7 +224,7 @@ pub fn constant_int_tensors(bytes: &[u8], dir: Option<&Path>, inputs: &[ValueInf
             },
             _ => continue,
         };
-        out.insert(name, ConstInts { shape: k.shape().to_vec(), values, onnx_type });
+        out.insert(name, ConstInts { shape: k.shape().to_vec(), values, floats: vec![], onnx_type });
     }
-    Ok(out)
+    Ok((out, shapes))
 }

@@ -99,24 +99,31 @@ fn per_channel(c: &Tensor, xs: &[usize]) -> Option<Vec<f64>> {
 
 /// An `Add` of tensors whose shapes differ is an ONNX broadcast, which the IR's `Add`
 /// does not model: it goes back to being a carried ONNX Add.
-fn broadcast_add(n: &Node, shapes: &Shapes) -> Option<Lift> {
-    let ins: Vec<&Vec<usize>> = n.inputs.iter().map(|t| shapes.get(t)).collect::<Option<_>>()?;
-    if ins.iter().all(|s| *s == ins[0]) || n.inputs.len() != 2 {
-        return None;
+///
+/// So does an `Add` one of whose inputs became a constant (a gathered table folded by
+/// `static_shapes`): the IR's `Add` sums computed tensors only; as a carried ONNX
+/// Add, the next round lifts it if the constant is per-channel.
+fn broadcast_add(n: &Node, shapes: &Shapes, g: &Graph) -> Option<Lift> {
+    let reads_constant = n.inputs.iter().any(|t| g.params.contains_key(t));
+    if !reads_constant {
+        let ins: Vec<&Vec<usize>> = n.inputs.iter().map(|t| shapes.get(t)).collect::<Option<_>>()?;
+        if ins.iter().all(|s| *s == ins[0]) || n.inputs.len() != 2 {
+            return None;
+        }
     }
     let mut p = NodeProto::new();
     p.name = n.name.clone();
-    p.op_type = "Add".into();
+    p.op_type = if n.inputs.len() == 2 { "Add" } else { "Sum" }.into();
     p.input = n.inputs.clone();
     p.output = n.outputs.clone();
     let payload = p.write_to_bytes().ok()?;
-    let op = Op::Opaque(crate::graph::Opaque { op_type: "Add".into(), payload, shape_hint: None });
+    let op = Op::Opaque(crate::graph::Opaque { op_type: p.op_type.clone(), payload, shape_hint: None });
     Some(Lift::Replace(vec![Node { op, ..n.clone() }], vec![]))
 }
 
 fn lift(n: &Node, shapes: &Shapes, g: &Graph, w: &Weights) -> Option<Lift> {
     if n.op == Op::Add {
-        return broadcast_add(n, shapes);
+        return broadcast_add(n, shapes, g);
     }
     let Op::Opaque(o) = &n.op else { return None };
     if !matches!(o.op_type.as_str(), "Add" | "Sub" | "Mul" | "Div") || n.inputs.len() != 2 || n.outputs.len() != 1 {

@@ -112,6 +112,46 @@ fn to_protos(n: &Node) -> Result<Vec<NodeProto>> {
     Ok(vec![p])
 }
 
+/// What becomes of a node that is half of a lifted `a - b` (see `surviving_subs`).
+enum Sub {
+    /// The `neg(b)` stand-in: not written.
+    Drop,
+    /// The `a + neg(b)`: written as `Sub(a, b)`.
+    Write(String),
+}
+
+/// The reader lifts `a - b` into `a + neg(b)` so branch differences merge like sums;
+/// where that pair survives fusion unchanged (its `neg` read only by its `Add`), it
+/// is written back as the one `Sub` it came from.
+fn surviving_subs(graph: &Graph) -> std::collections::HashMap<&str, Sub> {
+    let mut readers: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for t in graph.nodes.iter().flat_map(|n| &n.inputs).chain(&graph.outputs) {
+        *readers.entry(t.as_str()).or_default() += 1;
+    }
+    let negs: std::collections::HashMap<&str, (&str, &str)> = graph
+        .nodes
+        .iter()
+        .filter_map(|n| match &n.op {
+            Op::BatchNorm(b) => {
+                let w = b.written_as.as_ref()?;
+                let p = NodeProto::parse_from_bytes(&w.payload).ok()?;
+                (p.op_type == "Neg" && readers.get(n.outputs[0].as_str()) == Some(&1)).then(|| (n.outputs[0].as_str(), (n.name.as_str(), n.inputs[0].as_str())))
+            }
+            _ => None,
+        })
+        .collect();
+    let mut out = std::collections::HashMap::new();
+    for n in &graph.nodes {
+        if n.op == Op::Add && n.inputs.len() == 2 {
+            if let Some((neg, b)) = negs.get(n.inputs[1].as_str()) {
+                out.insert(n.name.as_str(), Sub::Write(b.to_string()));
+                out.insert(*neg, Sub::Drop);
+            }
+        }
+    }
+    out
+}
+
 /// A model proto to write `graph` into: the source's when there is one (same inputs,
 /// outputs, opset, metadata), else a fresh opset-17 model.
 fn base_proto(src: Option<&OnnxModel>, graph: &Graph) -> ModelProto {
@@ -175,8 +215,13 @@ fn build_proto(src: Option<&OnnxModel>, graph: &Graph, weights: &Weights) -> Res
     let mut proto = base_proto(src, graph);
     let default_type = src.map_or(FloatType::F32, |m| m.float_type);
     let g = proto.graph.as_mut().expect("base_proto makes a graph");
+    let subs = surviving_subs(graph);
     for n in &graph.nodes {
-        g.node.extend(to_protos(n)?);
+        match subs.get(n.name.as_str()) {
+            Some(Sub::Drop) => {}
+            Some(Sub::Write(b)) => g.node.push(node(&n.name, "Sub", vec![n.inputs[0].clone(), b.clone()], n.outputs.clone())),
+            None => g.node.extend(to_protos(n)?),
+        }
     }
     // Only what the written nodes read (a stand-in batch norm written back as its
     // source node reads the source's constant, not the stand-in's parameters).

@@ -103,9 +103,7 @@ pub fn read_onnx_bytes(path: &Path, bytes: &[u8]) -> Result<OnnxModel> {
             skip.insert(j);
         }
     }
-    if dynamic_dims.is_empty() {
-        super::static_shapes::fold_static_shapes(bytes, path, &mut st.graph, &mut st.passthrough);
-    }
+    super::static_shapes::fold_static_shapes(bytes, path, &mut st.graph, &mut st.weights, &mut st.dtypes, &mut st.passthrough, dynamic_dims.is_empty());
     super::matmul::lift_token_linears(&mut st.graph, &mut st.weights);
     super::arith::lift_constant_arith(&mut st.graph, &mut st.weights, &mut st.dtypes).map_err(&in_file)?;
     let float_type = st.dtypes.values().next().copied().unwrap_or(FloatType::F32);

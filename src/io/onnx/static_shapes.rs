@@ -14,16 +14,40 @@ use std::path::Path;
 
 use onnx_protobuf::TensorProto;
 
+use super::tensor::FloatType;
 use crate::graph::{Graph, Op};
+use crate::weights::Weights;
 
-/// Folds what it can; leaves the graph as it is when the engine cannot analyse it.
-pub(super) fn fold_static_shapes(bytes: &[u8], path: &Path, g: &mut Graph, passthrough: &mut BTreeMap<String, TensorProto>) {
-    if !g.nodes.iter().any(|n| matches!(&n.op, Op::Opaque(o) if o.op_type == "Shape" || o.op_type == "Size")) {
+/// Whether a known op names `k` among its parameters (a conv weight is not an input).
+fn is_op_param(g: &Graph, k: &str) -> bool {
+    g.nodes.iter().any(|n| n.op.params().contains(&k))
+}
+
+/// Records the engine's shapes of carried outputs, and (static inputs only) folds
+/// what it can; leaves the graph as it is when the engine cannot analyse it.
+pub(super) fn fold_static_shapes(
+    bytes: &[u8],
+    path: &Path,
+    g: &mut Graph,
+    weights: &mut Weights,
+    dtypes: &mut BTreeMap<String, FloatType>,
+    passthrough: &mut BTreeMap<String, TensorProto>,
+    static_inputs: bool,
+) {
+    if !g.nodes.iter().any(|n| matches!(n.op, Op::Opaque(_))) {
         return;
     }
-    let Ok(consts) = crate::verify::tract_engine::constant_int_tensors(bytes, path.parent(), &g.inputs) else { return };
+    let Ok((consts, shapes)) = crate::verify::tract_engine::constant_tensors_and_shapes(bytes, path.parent(), &g.inputs) else { return };
+    // Shapes past carried nodes, for the rules to prove what they need.
+    let carried: HashSet<&String> = g.nodes.iter().filter(|n| matches!(n.op, Op::Opaque(_))).flat_map(|n| &n.outputs).collect();
+    g.known_shapes = shapes.into_iter().filter(|(k, _)| carried.contains(k)).collect();
+    if !static_inputs {
+        // A symbolic dimension: shape arithmetic is not constant.
+        return;
+    }
     // Replace each carried node whose every output is a proven integer constant.
     let mut keep = Vec::with_capacity(g.nodes.len());
+    let mut folded: HashSet<String> = HashSet::new();
     for n in std::mem::take(&mut g.nodes) {
         let folds = matches!(n.op, Op::Opaque(_)) && !n.outputs.is_empty() && n.outputs.iter().all(|o| consts.contains_key(o) && !g.outputs.contains(o));
         if !folds {
@@ -31,7 +55,15 @@ pub(super) fn fold_static_shapes(bytes: &[u8], path: &Path, g: &mut Graph, passt
             continue;
         }
         for o in &n.outputs {
+            folded.insert(o.clone());
             let c = &consts[o];
+            if c.onnx_type == 1 {
+                // A float constant (a gate computed from a parameter): a weight like any.
+                g.params.insert(o.clone(), c.shape.clone());
+                weights.insert(o.clone(), crate::tensor::Tensor::from_parts(c.shape.clone(), c.floats.clone()));
+                dtypes.insert(o.clone(), FloatType::F32);
+                continue;
+            }
             let mut t = TensorProto::new();
             t.name = o.clone();
             t.dims = c.shape.iter().map(|&d| d as i64).collect();
@@ -59,6 +91,13 @@ pub(super) fn fold_static_shapes(bytes: &[u8], path: &Path, g: &mut Graph, passt
         }
     }
     let read: HashSet<String> = g.nodes.iter().flat_map(|n| n.inputs.iter().cloned()).chain(g.outputs.iter().cloned()).collect();
-    passthrough.retain(|k, _| read.contains(k) || !consts.contains_key(k));
-    g.params.retain(|k, _| read.contains(k) || !consts.contains_key(k));
+    // Folded values nothing reads (their readers were folded too), and parameters only
+    // folded nodes read (a gate's raw parameter), are not kept.
+    let unread: Vec<String> = g.params.keys().filter(|k| !read.contains(*k) && !is_op_param(g, k)).cloned().collect();
+    for k in unread {
+        g.params.remove(&k);
+        weights.remove(&k);
+        dtypes.remove(&k);
+        passthrough.remove(&k);
+    }
 }
