@@ -7,7 +7,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use repfuse::io::onnx::{onnx_bytes, op_counts, read_onnx, write_onnx};
 use repfuse::verify::{check_equivalence, check_equivalence_onnx, depth_all, unrunnable_ops, OnnxSource, Tolerance, UNIT_F32};
@@ -58,7 +57,6 @@ fn exporter_forms_fuse_to_their_deploy_counts_and_compute_the_same() {
 
 #[test]
 fn onnxruntime_runs_the_fused_exporter_forms_like_the_originals() {
-    let py = common::ort_python();
     let tmp = tempfile::tempdir().unwrap();
     for path in forms() {
         let name = path.file_stem().unwrap().to_string_lossy().to_string();
@@ -66,13 +64,6 @@ fn onnxruntime_runs_the_fused_exporter_forms_like_the_originals() {
         let f = fuse(&m.graph, &FuseOptions::default()).unwrap();
         let out = tmp.path().join(format!("{}.onnx", name));
         write_onnx(Some(&m), &f.graph, &f.weights_cpu(&m.weights).unwrap(), &out).unwrap();
-        let t = Tolerance::for_engine(depth_all(&m.graph), UNIT_F32);
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ort_check.py");
-        let o = Command::new(&py).arg(script).arg(&path).arg(&out).arg("9").arg((t.sigmas * t.unit).to_string()).output().unwrap();
-        assert!(o.status.success(), "{}: checker / ORT: {}", name, String::from_utf8_lossy(&o.stderr));
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        for r in v["outputs"].as_array().unwrap() {
-            assert!(r["shape_equal"] == true && r["allclose"] == true, "{}: {}", name, r);
-        }
+        common::ort_agree(&name, &path, &out, common::engine_bound(&m.graph));
     }
 }

@@ -4,7 +4,8 @@
 //! executor leaves the source weights bit-identical, and untouched parameters are
 //! shared with the source, not copied.
 
-mod support;
+mod common;
+use common::fusion as support;
 
 use std::collections::{BTreeMap, HashMap};
 

@@ -7,28 +7,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
 use repfuse::io::onnx::{read_onnx, write_onnx};
 use repfuse::verify::Tolerance;
 use repfuse::{fuse, FuseOptions};
-
-/// Checks `b` with onnx's checker, runs both models in ORT; panics with the numbers
-/// when they disagree.
-fn ort_agree(py: &Path, what: &str, a: &Path, b: &Path, atol: f64) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ort_check.py");
-    let out = Command::new(py).arg(script).arg(a).arg(b).arg("11").arg(atol.to_string()).output().unwrap();
-    assert!(out.status.success(), "{}: ORT failed: {}", what, String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["same_outputs"], true, "{}: output names differ: {}", what, v);
-    let outs = v["outputs"].as_array().unwrap();
-    assert!(!outs.is_empty(), "{}: no outputs", what);
-    for o in outs {
-        assert!(o["shape_equal"] == true && o["allclose"] == true, "{}: ORT outputs differ: {}", what, o);
-    }
-    eprintln!("{:<36} ORT max_abs {:.3e} (|ref| max {:.3})", what, outs[0]["max_abs"].as_f64().unwrap(), outs[0]["ref_abs_max"].as_f64().unwrap());
-}
 
 /// ORT against ORT, both f32 sums: the allowed error relative to `max|reference|`.
 fn ort_bound(g: &repfuse::Graph) -> f64 {
@@ -42,7 +25,6 @@ fn fixtures() -> Vec<PathBuf> {
 
 #[test]
 fn onnxruntime_fused_fixtures_run_in_onnx_runtime_like_the_originals() {
-    let py = common::ort_python();
     let tmp = tempfile::tempdir().unwrap();
     for dir in fixtures() {
         let case = dir.file_name().unwrap().to_string_lossy().to_string();
@@ -51,13 +33,12 @@ fn onnxruntime_fused_fixtures_run_in_onnx_runtime_like_the_originals() {
         let w = f.weights_cpu(&m.weights).unwrap();
         let out = tmp.path().join(format!("{}.deploy.onnx", case));
         write_onnx(Some(&m), &f.graph, &w, &out).unwrap();
-        ort_agree(&py, &case, &dir.join("train.onnx"), &out, ort_bound(&m.graph));
+        common::ort_agree(&case, &dir.join("train.onnx"), &out, ort_bound(&m.graph));
     }
 }
 
 #[test]
 fn onnxruntime_round_trip_without_fusion_runs_identically() {
-    let py = common::ort_python();
     let tmp = tempfile::tempdir().unwrap();
     for dir in fixtures() {
         let case = dir.file_name().unwrap().to_string_lossy().to_string();
@@ -66,13 +47,12 @@ fn onnxruntime_round_trip_without_fusion_runs_identically() {
         write_onnx(Some(&m), &m.graph, &m.weights, &out).unwrap();
         // Same graph, same weights: ORT must give the same numbers up to its own
         // kernel choice.
-        ort_agree(&py, &format!("{} (round trip)", case), &dir.join("train.onnx"), &out, ort_bound(&m.graph));
+        common::ort_agree(&format!("{} (round trip)", case), &dir.join("train.onnx"), &out, ort_bound(&m.graph));
     }
 }
 
 #[test]
 fn onnxruntime_zoo_models_written_by_repfuse_run_in_onnx_runtime() {
-    let py = common::ort_python();
     let tmp = tempfile::tempdir().unwrap();
     for m in repfuse::zoo::MODELS.iter().filter(|m| !m.name.contains("b2") && !m.name.contains("b3") && !m.name.contains("s4")) {
         let (g, w, _) = repfuse::zoo::build(m.name, 1, 32, 2).unwrap();
@@ -81,13 +61,12 @@ fn onnxruntime_zoo_models_written_by_repfuse_run_in_onnx_runtime() {
         let (a, b) = (tmp.path().join(format!("{}.train.onnx", m.name)), tmp.path().join(format!("{}.deploy.onnx", m.name)));
         write_onnx(None, &g, &w, &a).unwrap();
         write_onnx(None, &f.graph, &fw, &b).unwrap();
-        ort_agree(&py, m.name, &a, &b, ort_bound(&g));
+        common::ort_agree(m.name, &a, &b, ort_bound(&g));
     }
 }
 
 #[test]
 fn onnxruntime_external_data_written_by_repfuse_runs_in_onnx_runtime() {
-    let py = common::ort_python();
     let tmp = tempfile::tempdir().unwrap();
     for case in ["z13_repvgg_bn_branch", "z14_dbb_block"] {
         let src = fixtures().into_iter().find(|d| d.ends_with(case)).unwrap().join("train.onnx");
@@ -96,6 +75,6 @@ fn onnxruntime_external_data_written_by_repfuse_runs_in_onnx_runtime() {
         let w = f.weights_cpu(&m.weights).unwrap();
         let out = tmp.path().join(format!("{}.external.onnx", case));
         repfuse::io::onnx::write_onnx_with(Some(&m), &f.graph, &w, &out, 0).unwrap();
-        ort_agree(&py, &format!("{} (external data)", case), &src, &out, ort_bound(&m.graph));
+        common::ort_agree(&format!("{} (external data)", case), &src, &out, ort_bound(&m.graph));
     }
 }

@@ -10,7 +10,8 @@
 // proptest strategy tuple that feeds it.
 #![allow(clippy::too_many_arguments)]
 
-mod support;
+mod common;
+use common::fusion as support;
 
 use proptest::prelude::*;
 use repfuse::graph::Op;

@@ -2,7 +2,8 @@
 //! concerns are left in the deploy graph, and the deploy graph still computes what
 //! the original computes (checked against the CPU reference forward of the original).
 
-mod support;
+mod common;
+use common::fusion as support;
 
 use proptest::prelude::*;
 use repfuse::cpu::primitives::dirac;

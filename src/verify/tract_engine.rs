@@ -140,27 +140,6 @@ impl TractModel {
     }
 }
 
-/// The shape of every tensor of an ONNX model whose shape tract can infer, by ONNX
-/// name, for graph inputs fixed to `inputs`' shapes.
-pub fn tensor_shapes(bytes: &[u8], dir: Option<&Path>, inputs: &[ValueInfo]) -> Result<HashMap<String, Vec<usize>>> {
-    guarded("shape analysis", || tensor_shapes_unguarded(bytes, dir, inputs))
-}
-
-fn tensor_shapes_unguarded(bytes: &[u8], dir: Option<&Path>, inputs: &[ValueInfo]) -> Result<HashMap<String, Vec<usize>>> {
-    use tract_onnx::prelude::InferenceModelExt as _;
-    let (mut model, by_name, _) = parse(bytes, dir, inputs)?;
-    model.analyse(false).map_err(|e| engine_err("shape analysis", e))?;
-    let mut out = HashMap::new();
-    for (name, outlet) in by_name {
-        if let Ok(f) = model.outlet_fact(outlet) {
-            if let Ok(Some(s)) = f.shape.as_concrete_finite() {
-                out.insert(name, s.to_vec());
-            }
-        }
-    }
-    Ok(out)
-}
-
 /// A tensor the ONNX engine proved constant for fixed input shapes.
 pub struct ConstInts {
     /// Its shape.

@@ -1,6 +1,9 @@
 //! Test helpers shared by the integration tests: where the fixtures live, the GPU
-//! context, and the real-model corpus. Included with `mod common;`.
+//! context, ONNX Runtime, the real-model corpus, and (in `fusion`) fusing and
+//! checking graphs. Included with `mod common;`.
 #![allow(dead_code)]
+
+pub mod fusion;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -76,4 +79,29 @@ pub fn ort_python() -> PathBuf {
     })
     .clone()
     .expect("no Python with onnxruntime, onnx and numpy: set REPFUSE_PYTHON or run scripts/test.sh (it creates .venv)")
+}
+
+/// Checks `b` with onnx's full checker and runs `a` and `b` in ONNX Runtime on the
+/// same seeded inputs (tests/ort_check.py); panics with the numbers unless every
+/// output agrees within `bound` x max|reference| (float32 outputs; scaled by the unit
+/// roundoff for others).
+pub fn ort_agree(what: &str, a: &Path, b: &Path, bound: f64) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ort_check.py");
+    let out = std::process::Command::new(ort_python()).arg(script).arg(a).arg(b).arg("11").arg(bound.to_string()).output().unwrap();
+    assert!(out.status.success(), "{}: onnx checker / ONNX Runtime failed: {}", what, String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["same_outputs"], true, "{}: output names differ: {}", what, v);
+    let outs = v["outputs"].as_array().unwrap();
+    assert!(!outs.is_empty(), "{}: no outputs", what);
+    for o in outs {
+        assert!(o["shape_equal"] == true && o["allclose"] == true, "{}: ORT outputs differ: {}", what, o);
+    }
+    eprintln!("{:<36} ORT max_abs {:.3e} (|ref| max {:.3})", what, outs[0]["max_abs"].as_f64().unwrap(), outs[0]["ref_abs_max"].as_f64().unwrap());
+}
+
+/// The ONNX-engine bound (`Tolerance::for_engine`) of `g`, relative to max|reference|:
+/// what two f32 runs of the same function may differ by.
+pub fn engine_bound(g: &repfuse::Graph) -> f64 {
+    let t = repfuse::verify::Tolerance::for_engine(repfuse::verify::depth_all(g), repfuse::verify::UNIT_F32);
+    t.sigmas * t.unit
 }

@@ -2,7 +2,6 @@
 //! graph, check it against the CPU reference forward of the original with the
 //! tolerance policy of `verify.rs`, and count ops. No expected numbers live here: every
 //! expectation is the reference forward of the original graph.
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 
