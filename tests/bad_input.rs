@@ -299,7 +299,11 @@ impl Rng {
 /// mask, sometimes a second byte nearby) and runs read -> fuse -> weights -> write on
 /// each. Every run must return Ok or Err; an Err from reading must name the file.
 fn corruption_sweep(case: &str, seeds: &[u64], step: usize) {
-    let bytes = std::fs::read(fixture(case)).unwrap();
+    corruption_sweep_file(case, &fixture(case), seeds, step)
+}
+
+fn corruption_sweep_file(case: &str, file: &Path, seeds: &[u64], step: usize) {
+    let bytes = std::fs::read(file).unwrap();
     let path = PathBuf::from(format!("/nonexistent-dir/{}-corrupt.onnx", case));
     let mut panics = vec![];
     let mut unnamed = vec![];
@@ -337,6 +341,17 @@ fn corruption_sweep(case: &str, seeds: &[u64], step: usize) {
     eprintln!("{}: {} corrupted copies fused fine, {} gave errors", case, ok, errs);
     assert!(panics.is_empty(), "{}: repfuse panicked on {} corrupted files:\n{}", case, panics.len(), panics.join("\n"));
     assert!(unnamed.is_empty(), "{}: read errors that do not name the file:\n{}", case, unnamed.join("\n"));
+}
+
+/// The exporter forms go through the reader's lifts and the ONNX engine's analysis
+/// (Shape folding, token Linear, Sub, broadcast Add): corrupt copies must not panic
+/// there either.
+#[test]
+fn random_byte_corruption_never_panics_in_the_reader_lifts() {
+    let forms = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/forms");
+    for name in ["token_linear_bn", "repmixer", "unfusable_scale_and_broadcast", "averaged_heads"] {
+        corruption_sweep_file(name, &forms.join(format!("{}.onnx", name)), &[7], 3);
+    }
 }
 
 #[test]
