@@ -93,3 +93,14 @@ fn no_matching_adapter_is_a_clear_error_and_auto_falls_back_to_the_cpu() {
     assert!(fused.backend_reason.contains("no GPU adapter"), "{}", fused.backend_reason);
     assert!(gpu_only.unwrap().contains("no GPU adapter"));
 }
+
+#[test]
+fn gpu_every_kernel_builds_its_pipeline() {
+    // Each kernel's WGSL compiles on the adapter with the binding layout the Rust side
+    // declares for it (a mismatch is a validation error, recorded and returned).
+    let ctx = common::gpu();
+    for id in repfuse::gpu::shaders::KernelId::ALL {
+        ctx.kernel(id).unwrap_or_else(|e| panic!("{:?}: {}", id, e));
+    }
+    ctx.take_error().unwrap();
+}

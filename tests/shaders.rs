@@ -20,6 +20,16 @@ fn every_shader_parses_and_validates() {
 }
 
 #[test]
+fn every_kernel_id_names_one_listed_shader() {
+    use shaders::KernelId;
+    assert_eq!(KernelId::ALL.len(), shaders::ALL.len(), "a shader without a KernelId, or the reverse");
+    for id in KernelId::ALL {
+        let listed = shaders::ALL.iter().find(|(n, _)| *n == id.name()).unwrap_or_else(|| panic!("{:?} is not in shaders::ALL", id));
+        assert_eq!(listed.1, id.source(), "{:?}: a different source than shaders::ALL lists", id);
+    }
+}
+
+#[test]
 fn a_broken_shader_is_reported_with_its_name() {
     let err = shaders::validate("broken", "fn main( {").unwrap_err().to_string();
     assert!(err.contains("broken"), "{}", err);

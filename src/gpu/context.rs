@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::shaders;
+use super::shaders::{self, KernelId};
 use crate::error::{Error, Result};
 
 /// How long a single wait on the GPU may take before we call it hung.
@@ -22,15 +22,14 @@ pub enum Bind {
     ReadWrite,
 }
 
-/// Binding kinds of each kernel, in binding order; None for a kernel this table does
-/// not know (an error at pipeline creation, never an empty layout).
-fn layout_of(name: &str) -> Option<&'static [Bind]> {
+/// Binding kinds of each kernel, in binding order (exhaustive: a new kernel does not
+/// compile without its layout).
+fn layout_of(k: KernelId) -> &'static [Bind] {
     use Bind::*;
-    match name {
-        "fold_bn" | "fill" | "place" | "compose" => Some(&[ReadWrite, Read]),
-        "conv2d" | "conv2d_tiled" | "linear" | "elementwise" => Some(&[Uniform, Read, Read, Read, ReadWrite]),
-        "pool" => Some(&[Uniform, Read, ReadWrite]),
-        _ => None,
+    match k {
+        KernelId::FoldBn | KernelId::Fill | KernelId::Place | KernelId::Compose => &[ReadWrite, Read],
+        KernelId::Conv2d | KernelId::Conv2dTiled | KernelId::Linear | KernelId::Elementwise => &[Uniform, Read, Read, Read, ReadWrite],
+        KernelId::Pool => &[Uniform, Read, ReadWrite],
     }
 }
 
@@ -52,7 +51,7 @@ pub struct GpuContext {
     /// Timestamp queries are supported, so compute time can be measured apart from transfers.
     pub timestamps: bool,
     submissions: AtomicUsize,
-    kernels: Mutex<HashMap<&'static str, Arc<Kernel>>>,
+    kernels: Mutex<HashMap<KernelId, Arc<Kernel>>>,
     /// Validation/out-of-memory errors and device loss, recorded instead of wgpu's
     /// default panic, and returned as `Error::Gpu` by the next readback.
     errors: Arc<Mutex<Vec<String>>>,
@@ -115,16 +114,15 @@ impl GpuContext {
     }
 
     /// The cached pipeline of a kernel, built on first use.
-    pub fn kernel(&self, name: &'static str) -> Result<Arc<Kernel>> {
+    pub fn kernel(&self, id: KernelId) -> Result<Arc<Kernel>> {
         let mut cache = self.kernels.lock().map_err(|_| Error::Gpu("pipeline cache poisoned".into()))?;
-        if let Some(k) = cache.get(name) {
+        if let Some(k) = cache.get(&id) {
             return Ok(k.clone());
         }
-        let source = shaders::ALL.iter().find(|(n, _)| *n == name).ok_or_else(|| Error::Gpu(format!("no kernel `{}`", name)))?.1;
+        let (name, source) = (id.name(), id.source());
         shaders::validate(name, source)?;
         let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(name), source: wgpu::ShaderSource::Wgsl(source.into()) });
-        let entries: Vec<wgpu::BindGroupLayoutEntry> = layout_of(name)
-            .ok_or_else(|| Error::Gpu(format!("kernel `{}` has no binding layout", name)))?
+        let entries: Vec<wgpu::BindGroupLayoutEntry> = layout_of(id)
             .iter()
             .enumerate()
             .map(|(i, b)| wgpu::BindGroupLayoutEntry {
@@ -158,7 +156,7 @@ impl GpuContext {
             cache: None,
         });
         let k = Arc::new(Kernel { pipeline, layout });
-        cache.insert(name, k.clone());
+        cache.insert(id, k.clone());
         Ok(k)
     }
 

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use super::context::{grid, GpuContext, Kernel};
+use super::shaders::KernelId;
 use crate::error::{Error, Result};
 use crate::graph::{infer_shapes, Activation, Graph, Op};
 use crate::tensor::Tensor;
@@ -275,9 +276,14 @@ pub fn forward_gpu(ctx: &GpuContext, g: &Graph, weights: &Weights, inputs: &Hash
                 let (per_out, k_len) = (c.out_channels / c.groups, (c.in_channels / c.groups) * c.kernel[0] * c.kernel[1]);
                 let pixels = xs[0] * out_shape[2] * out_shape[3];
                 if per_out >= 16 && k_len >= 8 && pixels.div_ceil(64) <= 65535 && c.groups <= 65535 {
-                    rec.dispatch_grid(&*ctx.kernel("conv2d_tiled")?, &p, &bufs, [pixels.div_ceil(64) as u32, per_out.div_ceil(64) as u32, c.groups as u32]);
+                    rec.dispatch_grid(
+                        &*ctx.kernel(KernelId::Conv2dTiled)?,
+                        &p,
+                        &bufs,
+                        [pixels.div_ceil(64) as u32, per_out.div_ceil(64) as u32, c.groups as u32],
+                    );
                 } else {
-                    rec.dispatch(&*ctx.kernel("conv2d")?, &p, &bufs, numel);
+                    rec.dispatch(&*ctx.kernel(KernelId::Conv2d)?, &p, &bufs, numel);
                 }
                 y
             }
@@ -286,7 +292,7 @@ pub fn forward_gpu(ctx: &GpuContext, g: &Graph, weights: &Weights, inputs: &Hash
                 let w = param(&l.weight)?;
                 let b = l.bias.as_deref().map(&mut param).transpose()?;
                 let y = ctx.empty(&n.name, numel)?;
-                rec.dispatch(&*ctx.kernel("linear")?, &p, &[x.as_ref().expect("one input"), &w, b.as_deref().unwrap_or(&dummy), &y], numel);
+                rec.dispatch(&*ctx.kernel(KernelId::Linear)?, &p, &[x.as_ref().expect("one input"), &w, b.as_deref().unwrap_or(&dummy), &y], numel);
                 y
             }
             Op::BatchNorm(b) => {
@@ -298,7 +304,7 @@ pub fn forward_gpu(ctx: &GpuContext, g: &Graph, weights: &Weights, inputs: &Hash
                 let inner = numel / (out_shape[0] * b.channels).max(1);
                 let p = ElementwiseParams { op: 0, numel: u(numel), channels: u(b.channels), inner: u(inner), act: 0, alpha: 0.0, eps: b.eps, _pad: 0 };
                 let y = ctx.empty(&n.name, numel)?;
-                rec.dispatch(&*ctx.kernel("elementwise")?, &p, &[x.as_ref().expect("one input"), &dummy, &sb, &y], numel);
+                rec.dispatch(&*ctx.kernel(KernelId::Elementwise)?, &p, &[x.as_ref().expect("one input"), &dummy, &sb, &y], numel);
                 rec.keep.push(sb);
                 y
             }
@@ -306,7 +312,7 @@ pub fn forward_gpu(ctx: &GpuContext, g: &Graph, weights: &Weights, inputs: &Hash
                 let (act, alpha) = act_code(Some(*a));
                 let p = ElementwiseParams { op: 1, numel: u(numel), act, alpha, ..Default::default() };
                 let y = ctx.empty(&n.name, numel)?;
-                rec.dispatch(&*ctx.kernel("elementwise")?, &p, &[x.as_ref().expect("one input"), &dummy, &dummy, &y], numel);
+                rec.dispatch(&*ctx.kernel(KernelId::Elementwise)?, &p, &[x.as_ref().expect("one input"), &dummy, &dummy, &y], numel);
                 y
             }
             Op::Add => {
@@ -314,7 +320,7 @@ pub fn forward_gpu(ctx: &GpuContext, g: &Graph, weights: &Weights, inputs: &Hash
                 for t in &n.inputs[1..] {
                     let p = ElementwiseParams { op: 2, numel: u(numel), ..Default::default() };
                     let y = ctx.empty(&n.name, numel)?;
-                    rec.dispatch(&*ctx.kernel("elementwise")?, &p, &[&acc, &bufs[t], &dummy, &y], numel);
+                    rec.dispatch(&*ctx.kernel(KernelId::Elementwise)?, &p, &[&acc, &bufs[t], &dummy, &y], numel);
                     acc = Rc::new(y);
                 }
                 bufs.insert(n.outputs[0].clone(), acc);
@@ -341,7 +347,7 @@ pub fn forward_gpu(ctx: &GpuContext, g: &Graph, weights: &Weights, inputs: &Hash
                     p.count_include_pad = a.count_include_pad as u32;
                 }
                 let y = ctx.empty(&n.name, numel)?;
-                rec.dispatch(&*ctx.kernel("pool")?, &p, &[x.as_ref().expect("one input"), &y], numel);
+                rec.dispatch(&*ctx.kernel(KernelId::Pool)?, &p, &[x.as_ref().expect("one input"), &y], numel);
                 y
             }
             Op::Concat => {

@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::context::GpuContext;
+use super::shaders::KernelId;
 use crate::error::{Error, Result};
 use crate::plan::{FusionPlan, Step};
 use crate::tensor::Tensor;
@@ -65,8 +66,8 @@ struct Batch {
 }
 
 impl Batch {
-    fn push(&mut self, kernel: &str, (mut record, side): Record, elems: usize) {
-        if kernel == "place" {
+    fn push(&mut self, kernel: KernelId, (mut record, side): Record, elems: usize) {
+        if kernel == KernelId::Place {
             record[8] = self.side.len() as u32;
         }
         self.records.extend(record);
@@ -76,8 +77,8 @@ impl Batch {
     }
 
     /// The table the shader reads: job records, then the source records they index.
-    fn table(mut self, kernel: &str) -> Vec<u32> {
-        if kernel == "place" {
+    fn table(mut self, kernel: KernelId) -> Vec<u32> {
+        if kernel == KernelId::Place {
             let base = self.records.len() as u32;
             for j in 0..self.jobs as usize {
                 self.records[j * PLACE_STRIDE + 8] += base;
@@ -220,14 +221,14 @@ pub fn execute_plan_gpu_timed(ctx: &GpuContext, plan: &FusionPlan, weights: &Wei
             }
         }
         // (level, primitive) -> batch, in level order.
-        let mut batches: BTreeMap<(usize, &'static str), Batch> = BTreeMap::new();
+        let mut batches: BTreeMap<(usize, KernelId), Batch> = BTreeMap::new();
         for &i in &w.steps {
             let step = &plan.steps[i];
             let kernel = match step {
-                Step::FoldBn { .. } => "fold_bn",
-                Step::BnToConv { .. } | Step::Dirac { .. } | Step::AvgPoolKernel { .. } => "fill",
-                Step::Place { .. } => "place",
-                Step::Compose { .. } => "compose",
+                Step::FoldBn { .. } => KernelId::FoldBn,
+                Step::BnToConv { .. } | Step::Dirac { .. } | Step::AvgPoolKernel { .. } => KernelId::Fill,
+                Step::Place { .. } => KernelId::Place,
+                Step::Compose { .. } => KernelId::Compose,
             };
             let (record, elems) = encode(step, &w.arena, &shape_of)?;
             batches.entry((levels[i], kernel)).or_default().push(kernel, record, elems);
@@ -244,7 +245,7 @@ pub fn execute_plan_gpu_timed(ctx: &GpuContext, plan: &FusionPlan, weights: &Wei
             }
             let k = ctx.kernel(kernel)?;
             let (x, jobs) = ((b.max_elems.div_ceil(256).clamp(1, 65535)) as u32, b.jobs);
-            let table = ctx.table(kernel, &b.table(kernel));
+            let table = ctx.table(kernel.name(), &b.table(kernel));
             let bg = ctx.bind_group(&k, &[buf.as_entire_binding(), table.as_entire_binding()]);
             pass.set_pipeline(&k.pipeline);
             pass.set_bind_group(0, &bg, &[]);

@@ -21,6 +21,76 @@ pub const POOL: &str = include_str!("../../shaders/pool.wgsl");
 /// Fully connected layer in the forward pass.
 pub const LINEAR: &str = include_str!("../../shaders/linear.wgsl");
 
+/// Every kernel, by name in code: the pipeline cache, the binding layouts and the
+/// dispatches all take one of these, so a kernel cannot be misspelt or forgotten (a
+/// new one fails to compile until its source and layout are given).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum KernelId {
+    /// `fold_bn.wgsl`.
+    FoldBn,
+    /// `fill.wgsl`.
+    Fill,
+    /// `place.wgsl`.
+    Place,
+    /// `compose.wgsl`.
+    Compose,
+    /// `conv2d.wgsl`.
+    Conv2d,
+    /// `conv2d_tiled.wgsl`.
+    Conv2dTiled,
+    /// `elementwise.wgsl`.
+    Elementwise,
+    /// `pool.wgsl`.
+    Pool,
+    /// `linear.wgsl`.
+    Linear,
+}
+
+impl KernelId {
+    /// Every kernel.
+    pub const ALL: [KernelId; 9] = [
+        KernelId::FoldBn,
+        KernelId::Fill,
+        KernelId::Place,
+        KernelId::Compose,
+        KernelId::Conv2d,
+        KernelId::Conv2dTiled,
+        KernelId::Elementwise,
+        KernelId::Pool,
+        KernelId::Linear,
+    ];
+
+    /// Its name (labels, errors), the file name without `.wgsl`.
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelId::FoldBn => "fold_bn",
+            KernelId::Fill => "fill",
+            KernelId::Place => "place",
+            KernelId::Compose => "compose",
+            KernelId::Conv2d => "conv2d",
+            KernelId::Conv2dTiled => "conv2d_tiled",
+            KernelId::Elementwise => "elementwise",
+            KernelId::Pool => "pool",
+            KernelId::Linear => "linear",
+        }
+    }
+
+    /// Its WGSL source.
+    pub fn source(self) -> &'static str {
+        match self {
+            KernelId::FoldBn => FOLD_BN,
+            KernelId::Fill => FILL,
+            KernelId::Place => PLACE,
+            KernelId::Compose => COMPOSE,
+            KernelId::Conv2d => CONV2D,
+            KernelId::Conv2dTiled => CONV2D_TILED,
+            KernelId::Elementwise => ELEMENTWISE,
+            KernelId::Pool => POOL,
+            KernelId::Linear => LINEAR,
+        }
+    }
+}
+
 /// (name, source) of every kernel, for validation and the pipeline cache.
 pub const ALL: &[(&str, &str)] = &[
     ("fold_bn", FOLD_BN),
