@@ -81,19 +81,11 @@ pub fn error_scale_sq(
     let plus_y2 = |t: Tensor| zip(&t, &y2, |a, b| a + b);
     let signal = || zip(s2[0], x[0], |s, v| s + v * v);
     Ok(match &n.op {
-        Op::Conv2d(c) => {
+        Op::Conv2d(_) | Op::Linear(_) => {
+            // The same op on squared weight and bias (its parameters) and (S^2 + x^2).
             let mut sw = Weights::new();
-            sw.insert(c.weight.clone(), sq(w.get(&c.weight)?));
-            if let Some(b) = &c.bias {
-                sw.insert(b.clone(), sq(w.get(b)?));
-            }
-            plus_y2(run(n, &[&signal()], &sw)?)
-        }
-        Op::Linear(l) => {
-            let mut sw = Weights::new();
-            sw.insert(l.weight.clone(), sq(w.get(&l.weight)?));
-            if let Some(b) = &l.bias {
-                sw.insert(b.clone(), sq(w.get(b)?));
+            for p in n.op.params() {
+                sw.insert(p, sq(w.get(p)?));
             }
             plus_y2(run(n, &[&signal()], &sw)?)
         }
