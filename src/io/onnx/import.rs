@@ -104,7 +104,7 @@ pub fn read_onnx_bytes(path: &Path, bytes: &[u8]) -> Result<OnnxModel> {
         }
     }
     super::static_shapes::fold_static_shapes(bytes, path, &mut st.graph, &mut st.weights, &mut st.dtypes, &mut st.passthrough, dynamic_dims.is_empty());
-    super::matmul::lift_token_linears(&mut st.graph, &mut st.weights);
+    super::matmul::lift_token_linears(&mut st.graph, &mut st.weights, &mut st.dtypes);
     super::arith::lift_constant_arith(&mut st.graph, &mut st.weights, &mut st.dtypes).map_err(&in_file)?;
     let float_type = st.dtypes.values().next().copied().unwrap_or(FloatType::F32);
     tracing::info!(path = %path.display(), nodes = st.graph.nodes.len(), weights = st.weights.len(), opset = ?opset, "read ONNX");
@@ -380,24 +380,26 @@ impl State {
     /// Adds `name.T`, the transpose of a 2-D float initializer (MatMul/Gemm weights
     /// `[I, O]` become Linear's `[O, I]`).
     fn transposed(&mut self, name: &str) -> Option<String> {
-        let t = self.weights.get(name).ok()?.clone();
-        let [r, c] = [t.shape()[0], t.shape()[1]];
-        let tname = format!("{}.T", name);
-        if !self.weights.contains(&tname) {
-            let mut data = vec![0f32; r * c];
-            for i in 0..r {
-                for j in 0..c {
-                    data[j * r + i] = t.data()[i * c + j];
-                }
-            }
-            self.weights.insert(tname.clone(), Tensor::from_parts(vec![c, r], data));
-            self.graph.params.insert(tname.clone(), vec![c, r]);
-            if let Some(ft) = self.dtypes.get(name).copied() {
-                self.dtypes.insert(tname.clone(), ft);
-            }
-        }
-        Some(tname)
+        self.weights.contains(name).then(|| add_transposed(&mut self.graph, &mut self.weights, &mut self.dtypes, name))
     }
+}
+
+/// Adds `name.T`, the transpose of the 2-D float initializer `name`, once (in its
+/// float type), and returns that name. The one place a weight is transposed at import
+/// (Gemm/MatMul weights `[I, O]` becoming Linear's `[O, I]`).
+pub(super) fn add_transposed(g: &mut Graph, w: &mut Weights, dtypes: &mut BTreeMap<String, FloatType>, name: &str) -> String {
+    let tname = format!("{}.T", name);
+    if !w.contains(&tname) {
+        let t = w.get(name).expect("callers pass a float initializer").clone();
+        let [r, c] = [t.shape()[0], t.shape()[1]];
+        let data: Vec<f32> = (0..c * r).map(|k| t.data()[(k % r) * c + k / r]).collect();
+        w.insert(tname.clone(), Tensor::from_parts(vec![c, r], data));
+        g.params.insert(tname.clone(), vec![c, r]);
+        if let Some(ft) = dtypes.get(name).copied() {
+            dtypes.insert(tname.clone(), ft);
+        }
+    }
+    tname
 }
 
 enum KnownOp {

@@ -18,7 +18,7 @@ use crate::graph::{Graph, Linear, Node, Op};
 use crate::weights::Weights;
 
 /// Rewrites every matching MatMul -> Flatten -> BatchNorm chain.
-pub(super) fn lift_token_linears(g: &mut Graph, w: &mut Weights) {
+pub(super) fn lift_token_linears(g: &mut Graph, w: &mut Weights, dtypes: &mut std::collections::BTreeMap<String, super::tensor::FloatType>) {
     let mut readers: HashMap<String, usize> = HashMap::new();
     for n in &g.nodes {
         for i in &n.inputs {
@@ -54,7 +54,7 @@ pub(super) fn lift_token_linears(g: &mut Graph, w: &mut Weights) {
     }
     for (_, _, l, transpose) in rewrites.iter_mut() {
         if transpose.is_none() {
-            l.weight = transposed(g, w, &l.weight);
+            l.weight = super::import::add_transposed(g, w, dtypes, &l.weight);
         }
     }
     let mut dead = vec![];
@@ -81,19 +81,6 @@ pub(super) fn lift_token_linears(g: &mut Graph, w: &mut Weights) {
     }
     // The Linear now follows its Flatten.
     let _ = g.sort_topologically();
-}
-
-/// `name.T`: the transpose of a 2-D float initializer, added once.
-fn transposed(g: &mut Graph, w: &mut Weights, name: &str) -> String {
-    let tname = format!("{}.T", name);
-    if !w.contains(&tname) {
-        let t = w.get(name).expect("checked: a float initializer").clone();
-        let [r, c] = [t.shape()[0], t.shape()[1]];
-        let data: Vec<f32> = (0..c * r).map(|k| t.data()[(k % r) * c + k / r]).collect();
-        w.insert(tname.clone(), crate::tensor::Tensor::from_parts(vec![c, r], data));
-        g.params.insert(tname.clone(), vec![c, r]);
-    }
-    tname
 }
 
 /// The weight a MatMul's second input amounts to: a 2-D float initializer behind a
