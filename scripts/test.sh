@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The README's test command: `cargo test --release`, after setting up what the tests
-# need when it is missing:
+# The README's test command: `cargo test --release` and the Python package's tests
+# (scripts/test_python.sh), after setting up what the tests need when it is missing:
 #  - lavapipe (Mesa's CPU Vulkan driver) so the GPU tests have an adapter (needs root + apt);
 #  - a virtualenv .venv with ONNX Runtime so what repfuse writes is checked by ORT (needs python3).
 # A test that needs a missing piece never passes silently: it fails if it runs. So
@@ -58,6 +58,15 @@ fi
 export RUST_TEST_THREADS="${RUST_TEST_THREADS:-2}"
 status=0
 cargo test --release --no-fail-fast "$@" -- "${args[@]}" || status=$?
+# The Python package: wheel built with maturin, installed in a fresh venv, tested
+# against the fixtures and ONNX Runtime (scripts/test_python.sh).
+if python3 -c "import venv, ensurepip" 2>/dev/null; then
+  ./scripts/test_python.sh || status=$?
+elif [ "${REPFUSE_REQUIRE_ORT:-}" = 1 ]; then
+  echo "!! REPFUSE_REQUIRE_ORT=1 but python3 cannot make a venv for the Python package tests" >&2; status=1
+else
+  not_run+=("Python package tests (python/tests): python3 cannot make a venv (install python3-venv)")
+fi
 for n in "${not_run[@]}"; do
   echo "!!!!!!!! NOT RUN: $n" >&2
 done

@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod cli;
 pub mod cpu;
 pub mod error;
 pub mod fuse;
@@ -17,6 +18,7 @@ pub mod fuser;
 pub mod gpu;
 pub mod graph;
 pub mod io;
+pub mod pipeline;
 pub mod plan;
 pub mod tensor;
 pub mod verify;

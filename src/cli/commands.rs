@@ -7,9 +7,9 @@ use anyhow::{Context, Result};
 use serde_json::json;
 
 use super::table;
-use repfuse::io::onnx::FloatType;
-use repfuse::verify::{check_equivalence, check_equivalence_with, unrunnable_ops, Equivalence, Tolerance};
-use repfuse::{Backend, FuseOptions, Fuser};
+use crate::pipeline::{checks_json, DeployOptions};
+use crate::verify::{check_equivalence, Equivalence, OnnxSource};
+use crate::{Backend, FuseOptions, Fuser};
 
 /// Exit codes, documented in `--help`.
 pub const EXIT_OK: i32 = 0;
@@ -31,8 +31,8 @@ fn print_equivalence(e: &Equivalence) {
 }
 
 pub fn demo(model: &str, size: usize, backend: Backend, json_out: bool) -> Result<i32> {
-    let (g, w, m) = repfuse::zoo::build(model, 1, size, 2024)
-        .with_context(|| format!("no zoo model `{}`; try one of: {}", model, repfuse::zoo::MODELS.iter().map(|m| m.name).collect::<Vec<_>>().join(", ")))?;
+    let (g, w, m) = crate::zoo::build(model, 1, size, 2024)
+        .with_context(|| format!("no zoo model `{}`; try one of: {}", model, crate::zoo::MODELS.iter().map(|m| m.name).collect::<Vec<_>>().join(", ")))?;
     let fuser = Fuser::new(backend);
     let t = Instant::now();
     let fused = fuser.fuse(&g, &w, &FuseOptions::default())?;
@@ -65,6 +65,7 @@ pub fn demo(model: &str, size: usize, backend: Backend, json_out: bool) -> Resul
     Ok(code)
 }
 
+/// `repfuse fuse`'s arguments.
 pub struct FuseArgs {
     pub input: PathBuf,
     pub output: PathBuf,
@@ -79,105 +80,57 @@ pub struct FuseArgs {
     pub inject_fault: bool,
 }
 
-/// The fused weights with the first weight of the first fused node scaled by 1 + 1e-3:
-/// a defect far above f32 rounding, for testing the verifier end to end.
-fn inject_fault(fused: &repfuse::Fused) -> repfuse::Weights {
-    let mut w = fused.weights.clone();
-    let first = fused.origins.keys().next().and_then(|n| fused.graph.node(n)).and_then(|n| match &n.op {
-        repfuse::graph::Op::Conv2d(c) => Some(c.weight.clone()),
-        repfuse::graph::Op::Linear(l) => Some(l.weight.clone()),
-        _ => None,
-    });
-    if let Some(name) = first {
-        let t = w.get(&name).expect("deploy weights hold every deploy parameter").clone();
-        let data = t.data().iter().map(|v| v * (1.0 + 1e-3)).collect();
-        w.insert(name.clone(), repfuse::Tensor::new(&name, t.shape().to_vec(), data).expect("same shape"));
-    }
-    w
+/// Reads a model file: the IR and, for ONNX, the bytes as read.
+fn load(path: &Path) -> Result<(crate::io::LoadedModel, Option<Vec<u8>>)> {
+    let t = Instant::now();
+    let read = crate::pipeline::read(path).with_context(|| format!("reading {}", path.display()))?;
+    tracing::info!(ms = t.elapsed().as_secs_f64() * 1e3, "read {}", path.display());
+    Ok(read)
 }
 
 pub fn fuse(a: &FuseArgs) -> Result<i32> {
     let t = Instant::now();
     let pb = super::spinner(a.json, &format!("reading {}", a.input.display()));
-    let mut model = repfuse::io::load_model(&a.input).with_context(|| format!("reading {}", a.input.display()))?;
-    // The file's own float type: the engine runs the file as read, in that precision.
-    let file_unit = model.onnx.as_ref().map_or(Tolerance::F32.unit, |m| Tolerance::for_float(m.float_type).unit);
-    if a.f32 {
-        model.onnx = model.onnx.map(|m| m.as_f32()).transpose().context("--f32")?;
-    }
+    let (model, bytes) = load(&a.input)?;
     let read_ms = t.elapsed().as_secs_f64() * 1e3;
-    pb.set_message("fusing");
-    let fuser = Fuser::new(a.backend);
-    let t = Instant::now();
-    let mut fused = fuser.fuse(&model.graph, &model.weights, &FuseOptions { compose_cost_limit: a.compose_cost_limit, widen_shortcuts: a.widen_shortcuts })?;
-    if a.inject_fault {
-        fused.weights = inject_fault(&fused);
-    }
-    let fuse_ms = t.elapsed().as_secs_f64() * 1e3;
-    // Verify the model as it will be written: weights rounded to the file's float type.
-    let half = model.onnx.as_ref().is_some_and(|m| m.float_type != FloatType::F32) && is_onnx(&a.output);
-    let written_w = match model.onnx.as_ref().map(|m| m.float_type) {
-        Some(ft) if half => round_weights(&fused.weights, ft),
-        _ => fused.weights.clone(),
+    pb.set_message("fusing and verifying");
+    let opts = DeployOptions {
+        fuse: FuseOptions { compose_cost_limit: a.compose_cost_limit, widen_shortcuts: a.widen_shortcuts },
+        verify: a.verify,
+        f32: a.f32,
+        inject_fault: a.inject_fault,
     };
-    pb.set_message("verifying");
-    let tol = match model.onnx.as_ref() {
-        Some(m) if half => Tolerance::for_float(m.float_type),
-        _ => Tolerance::F32,
-    };
-    let (checks, skipped) = if a.verify { end_to_end(&model, &a.input, &fused.graph, &written_w, tol, file_unit)? } else { (vec![], None) };
-    // The first check reported is the tightest one that ran (the reference's).
-    let e2e = checks.first();
-    let eq = e2e.map(|e| e.equivalence.clone());
-    let all_passed = checks.iter().all(|c| c.equivalence.passed());
-    let regions = if a.verify { region_checks(&model, &fused, &written_w, tol)? } else { vec![] };
-    let region_fail = regions.iter().any(|r| r.error.as_ref().is_some_and(|e| !e.passed()));
-    let code = if !all_passed || region_fail { EXIT_OVER_TOLERANCE } else { EXIT_OK };
+    let source = bytes.as_deref().map(|b| OnnxSource { bytes: b, dir: a.input.parent() });
+    let d = crate::pipeline::deploy(model, source.as_ref(), &Fuser::new(a.backend), &opts).context(if a.f32 { "--f32" } else { "fusing" })?;
+    let code = if d.passed() { EXIT_OK } else { EXIT_OVER_TOLERANCE };
     pb.set_message(format!("writing {}", a.output.display()));
     // A fusion that fails verification is not written: no deploy model that lies.
     if code == EXIT_OK {
-        repfuse::io::save_model(&a.output, model.onnx.as_ref(), &fused.graph, &fused.weights).with_context(|| format!("writing {}", a.output.display()))?;
+        d.save(&a.output).with_context(|| format!("writing {}", a.output.display()))?;
     }
     pb.finish_and_clear();
     if a.json {
-        crate::say!(
-            "{}",
-            serde_json::to_string_pretty(
-                &json!({"input": a.input, "output": a.output, "written": code == EXIT_OK, "backend": fused.backend, "backend_reason": fused.backend_reason, "read_ms": read_ms, "fuse_ms": fuse_ms, "report": fused.report, "verification": eq, "verification_engine": e2e.map(|e| &e.engine), "verifications": checks.iter().map(|c| json!({"engine": c.engine, "verification": c.equivalence, "passed": c.equivalence.passed()})).collect::<Vec<_>>(), "verification_skipped": skipped, "regions": regions})
-            )?
-        );
+        let mut doc = d.to_json();
+        doc["input"] = json!(a.input);
+        doc["output"] = json!(a.output);
+        doc["written"] = json!(code == EXIT_OK);
+        doc["read_ms"] = json!(read_ms);
+        crate::say!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(code);
     }
+    let fused = &d.fused;
     crate::say!("{} -> {}  (backend {:?}: {})\n", a.input.display(), a.output.display(), fused.backend, fused.backend_reason);
     table::print_report(&fused.report);
-    crate::say!("\n  read {:.1} ms, fused {:.1} ms, {} regions fused", read_ms, fuse_ms, fused.report.fused.len());
-    for e in &checks {
+    crate::say!("\n  read {:.1} ms, fused {:.1} ms, {} regions fused", read_ms, d.fuse_ms, fused.report.fused.len());
+    for e in &d.checks {
         crate::say!("\nend-to-end verification ({}, seeded random input):", e.engine);
         print_equivalence(&e.equivalence);
     }
-    if let Some(s) = skipped {
+    if let Some(s) = &d.skipped {
         crate::say!("\nend-to-end verification NOT done: {}", s);
     }
     if a.verify {
-        let checked: Vec<_> = regions.iter().filter_map(|r| r.error.as_ref()).collect();
-        let worst = checked.iter().map(|e| e.max_abs).fold(0.0, f64::max);
-        crate::say!(
-            "regions checked alone (CPU reference): {} of {} (max abs error {:.3e}, {} over tolerance, {} skipped)",
-            checked.len(),
-            regions.len(),
-            worst,
-            checked.iter().filter(|e| !e.passed()).count(),
-            regions.len() - checked.len()
-        );
-        let mut reasons: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
-        for r in &regions {
-            if let Some(why) = &r.skipped {
-                *reasons.entry(why.split(" (").next().unwrap_or(why)).or_default() += 1;
-            }
-        }
-        for (why, n) in reasons {
-            crate::say!("  skipped {}: {}", n, why);
-        }
+        print_regions(&d.regions);
     }
     if code != EXIT_OK {
         crate::say!("\nnot written: the fused model is over tolerance");
@@ -185,107 +138,41 @@ pub fn fuse(a: &FuseArgs) -> Result<i32> {
     Ok(code)
 }
 
-/// An end-to-end check and the engine that ran it.
-struct EndToEnd {
-    equivalence: Equivalence,
-    engine: String,
-}
-
-/// Runs the original model and the fused one on seeded inputs: on the f64 CPU
-/// reference when it can run every op, and (ONNX input) on the ONNX engine, the file
-/// as read against the fused model as it will be written, which also checks what the
-/// reader lifted. `Ok((vec![], Some(why)))` when neither can.
-fn end_to_end(
-    model: &repfuse::io::LoadedModel,
-    input: &Path,
-    fg: &repfuse::Graph,
-    fw: &repfuse::Weights,
-    tol: Tolerance,
-    file_unit: f64,
-) -> Result<(Vec<EndToEnd>, Option<String>)> {
-    let mut checks = vec![];
-    let ops = unrunnable_ops(&model.graph);
-    if ops.is_empty() {
-        let eq = check_equivalence_with(&model.graph, &model.weights, fg, fw, 7, tol)?;
-        checks.push(EndToEnd { equivalence: eq, engine: "CPU reference, f64 sums, per-element error scale".into() });
+fn print_regions(regions: &[crate::verify::RegionCheck]) {
+    let checked: Vec<_> = regions.iter().filter_map(|r| r.error.as_ref()).collect();
+    let worst = checked.iter().map(|e| e.max_abs).fold(0.0, f64::max);
+    crate::say!(
+        "regions checked alone (CPU reference): {} of {} (max abs error {:.3e}, {} over tolerance, {} skipped)",
+        checked.len(),
+        regions.len(),
+        worst,
+        checked.iter().filter(|e| !e.passed()).count(),
+        regions.len() - checked.len()
+    );
+    let mut reasons: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for r in regions {
+        if let Some(why) = &r.skipped {
+            *reasons.entry(why.split(" (").next().unwrap_or(why)).or_default() += 1;
+        }
     }
-    let Some(onnx) = &model.onnx else {
-        let why = format!("the graph has ops the reference cannot run ({}) and is not ONNX", ops.join(", "));
-        return Ok((checks, (!ops.is_empty()).then_some(why)));
-    };
-    let original = std::fs::read(input).with_context(|| format!("reading {}", input.display()))?;
-    let fused = repfuse::io::onnx::onnx_bytes(Some(onnx), fg, fw)?;
-    let dir = input.parent();
-    let src = |bytes| repfuse::verify::OnnxSource { bytes, dir };
-    let tol = Tolerance::for_engine(repfuse::verify::depth_all(&model.graph), tol.unit.max(file_unit));
-    match repfuse::verify::check_equivalence_onnx(&src(&original), &src(&fused), &model.graph.inputs, 7, tol) {
-        Ok(c) => checks.push(EndToEnd { equivalence: c.equivalence, engine: c.engine }),
-        Err(e) if checks.is_empty() => return Ok((checks, Some(format!("the reference cannot run {} and the ONNX engine failed: {}", ops.join(", "), e)))),
-        Err(e) => tracing::warn!("the ONNX engine could not run the model ({}); the reference checked it", e),
+    for (why, n) in reasons {
+        crate::say!("  skipped {}: {}", n, why);
     }
-    Ok((checks, None))
-}
-
-/// Every fused region run alone on the CPU reference (shapes past carried ops come
-/// from the reader's engine analysis, kept in the graph).
-fn region_checks(model: &repfuse::io::LoadedModel, fused: &repfuse::Fused, fw: &repfuse::Weights, tol: Tolerance) -> Result<Vec<repfuse::verify::RegionCheck>> {
-    Ok(repfuse::verify::check_regions_with(&model.graph, &model.weights, &fused.graph, &fused.origins, fw, 7, tol)?)
-}
-
-fn is_onnx(p: &Path) -> bool {
-    p.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
-}
-
-/// The weights as a file of float type `ft` stores them.
-fn round_weights(w: &repfuse::Weights, ft: FloatType) -> repfuse::Weights {
-    let mut out = repfuse::Weights::new();
-    for (k, t) in w.iter() {
-        let d: Vec<f32> = t.data().iter().map(|v| ft.round(*v)).collect();
-        out.insert(k.clone(), repfuse::Tensor::new(k, t.shape().to_vec(), d).expect("same shape"));
-    }
-    out
 }
 
 pub fn verify(original: &Path, fused: &Path, seed: u64, json_out: bool) -> Result<i32> {
-    let a = repfuse::io::load_model(original).with_context(|| format!("reading {}", original.display()))?;
-    let b = repfuse::io::load_model(fused).with_context(|| format!("reading {}", fused.display()))?;
-    anyhow::ensure!(a.graph.inputs == b.graph.inputs, "the models take different inputs: {:?} vs {:?}", a.graph.inputs, b.graph.inputs);
-    // The coarser of the two files' float types bounds the rounding of the weights.
-    let tol =
-        [&a, &b]
-            .iter()
-            .filter_map(|m| m.onnx.as_ref().map(|o| Tolerance::for_float(o.float_type)))
-            .fold(Tolerance::F32, |t, u| if u.unit > t.unit { u } else { t });
-    let unrunnable: Vec<String> = [&a, &b].iter().flat_map(|m| unrunnable_ops(&m.graph)).collect();
-    let mut checks: Vec<EndToEnd> = vec![];
-    if unrunnable.is_empty() {
-        let eq = check_equivalence_with(&a.graph, &a.weights, &b.graph, &b.weights, seed, tol)?;
-        checks.push(EndToEnd { equivalence: eq, engine: "CPU reference, f64 sums, per-element error scale".into() });
-    }
-    if a.onnx.is_some() && b.onnx.is_some() {
-        // The files as they are, through an independent engine (it also checks what
-        // repfuse's reader made of them).
-        let (ba, bb) = (std::fs::read(original)?, std::fs::read(fused)?);
-        let (sa, sb) = (repfuse::verify::OnnxSource { bytes: &ba, dir: original.parent() }, repfuse::verify::OnnxSource { bytes: &bb, dir: fused.parent() });
-        let t = Tolerance::for_engine(repfuse::verify::depth_all(&a.graph), tol.unit);
-        match repfuse::verify::check_equivalence_onnx(&sa, &sb, &a.graph.inputs, seed, t) {
-            Ok(c) => checks.push(EndToEnd { equivalence: c.equivalence, engine: c.engine }),
-            Err(e) if checks.is_empty() => {
-                return Err(anyhow::anyhow!("the reference cannot run ops {} and the ONNX engine failed: {}", unrunnable.join(", "), e))
-            }
-            Err(e) => tracing::warn!("the ONNX engine could not run the models ({}); the reference checked them", e),
-        }
-    }
-    anyhow::ensure!(!checks.is_empty(), "the reference cannot run ops {} and the ONNX engine needs two ONNX files", unrunnable.join(", "));
+    let (a, ba) = load(original)?;
+    let (b, bb) = load(fused)?;
+    let sa = ba.as_deref().map(|bytes| OnnxSource { bytes, dir: original.parent() });
+    let sb = bb.as_deref().map(|bytes| OnnxSource { bytes, dir: fused.parent() });
+    let checks = crate::pipeline::compare_models(&a, sa.as_ref(), &b, sb.as_ref(), seed)?;
     let passed = checks.iter().all(|c| c.equivalence.passed());
-    let (eq, engine) = (&checks[0].equivalence, &checks[0].engine);
     if json_out {
-        let all: Vec<serde_json::Value> =
-            checks.iter().map(|c| json!({"engine": c.engine, "verification": c.equivalence, "passed": c.equivalence.passed()})).collect();
+        let (eq, engine) = (&checks[0].equivalence, &checks[0].engine);
         println!(
             "{}",
             serde_json::to_string_pretty(
-                &json!({"original": original, "fused": fused, "seed": seed, "engine": engine, "verification": eq, "verifications": all, "passed": passed})
+                &json!({"original": original, "fused": fused, "seed": seed, "engine": engine, "verification": eq, "verifications": checks_json(&checks), "passed": passed})
             )?
         );
     } else {
@@ -298,15 +185,11 @@ pub fn verify(original: &Path, fused: &Path, seed: u64, json_out: bool) -> Resul
 }
 
 pub fn inspect(input: &Path, json_out: bool) -> Result<i32> {
-    let model = repfuse::io::load_model(input).with_context(|| format!("reading {}", input.display()))?;
-    let f = repfuse::fuse(&model.graph, &FuseOptions::default())?;
+    let model = crate::io::load_model(input).with_context(|| format!("reading {}", input.display()))?;
+    let (report, mut doc) = crate::pipeline::inspect(&model)?;
     if json_out {
-        crate::say!(
-            "{}",
-            serde_json::to_string_pretty(
-                &json!({"input": input, "inputs": model.graph.inputs, "outputs": model.graph.outputs, "report": f.report, "unrunnable_ops": unrunnable_ops(&model.graph)})
-            )?
-        );
+        doc["input"] = json!(input);
+        crate::say!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(EXIT_OK);
     }
     crate::say!(
@@ -315,9 +198,9 @@ pub fn inspect(input: &Path, json_out: bool) -> Result<i32> {
         model.graph.nodes.len(),
         model.graph.inputs.iter().map(|i| (&i.name, &i.shape)).collect::<Vec<_>>()
     );
-    table::print_report(&f.report);
-    crate::say!("\n  fusable regions ({}):", f.report.fused.len());
-    for r in &f.report.fused {
+    table::print_report(&report);
+    crate::say!("\n  fusable regions ({}):", report.fused.len());
+    for r in &report.fused {
         crate::say!("    {:<16} {} <- [{}]", r.rule, r.into, r.from.join(", "));
     }
     Ok(EXIT_OK)
@@ -360,7 +243,7 @@ pub fn bench(models: &[String], backend: Backend, reps: usize, forward_size: Opt
         if models.is_empty() { ["repvgg_a0", "repvgg_b0", "mobileone_s0"].iter().map(|s| s.to_string()).collect() } else { models.to_vec() };
     let gpu = match backend {
         Backend::Cpu => None,
-        _ => match repfuse::gpu::GpuContext::new() {
+        _ => match crate::gpu::GpuContext::new() {
             Ok(c) => Some(c),
             Err(e) if backend == Backend::Gpu => return Err(e.into()),
             Err(e) => {
@@ -369,16 +252,16 @@ pub fn bench(models: &[String], backend: Backend, reps: usize, forward_size: Opt
             }
         },
     };
-    let opts = repfuse::bench::BenchOptions { reps, forward_size };
+    let opts = crate::bench::BenchOptions { reps, forward_size };
     let mut results = vec![];
     let pb = if super::quiet() || json_out { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(models.len() as u64) };
     for m in &models {
         pb.set_message(m.clone());
-        results.push(repfuse::bench::bench_model(m, gpu.as_ref(), &opts)?);
+        results.push(crate::bench::bench_model(m, gpu.as_ref(), &opts)?);
         pb.inc(1);
     }
     pb.finish_and_clear();
-    let conv = gpu.as_ref().map(|c| repfuse::bench::bench_conv(c, 64, 56, reps.min(3))).transpose()?;
+    let conv = gpu.as_ref().map(|c| crate::bench::bench_conv(c, 64, 56, reps.min(3))).transpose()?;
     let adapter = gpu.as_ref().map(|c| json!({"name": c.info.name, "backend": format!("{:?}", c.info.backend), "device_type": format!("{:?}", c.info.device_type), "driver": c.info.driver, "driver_info": c.info.driver_info}));
     let doc = json!({"adapter": adapter, "cpu_threads": rayon::current_num_threads(), "models": results, "conv3x3": conv});
     if save {
@@ -387,7 +270,7 @@ pub fn bench(models: &[String], backend: Backend, reps: usize, forward_size: Opt
             .map_or("cpu-only".to_string(), |c| c.info.name.to_lowercase().chars().map(|ch| if ch.is_ascii_alphanumeric() { ch } else { '-' }).collect());
         let path = Path::new("benches/results").join(format!("{}.json", name));
         std::fs::create_dir_all("benches/results")?;
-        repfuse::io::write_atomic(&path, serde_json::to_string_pretty(&doc)?.as_bytes())?;
+        crate::io::write_atomic(&path, serde_json::to_string_pretty(&doc)?.as_bytes())?;
         eprintln!("saved {}", path.display());
     }
     if json_out {

@@ -20,7 +20,7 @@ pub fn print(header: &[&str], rows: &[Vec<String>]) {
 }
 
 /// Before/after op counts, parameters and FLOPs of a fusion report.
-pub fn print_report(r: &repfuse::FusionReport) {
+pub fn print_report(r: &crate::FusionReport) {
     let mut kinds: Vec<&String> = r.ops_before.keys().chain(r.ops_after.keys()).collect();
     kinds.sort();
     kinds.dedup();

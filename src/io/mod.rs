@@ -25,6 +25,12 @@ pub struct LoadedModel {
     pub onnx: Option<onnx::OnnxModel>,
 }
 
+impl From<onnx::OnnxModel> for LoadedModel {
+    fn from(m: onnx::OnnxModel) -> Self {
+        LoadedModel { graph: m.graph.clone(), weights: m.weights.clone(), onnx: Some(m) }
+    }
+}
+
 fn is_onnx(path: &Path) -> bool {
     path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
 }
@@ -36,8 +42,7 @@ fn is_native(path: &Path) -> bool {
 /// Reads `.onnx`, or `.json` (native graph) with its `.safetensors` beside it.
 pub fn load_model(path: &Path) -> Result<LoadedModel> {
     if is_onnx(path) {
-        let m = onnx::read_onnx(path)?;
-        Ok(LoadedModel { graph: m.graph.clone(), weights: m.weights.clone(), onnx: Some(m) })
+        Ok(onnx::read_onnx(path)?.into())
     } else if is_native(path) {
         let (graph, weights) = native::read_native(path)?;
         Ok(LoadedModel { graph, weights, onnx: None })

@@ -1,0 +1,5 @@
+"""``python -m repfuse``: the ``repfuse`` command."""
+
+from ._cli import main
+
+main()
