@@ -19,11 +19,11 @@ use crate::FuseOptions;
 
 /// Reads a model file: the IR and, for ONNX, the file's bytes (the ONNX engine checks
 /// the file as read, external data resolved beside it).
-pub fn read(path: &Path) -> Result<(LoadedModel, Option<Vec<u8>>)> {
+pub fn read(path: &Path) -> Result<(LoadedModel, Option<crate::io::FileBytes>)> {
     if !path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx")) {
         return Ok((crate::io::load_model(path)?, None));
     }
-    let bytes = std::fs::read(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?;
+    let bytes = crate::io::FileBytes::open(path)?;
     let model = crate::io::onnx::read_onnx_bytes(path, &bytes)?;
     Ok((model.into(), Some(bytes)))
 }

@@ -5,7 +5,6 @@
 //! command runs. The GIL is released while reading, fusing and verifying, so other
 //! Python threads run meanwhile.
 
-use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 use pyo3::create_exception;
@@ -34,12 +33,28 @@ fn backend(name: &str) -> PyResult<Backend> {
     }
 }
 
+/// ONNX bytes: borrowed from a Python `bytes`, or a mapped file.
+enum Bytes<'a> {
+    Python(&'a [u8]),
+    File(repfuse::io::FileBytes),
+}
+
+impl std::ops::Deref for Bytes<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Python(b) => b,
+            Bytes::File(f) => f,
+        }
+    }
+}
+
 /// A model from Python: ONNX bytes (a serialized ModelProto, named `path` in
 /// errors), or the file at `path`.
 struct Model<'a> {
     loaded: LoadedModel,
     /// The ONNX file's bytes as read, for the ONNX engine's check.
-    bytes: Option<Cow<'a, [u8]>>,
+    bytes: Option<Bytes<'a>>,
     /// Where external data resolves (the file's folder).
     dir: Option<PathBuf>,
 }
@@ -48,10 +63,10 @@ impl Model<'_> {
     fn read<'a>(data: Option<&'a [u8]>, path: &Path) -> repfuse::Result<Model<'a>> {
         let dir = path.parent().map(Path::to_path_buf);
         match data {
-            Some(b) => Ok(Model { loaded: repfuse::io::onnx::read_onnx_bytes(path, b)?.into(), bytes: Some(Cow::Borrowed(b)), dir }),
+            Some(b) => Ok(Model { loaded: repfuse::io::onnx::read_onnx_bytes(path, b)?.into(), bytes: Some(Bytes::Python(b)), dir }),
             None => {
                 let (loaded, bytes) = pipeline::read(path)?;
-                Ok(Model { loaded, bytes: bytes.map(Cow::Owned), dir })
+                Ok(Model { loaded, bytes: bytes.map(Bytes::File), dir })
             }
         }
     }

@@ -81,7 +81,7 @@ pub struct FuseArgs {
 }
 
 /// Reads a model file: the IR and, for ONNX, the bytes as read.
-fn load(path: &Path) -> Result<(crate::io::LoadedModel, Option<Vec<u8>>)> {
+fn load(path: &Path) -> Result<(crate::io::LoadedModel, Option<crate::io::FileBytes>)> {
     let t = Instant::now();
     let read = crate::pipeline::read(path).with_context(|| format!("reading {}", path.display()))?;
     tracing::info!(ms = t.elapsed().as_secs_f64() * 1e3, "read {}", path.display());
@@ -92,6 +92,8 @@ pub fn fuse(a: &FuseArgs) -> Result<i32> {
     let t = Instant::now();
     let pb = super::spinner(a.json, &format!("reading {}", a.input.display()));
     let (model, bytes) = load(&a.input)?;
+    // The file as read is only needed by the ONNX engine's check: unmap it otherwise.
+    let bytes = bytes.filter(|_| a.verify);
     let read_ms = t.elapsed().as_secs_f64() * 1e3;
     pb.set_message("fusing and verifying");
     let opts = DeployOptions {
@@ -105,9 +107,11 @@ pub fn fuse(a: &FuseArgs) -> Result<i32> {
     let code = if d.passed() { EXIT_OK } else { EXIT_OVER_TOLERANCE };
     pb.set_message(format!("writing {}", a.output.display()));
     // A fusion that fails verification is not written: no deploy model that lies.
+    let t = Instant::now();
     if code == EXIT_OK {
         d.save(&a.output).with_context(|| format!("writing {}", a.output.display()))?;
     }
+    let write_ms = t.elapsed().as_secs_f64() * 1e3;
     pb.finish_and_clear();
     if a.json {
         let mut doc = d.to_json();
@@ -115,13 +119,15 @@ pub fn fuse(a: &FuseArgs) -> Result<i32> {
         doc["output"] = json!(a.output);
         doc["written"] = json!(code == EXIT_OK);
         doc["read_ms"] = json!(read_ms);
+        doc["write_ms"] = json!(write_ms);
+        doc["peak_rss_bytes"] = json!(peak_rss_bytes());
         crate::say!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(code);
     }
     let fused = &d.fused;
     crate::say!("{} -> {}  (backend {:?}: {})\n", a.input.display(), a.output.display(), fused.backend, fused.backend_reason);
     table::print_report(&fused.report);
-    crate::say!("\n  read {:.1} ms, fused {:.1} ms, {} regions fused", read_ms, d.fuse_ms, fused.report.fused.len());
+    crate::say!("\n  read {:.1} ms, fused {:.1} ms, written {:.1} ms, {} regions fused", read_ms, d.fuse_ms, write_ms, fused.report.fused.len());
     for e in &d.checks {
         crate::say!("\nend-to-end verification ({}, seeded random input):", e.engine);
         print_equivalence(&e.equivalence);
@@ -136,6 +142,13 @@ pub fn fuse(a: &FuseArgs) -> Result<i32> {
         crate::say!("\nnot written: the fused model is over tolerance");
     }
     Ok(code)
+}
+
+/// The process's peak resident memory so far (Linux: `VmHWM`), if known.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse::<u64>().ok()?;
+    Some(kb * 1024)
 }
 
 fn print_regions(regions: &[crate::verify::RegionCheck]) {

@@ -109,6 +109,11 @@ enum Command {
         /// inputs/outputs).
         #[arg(long)]
         f32: bool,
+        /// Flush the written model to the device (fsync of the file and its folder)
+        /// before exiting. Without it the write is atomic (a temp file and a rename:
+        /// never a partial model) but an OS crash right after may lose it.
+        #[arg(long)]
+        fsync: bool,
         /// Testing the verifier: scale the first fused weight by 1 + 1e-3 before
         /// verifying and writing, so `--verify` must fail (exit 2, nothing written).
         #[arg(long, hide = true)]
@@ -182,7 +187,8 @@ where
     let _ = tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).with_target(false).try_init();
     let result = match cli.command {
         Command::Demo { model, size, backend, json } => commands::demo(&model, size, backend, json),
-        Command::Fuse { input, output, backend, verify, json, compose_cost_limit, widen_shortcuts, keep_dtype: _, f32, inject_fault } => {
+        Command::Fuse { input, output, backend, verify, json, compose_cost_limit, widen_shortcuts, keep_dtype: _, f32, fsync, inject_fault } => {
+            crate::io::atomic::set_fsync(fsync);
             commands::fuse(&commands::FuseArgs { input, output, backend, verify, json, compose_cost_limit, widen_shortcuts, f32, inject_fault })
         }
         Command::Verify { original, fused, seed, json } => commands::verify(&original, &fused, seed, json),

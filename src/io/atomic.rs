@@ -1,7 +1,23 @@
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::{Error, Result};
+
+/// Whether writes are flushed to the device (fsync of each file and of its folder)
+/// before they count as done. Off by default, like `onnx.save`, `torch.save` and `cp`:
+/// the rename alone makes every write atomic for readers and for a crash of this
+/// process; only an OS crash or power loss right after a write can lose it (some file
+/// systems then show an empty file). `repfuse fuse --fsync` turns it on.
+static FSYNC: AtomicBool = AtomicBool::new(false);
+
+/// Sets whether writes are durable (see [`FSYNC`]).
+pub fn set_fsync(on: bool) {
+    FSYNC.store(on, Ordering::Relaxed);
+}
+
+/// Streams a file's content into a writer.
+pub type Content<'a> = &'a dyn Fn(&mut dyn Write) -> Result<()>;
 
 /// Writes `bytes` to `path` through a temp file in the same folder and a rename: the
 /// target is either the old file or the complete new one, never a partial one.
@@ -9,22 +25,29 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic_many(&[(path, bytes)])
 }
 
-/// Writes several files that belong together (a native graph and its weights): every
-/// temp file is written completely before any is renamed into place, so a failure
-/// while writing leaves all targets as they were.
+/// `write_atomic` for several files that belong together (a native graph and its
+/// weights).
 pub fn write_atomic_many(files: &[(&Path, &[u8])]) -> Result<()> {
+    let writers: Vec<_> =
+        files.iter().map(|&(p, b)| move |w: &mut dyn Write| w.write_all(b).map_err(|e| Error::Io { path: p.to_path_buf(), source: e })).collect();
+    let streamed: Vec<(&Path, Content)> = files.iter().zip(&writers).map(|((p, _), w)| (*p, w as Content)).collect();
+    write_atomic_streams(&streamed)
+}
+
+/// Writes files that belong together, each streamed by its [`Content`] into a temp
+/// file in the target folder: every temp file is complete before any is renamed into
+/// place, so a failure while writing leaves all targets as they were.
+pub fn write_atomic_streams(files: &[(&Path, Content)]) -> Result<()> {
     // A rename onto a folder fails; find that before any file is replaced.
     for (path, _) in files {
         if path.is_dir() {
             return Err(Error::File { path: path.to_path_buf(), why: "is a folder; cannot write a model file there".into() });
         }
     }
+    let fsync = FSYNC.load(Ordering::Relaxed);
     let mut staged = Vec::with_capacity(files.len());
-    for (path, bytes) in files {
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
+    for (path, content) in files {
+        let dir = folder(path);
         let io = |e: std::io::Error| Error::Io { path: path.to_path_buf(), source: e };
         let mut b = tempfile::Builder::new();
         b.prefix(".repfuse-").suffix(".tmp");
@@ -35,13 +58,30 @@ pub fn write_atomic_many(files: &[(&Path, &[u8])]) -> Result<()> {
             use std::os::unix::fs::PermissionsExt;
             b.permissions(std::fs::Permissions::from_mode(0o666));
         }
-        let mut tmp = b.tempfile_in(dir).map_err(io)?;
-        tmp.write_all(bytes).map_err(io)?;
-        tmp.as_file().sync_all().map_err(io)?;
+        let tmp = b.tempfile_in(dir).map_err(io)?;
+        {
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file());
+            content(&mut w)?;
+            w.flush().map_err(io)?;
+        }
+        if fsync {
+            tmp.as_file().sync_all().map_err(io)?;
+        }
         staged.push((tmp, *path));
     }
     for (tmp, path) in staged {
         tmp.persist(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e.error })?;
+        if fsync {
+            // The rename itself is durable once the folder is.
+            std::fs::File::open(folder(path)).and_then(|d| d.sync_all()).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?;
+        }
     }
     Ok(())
+}
+
+fn folder(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
 }

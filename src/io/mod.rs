@@ -15,6 +15,45 @@ use crate::error::{Error, Result};
 use crate::graph::Graph;
 use crate::weights::Weights;
 
+/// A file's bytes, mapped (no copy: the weights are decoded from the page cache).
+///
+/// The map is read-only and private; like every reader that maps files (safetensors,
+/// ONNX Runtime), it assumes the file is not truncated while it is being read.
+pub enum FileBytes {
+    /// A mapped file.
+    Mapped(memmap2::Mmap),
+    /// An empty file (a zero-length map is not portable).
+    Empty,
+}
+
+impl FileBytes {
+    /// Maps the file at `path`.
+    pub fn open(path: &Path) -> Result<FileBytes> {
+        let io = |e: std::io::Error| Error::Io { path: path.to_path_buf(), source: e };
+        let f = std::fs::File::open(path).map_err(io)?;
+        let meta = f.metadata().map_err(io)?;
+        if !meta.is_file() {
+            return Err(Error::File { path: path.to_path_buf(), why: "is not a regular file (a folder or a device?)".into() });
+        }
+        if meta.len() == 0 {
+            return Ok(FileBytes::Empty);
+        }
+        // SAFETY: a read-only private map of a file we opened; see the type's doc.
+        let map = unsafe { memmap2::Mmap::map(&f) }.map_err(io)?;
+        Ok(FileBytes::Mapped(map))
+    }
+}
+
+impl std::ops::Deref for FileBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            FileBytes::Mapped(m) => m,
+            FileBytes::Empty => &[],
+        }
+    }
+}
+
 /// A model read from a file, with what is needed to write it back in kind.
 pub struct LoadedModel {
     /// The model's structure.

@@ -8,7 +8,8 @@ use std::path::Path;
 use onnx_protobuf::{Message, ModelProto, NodeProto};
 
 use super::attrs::{make_float, make_int, make_ints};
-use super::tensor::{encode, FloatType};
+use super::tensor::{float_bytes, header, write_floats, FloatType};
+use super::wire;
 use super::OnnxModel;
 use crate::error::{Error, Result};
 use crate::graph::{Activation, Graph, Node, Op};
@@ -208,10 +209,84 @@ fn base_proto(src: Option<&OnnxModel>, graph: &Graph) -> ModelProto {
 /// Serialises `graph` with `weights` as ONNX bytes. `src` is the model it was read
 /// from (None for graphs built in code).
 pub fn onnx_bytes(src: Option<&OnnxModel>, graph: &Graph, weights: &Weights) -> Result<Vec<u8>> {
-    build_proto(src, graph, weights)?.write_to_bytes().map_err(|e| Error::Graph(format!("serialising ONNX: {}", e)))
+    let parts = build_parts(src, graph, weights)?;
+    let mut out = Vec::with_capacity(parts.inline_bytes() + (1 << 16));
+    parts.write(&mut out, Path::new("<memory>"))?;
+    Ok(out)
 }
 
-fn build_proto(src: Option<&OnnxModel>, graph: &Graph, weights: &Weights) -> Result<ModelProto> {
+/// An initializer's data, streamed after its header straight from the computed weights.
+enum Payload<'a> {
+    /// f32 values, written as the given float type.
+    Floats(&'a [f32], FloatType),
+    /// Already in the header (a non-float tensor carried as read).
+    InHeader,
+}
+
+impl Payload<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Payload::Floats(d, ft) => float_bytes(d.len(), *ft),
+            Payload::InHeader => 0,
+        }
+    }
+}
+
+/// The model to write: every field, with initializers as headers (name, dims, type)
+/// whose data `payloads` (same order) holds.
+struct Parts<'a> {
+    proto: ModelProto,
+    payloads: Vec<Payload<'a>>,
+}
+
+impl Parts<'_> {
+    fn inline_bytes(&self) -> usize {
+        self.payloads.iter().map(Payload::len).sum()
+    }
+
+    /// Streams the model (see `wire`): the model's other fields, then the graph field
+    /// with its nodes, then each initializer's header and data. The sizes protobuf
+    /// needs up front come from the headers and the payload lengths.
+    fn write(self, w: &mut dyn std::io::Write, path: &Path) -> Result<()> {
+        let io = |e: std::io::Error| Error::Io { path: path.to_path_buf(), source: e };
+        let (graph_field, init_field, raw_field) = wire::FIELDS;
+        let mut model = self.proto;
+        let mut graph = model.graph.take().expect("build_parts makes a graph");
+        let inits = std::mem::take(&mut graph.initializer);
+        let head = ser(&model)?;
+        let graph_head = ser(&graph)?;
+        let headers: Vec<Vec<u8>> = inits.iter().map(ser).collect::<Result<_>>()?;
+        let body = |h: &Vec<u8>, p: &Payload| h.len() + if p.len() > 0 { wire::len_key_size(raw_field, p.len()) + p.len() } else { 0 };
+        let graph_len =
+            graph_head.len() + headers.iter().zip(&self.payloads).map(|(h, p)| wire::len_key_size(init_field, body(h, p)) + body(h, p)).sum::<usize>();
+        let mut key = Vec::with_capacity(16);
+        w.write_all(&head).map_err(io)?;
+        wire::put_len_key(&mut key, graph_field, graph_len);
+        w.write_all(&key).map_err(io)?;
+        w.write_all(&graph_head).map_err(io)?;
+        for (h, p) in headers.iter().zip(&self.payloads) {
+            key.clear();
+            wire::put_len_key(&mut key, init_field, body(h, p));
+            w.write_all(&key).map_err(io)?;
+            w.write_all(h).map_err(io)?;
+            if let Payload::Floats(data, ft) = p {
+                if !data.is_empty() {
+                    key.clear();
+                    wire::put_len_key(&mut key, raw_field, p.len());
+                    w.write_all(&key).map_err(io)?;
+                    write_floats(w, data, *ft).map_err(io)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn ser<M: Message>(m: &M) -> Result<Vec<u8>> {
+    m.write_to_bytes().map_err(|e| Error::Graph(format!("serialising ONNX: {}", e)))
+}
+
+fn build_parts<'a>(src: Option<&OnnxModel>, graph: &Graph, weights: &'a Weights) -> Result<Parts<'a>> {
     let mut proto = base_proto(src, graph);
     let default_type = src.map_or(FloatType::F32, |m| m.float_type);
     let g = proto.graph.as_mut().expect("base_proto makes a graph");
@@ -228,20 +303,24 @@ fn build_proto(src: Option<&OnnxModel>, graph: &Graph, weights: &Weights) -> Res
     let read: BTreeSet<String> = g.node.iter().flat_map(|n| n.input.iter().cloned()).chain(g.output.iter().map(|o| o.name.clone())).collect();
     let to_write: Vec<(&String, &Vec<usize>)> = graph.params.iter().filter(|(k, _)| read.contains(*k) || subgraph_reads(g, k)).collect();
     let mut written = BTreeSet::new();
+    let mut payloads = Vec::with_capacity(to_write.len());
     for (name, shape) in to_write {
-        let t = match src.and_then(|m| m.passthrough.get(name)) {
-            Some(t) => t.clone(),
+        match src.and_then(|m| m.passthrough.get(name)) {
+            Some(t) => {
+                g.initializer.push(t.clone());
+                payloads.push(Payload::InHeader);
+            }
             None => {
                 let w = weights.get(name)?;
                 if w.shape() != shape.as_slice() {
                     return Err(Error::tensor(name, format!("weights hold {:?}, graph expects {:?}", w.shape(), shape)));
                 }
                 let ft = src.and_then(|m| m.dtypes.get(name)).copied().unwrap_or(default_type);
-                encode(name, shape, w.data(), ft)
+                g.initializer.push(header(name, shape, ft));
+                payloads.push(Payload::Floats(w.data(), ft));
             }
-        };
+        }
         written.insert(name.clone());
-        g.initializer.push(t);
     }
     // Old-IR models list initializers as graph inputs; drop those we fused away.
     if let Some(m) = src {
@@ -249,7 +328,7 @@ fn build_proto(src: Option<&OnnxModel>, graph: &Graph, weights: &Weights) -> Res
         g.input.retain(|i| !was_init.contains(&i.name) || written.contains(&i.name));
     }
     super::check::check_written_model(&proto)?;
-    Ok(proto)
+    Ok(Parts { proto, payloads })
 }
 
 /// Whether a subgraph (If/Loop/Scan body) of any node reads `name`.
@@ -265,8 +344,9 @@ fn subgraph_reads(g: &onnx_protobuf::GraphProto, name: &str) -> bool {
 /// (protobuf cannot hold a message over 2 GiB).
 pub const EXTERNAL_DATA_THRESHOLD: usize = 1536 << 20;
 
-/// Writes `graph` + `weights` as an ONNX file, atomically. Models whose initializers
-/// pass `EXTERNAL_DATA_THRESHOLD` keep their weights in `<file>.data` beside it.
+/// Writes `graph` + `weights` as an ONNX file, atomically, streaming the weights
+/// from memory into the file. Models whose initializers pass
+/// `EXTERNAL_DATA_THRESHOLD` keep their weights in `<file>.data` beside it.
 pub fn write_onnx(src: Option<&OnnxModel>, graph: &Graph, weights: &Weights, path: &Path) -> Result<()> {
     write_onnx_with(src, graph, weights, path, EXTERNAL_DATA_THRESHOLD)
 }
@@ -275,31 +355,52 @@ pub fn write_onnx(src: Option<&OnnxModel>, graph: &Graph, weights: &Weights, pat
 pub fn write_onnx_with(src: Option<&OnnxModel>, graph: &Graph, weights: &Weights, path: &Path, external_threshold: usize) -> Result<()> {
     use onnx_protobuf::tensor_proto::DataLocation;
     use onnx_protobuf::StringStringEntryProto;
-    let mut proto = build_proto(src, graph, weights)?;
-    let g = proto.graph.as_mut().expect("built with a graph");
-    let total: usize = g.initializer.iter().map(|t| t.raw_data.len()).sum();
-    if total <= external_threshold {
-        let bytes = proto.write_to_bytes().map_err(|e| Error::Graph(format!("serialising ONNX: {}", e)))?;
-        return crate::io::write_atomic(path, &bytes);
+    let mut parts = build_parts(src, graph, weights)?;
+    if parts.inline_bytes() <= external_threshold {
+        let parts = std::cell::RefCell::new(Some(parts));
+        let model = |w: &mut dyn std::io::Write| parts.borrow_mut().take().expect("written once").write(w, path);
+        return crate::io::atomic::write_atomic_streams(&[(path, &model)]);
     }
     let file_name = format!("{}.data", path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model.onnx".into()));
-    let mut data: Vec<u8> = Vec::with_capacity(total);
-    for t in g.initializer.iter_mut().filter(|t| !t.raw_data.is_empty()) {
-        // 64-byte aligned offsets, as onnx's own external-data writer uses for mmap.
-        data.resize(data.len().next_multiple_of(64), 0);
+    let g = parts.proto.graph.as_mut().expect("built with a graph");
+    // 64-byte aligned offsets, as onnx's own external-data writer uses for mmap.
+    let mut offsets = Vec::with_capacity(parts.payloads.len());
+    let mut end = 0usize;
+    for (t, p) in g.initializer.iter_mut().zip(&parts.payloads) {
+        if p.len() == 0 {
+            offsets.push(None);
+            continue;
+        }
+        let offset = end.next_multiple_of(64);
         let entry = |k: &str, v: String| {
             let mut e = StringStringEntryProto::new();
             e.key = k.to_string();
             e.value = v;
             e
         };
-        t.external_data = vec![entry("location", file_name.clone()), entry("offset", data.len().to_string()), entry("length", t.raw_data.len().to_string())];
-        data.extend_from_slice(&std::mem::take(&mut t.raw_data));
+        t.external_data = vec![entry("location", file_name.clone()), entry("offset", offset.to_string()), entry("length", p.len().to_string())];
         t.data_location = DataLocation::EXTERNAL.into();
+        offsets.push(Some(offset));
+        end = offset + p.len();
     }
-    let bytes = proto.write_to_bytes().map_err(|e| Error::Graph(format!("serialising ONNX: {}", e)))?;
     let data_path = path.with_file_name(&file_name);
-    crate::io::atomic::write_atomic_many(&[(&data_path, &data), (path, &bytes)])
+    let data = |w: &mut dyn std::io::Write| -> Result<()> {
+        let io = |e: std::io::Error| Error::Io { path: data_path.clone(), source: e };
+        let mut at = 0usize;
+        for (p, off) in parts.payloads.iter().zip(&offsets) {
+            if let (Payload::Floats(d, ft), Some(off)) = (p, off) {
+                w.write_all(&vec![0u8; off - at]).map_err(io)?;
+                write_floats(w, d, *ft).map_err(io)?;
+                at = off + p.len();
+            }
+        }
+        Ok(())
+    };
+    // The model file itself holds every header and no float data.
+    let header_only = Parts { proto: parts.proto.clone(), payloads: parts.payloads.iter().map(|_| Payload::InHeader).collect() };
+    let header_only = std::cell::RefCell::new(Some(header_only));
+    let model = |w: &mut dyn std::io::Write| header_only.borrow_mut().take().expect("written once").write(w, path);
+    crate::io::atomic::write_atomic_streams(&[(&data_path, &data), (path, &model)])
 }
 
 /// Count of nodes per ONNX op type in an ONNX file's bytes (for reports and tests).

@@ -8,7 +8,7 @@ use std::path::Path;
 use onnx_protobuf::{Message, ModelProto, NodeProto, TensorProto};
 
 use super::attrs;
-use super::tensor::{decode, dims, ExternalData, FloatType};
+use super::tensor::{decode_with, dims, ExternalData, FloatType};
 use super::OnnxModel;
 use crate::error::{Error, Result};
 use crate::graph::{Activation, AvgPool2d, BatchNorm, Conv2d, Graph, Linear, Node, Op, Opaque, ValueInfo};
@@ -17,15 +17,16 @@ use crate::weights::Weights;
 
 /// Reads an ONNX file (and its external data) into the IR.
 pub fn read_onnx(path: &Path) -> Result<OnnxModel> {
-    let bytes = std::fs::read(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?;
-    read_onnx_bytes(path, &bytes)
+    read_onnx_bytes(path, &crate::io::FileBytes::open(path)?)
 }
 
 /// Same as `read_onnx` with the bytes already in memory (`path` locates external
 /// data and names the file in errors).
 pub fn read_onnx_bytes(path: &Path, bytes: &[u8]) -> Result<OnnxModel> {
     let file_err = |why: String| Error::File { path: path.to_path_buf(), why };
-    let proto = ModelProto::parse_from_bytes(bytes).map_err(|e| file_err(format!("not a valid ONNX model (protobuf: {})", e)))?;
+    // The weights stay in `bytes` (a mapped file): protobuf parses the rest.
+    let stripped = super::wire::strip_initializer_data(bytes).map_err(|e| file_err(format!("not a valid ONNX model (protobuf: {})", e)))?;
+    let proto = ModelProto::parse_from_bytes(&stripped.bytes).map_err(|e| file_err(format!("not a valid ONNX model (protobuf: {})", e)))?;
     let g = proto.graph.as_ref().ok_or_else(|| file_err("the model has no graph".into()))?;
     // protobuf parsing accepts a file cut inside a nested message; a model always
     // declares its opset (written last by exporters) and has nodes and outputs, so
@@ -47,8 +48,8 @@ pub fn read_onnx_bytes(path: &Path, bytes: &[u8]) -> Result<OnnxModel> {
             other => file_err(other.to_string()),
         }
     };
-    for t in &g.initializer {
-        st.add_initializer(t, &mut ext).map_err(in_file)?;
+    for (t, raw) in g.initializer.iter().zip(stripped.raw.iter().map(|r| r.clone().map(|r| &bytes[r])).chain(std::iter::repeat(None))) {
+        st.add_initializer(t, raw, &mut ext).map_err(in_file)?;
     }
     let mut dynamic_dims = vec![];
     for vi in &g.input {
@@ -77,7 +78,7 @@ pub fn read_onnx_bytes(path: &Path, bytes: &[u8]) -> Result<OnnxModel> {
             if let Some(t) = attrs::get(n, "value").and_then(|a| a.t.as_ref()) {
                 let mut t = t.clone();
                 t.name = n.output.first().cloned().unwrap_or_default();
-                st.add_initializer(&t, &mut ext).map_err(&in_file)?;
+                st.add_initializer(&t, None, &mut ext).map_err(&in_file)?;
                 continue;
             }
         }
@@ -174,7 +175,8 @@ struct State {
 }
 
 impl State {
-    fn add_initializer(&mut self, t: &TensorProto, ext: &mut ExternalData) -> Result<()> {
+    /// `raw`: the tensor's `raw_data` when it was left in the file.
+    fn add_initializer(&mut self, t: &TensorProto, raw: Option<&[u8]>, ext: &mut ExternalData) -> Result<()> {
         if t.name.is_empty() {
             return Err(Error::tensor("<unnamed>", "initializer without a name"));
         }
@@ -182,13 +184,17 @@ impl State {
             return Err(Error::tensor(&t.name, "initializer defined twice"));
         }
         if FloatType::from_onnx(t.data_type).is_some() {
-            let (ft, shape, data) = decode(t, ext)?;
+            let (ft, shape, data) = decode_with(t, raw, ext)?;
             self.graph.params.insert(t.name.clone(), shape.clone());
             self.weights.insert(t.name.clone(), Tensor::from_parts(shape, data));
             self.dtypes.insert(t.name.clone(), ft);
         } else {
             self.graph.params.insert(t.name.clone(), dims(t)?);
-            self.passthrough.insert(t.name.clone(), t.clone());
+            let mut t = t.clone();
+            if let Some(raw) = raw {
+                t.raw_data = raw.to_vec();
+            }
+            self.passthrough.insert(t.name.clone(), t);
         }
         Ok(())
     }

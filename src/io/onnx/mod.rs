@@ -10,6 +10,7 @@ mod import;
 mod matmul;
 mod static_shapes;
 pub mod tensor;
+mod wire;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -67,6 +68,12 @@ impl OnnxModel {
             }
         }
         Ok(m)
+    }
+
+    /// The element type the file stores the float initializer `name` in (the model's
+    /// float type for a tensor it did not have).
+    pub fn dtypes_of(&self, name: &str) -> FloatType {
+        self.dtypes.get(name).copied().unwrap_or(self.float_type)
     }
 
     /// The default-domain opset the model declares.

@@ -107,6 +107,12 @@ pub fn dims(t: &TensorProto) -> Result<Vec<usize>> {
 
 /// Decodes a float initializer to f32 values, checking the byte count first.
 pub fn decode(t: &TensorProto, ext: &mut ExternalData) -> Result<(FloatType, Vec<usize>, Vec<f32>)> {
+    decode_with(t, None, ext)
+}
+
+/// `decode` of a tensor whose `raw_data` was left in the file (`raw`, see
+/// `wire::strip_initializer_data`): the weights are decoded from the mapped file.
+pub fn decode_with(t: &TensorProto, raw: Option<&[u8]>, ext: &mut ExternalData) -> Result<(FloatType, Vec<usize>, Vec<f32>)> {
     let ft =
         FloatType::from_onnx(t.data_type).ok_or_else(|| Error::tensor(&t.name, format!("data type {} is not a float type repfuse can fuse", t.data_type)))?;
     let shape = dims(t)?;
@@ -114,6 +120,8 @@ pub fn decode(t: &TensorProto, ext: &mut ExternalData) -> Result<(FloatType, Vec
     let external = t.data_location.enum_value() == Ok(DataLocation::EXTERNAL);
     let raw: Option<&[u8]> = if external {
         Some(ext.bytes(t)?)
+    } else if raw.is_some() {
+        raw
     } else if !t.raw_data.is_empty() {
         Some(&t.raw_data)
     } else {
@@ -126,6 +134,12 @@ pub fn decode(t: &TensorProto, ext: &mut ExternalData) -> Result<(FloatType, Vec
                 return Err(Error::tensor(&t.name, format!("holds {} bytes, shape {:?} of {:?} needs {}", raw.len(), shape, ft, want)));
             }
             match ft {
+                FloatType::F32 if cfg!(target_endian = "little") => {
+                    // A plain copy: raw_data is little-endian f32, at any alignment.
+                    let mut v = vec![0f32; n];
+                    bytemuck::cast_slice_mut::<f32, u8>(&mut v).copy_from_slice(raw);
+                    v
+                }
                 FloatType::F32 => raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
                 FloatType::F16 => raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
                 FloatType::BF16 => raw.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
@@ -141,16 +155,43 @@ pub fn decode(t: &TensorProto, ext: &mut ExternalData) -> Result<(FloatType, Vec
     Ok((ft, shape, data))
 }
 
-/// Encodes f32 values as an inline initializer of type `ft`.
-pub fn encode(name: &str, shape: &[usize], data: &[f32], ft: FloatType) -> TensorProto {
+/// An initializer without its data: name, dims and element type `ft`.
+pub fn header(name: &str, shape: &[usize], ft: FloatType) -> TensorProto {
     let mut t = TensorProto::new();
     t.name = name.to_string();
     t.dims = shape.iter().map(|&d| d as i64).collect();
     t.data_type = ft.onnx() as i32;
-    t.raw_data = match ft {
-        FloatType::F32 => data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        FloatType::F16 => data.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
-        FloatType::BF16 => data.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect(),
-    };
+    t
+}
+
+/// Bytes `write_floats` writes for `n` values of type `ft`.
+pub fn float_bytes(n: usize, ft: FloatType) -> usize {
+    n * ft.size()
+}
+
+/// Writes f32 values as little-endian `ft` (ONNX `raw_data`), without a copy for
+/// float32 on little-endian machines.
+pub fn write_floats(w: &mut dyn std::io::Write, data: &[f32], ft: FloatType) -> std::io::Result<()> {
+    if ft == FloatType::F32 && cfg!(target_endian = "little") {
+        return w.write_all(bytemuck::cast_slice(data));
+    }
+    let mut buf = Vec::with_capacity(float_bytes(data.len().min(1 << 14), ft));
+    for chunk in data.chunks(1 << 14) {
+        buf.clear();
+        match ft {
+            FloatType::F32 => chunk.iter().for_each(|v| buf.extend_from_slice(&v.to_le_bytes())),
+            FloatType::F16 => chunk.iter().for_each(|v| buf.extend_from_slice(&half::f16::from_f32(*v).to_le_bytes())),
+            FloatType::BF16 => chunk.iter().for_each(|v| buf.extend_from_slice(&half::bf16::from_f32(*v).to_le_bytes())),
+        }
+        w.write_all(&buf)?;
+    }
+    Ok(())
+}
+
+/// Encodes f32 values as an inline initializer of type `ft`.
+pub fn encode(name: &str, shape: &[usize], data: &[f32], ft: FloatType) -> TensorProto {
+    let mut t = header(name, shape, ft);
+    t.raw_data = Vec::with_capacity(float_bytes(data.len(), ft));
+    write_floats(&mut t.raw_data, data, ft).expect("writing to a Vec cannot fail");
     t
 }
