@@ -10,8 +10,7 @@ use repfuse::zoo::{blocks, GraphBuilder};
 use repfuse::{fuse, FuseOptions};
 
 fn peak_rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<u64>().ok()).map_or(0, |kb| kb * 1024)
+    repfuse::bench::e2e::peak_rss_bytes().unwrap_or(0)
 }
 
 fn main() {

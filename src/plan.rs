@@ -320,6 +320,15 @@ impl FusionPlan {
             let (i, v) = t.first_non_finite().expect("a non-finite value was seen");
             return Err(Error::tensor(name, format!("holds {} at flat index {}", v, i)));
         }
+        self.check_bn_variances(weights)
+    }
+
+    /// The variance half of [`Self::check_sources`]: every BN's `var + eps` is
+    /// positive. Cheap (one value per channel); the CPU executor runs only this before
+    /// computing, because NaN and Inf propagate through its f64 sums and products, so
+    /// [`Self::check_outputs`] sees any non-finite source it read, and only then is
+    /// the full scan run, to name the source.
+    pub fn check_bn_variances(&self, weights: &Weights) -> Result<()> {
         let bns = self.steps.iter().flat_map(|s| match s {
             Step::FoldBn { bn, .. } | Step::BnToConv { bn, .. } => vec![bn],
             Step::Place { sources, .. } => sources.iter().filter_map(|s| s.bn.as_ref()).collect(),

@@ -42,7 +42,7 @@ pub fn demo(model: &str, size: usize, backend: Backend, json_out: bool) -> Resul
     let verify_ms = t.elapsed().as_secs_f64() * 1e3;
     let code = if eq.passed() { EXIT_OK } else { EXIT_OVER_TOLERANCE };
     if json_out {
-        crate::say!(
+        println!(
             "{}",
             serde_json::to_string_pretty(
                 &json!({"model": m.name, "input": [1, 3, size, size], "backend": fused.backend, "backend_reason": fused.backend_reason, "fuse_ms": fuse_ms, "verify_ms": verify_ms, "report": fused.report, "verification": eq, "passed": eq.passed()})
@@ -120,8 +120,8 @@ pub fn fuse(a: &FuseArgs) -> Result<i32> {
         doc["written"] = json!(code == EXIT_OK);
         doc["read_ms"] = json!(read_ms);
         doc["write_ms"] = json!(write_ms);
-        doc["peak_rss_bytes"] = json!(peak_rss_bytes());
-        crate::say!("{}", serde_json::to_string_pretty(&doc)?);
+        doc["peak_rss_bytes"] = json!(crate::bench::e2e::peak_rss_bytes());
+        println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(code);
     }
     let fused = &d.fused;
@@ -142,13 +142,6 @@ pub fn fuse(a: &FuseArgs) -> Result<i32> {
         crate::say!("\nnot written: the fused model is over tolerance");
     }
     Ok(code)
-}
-
-/// The process's peak resident memory so far (Linux: `VmHWM`), if known.
-fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse::<u64>().ok()?;
-    Some(kb * 1024)
 }
 
 fn print_regions(regions: &[crate::verify::RegionCheck]) {
@@ -202,7 +195,7 @@ pub fn inspect(input: &Path, json_out: bool) -> Result<i32> {
     let (report, mut doc) = crate::pipeline::inspect(&model)?;
     if json_out {
         doc["input"] = json!(input);
-        crate::say!("{}", serde_json::to_string_pretty(&doc)?);
+        println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(EXIT_OK);
     }
     crate::say!(
@@ -251,10 +244,34 @@ pub fn adapters(json_out: bool) -> Result<i32> {
     Ok(EXIT_OK)
 }
 
-pub fn bench(models: &[String], backend: Backend, reps: usize, forward_size: Option<usize>, save: bool, json_out: bool) -> Result<i32> {
-    let models: Vec<String> =
-        if models.is_empty() { ["repvgg_a0", "repvgg_b0", "mobileone_s0"].iter().map(|s| s.to_string()).collect() } else { models.to_vec() };
+/// `repfuse bench`'s arguments.
+pub struct BenchArgs {
+    pub models: Vec<String>,
+    pub onnx: Vec<PathBuf>,
+    pub scaling: bool,
+    pub backend: Backend,
+    pub reps: usize,
+    pub forward_size: Option<usize>,
+    pub save: bool,
+    pub json: bool,
+}
+
+pub fn bench(a: &BenchArgs) -> Result<i32> {
+    let (backend, reps, forward_size, save, json_out) = (a.backend, a.reps, a.forward_size, a.save, a.json);
+    let files_only = a.models.is_empty() && (!a.onnx.is_empty() || a.scaling);
+    let models: Vec<String> = if files_only {
+        vec![]
+    } else if a.models.is_empty() {
+        ["repvgg_a0", "repvgg_b0", "mobileone_s0"].iter().map(|s| s.to_string()).collect()
+    } else {
+        a.models.clone()
+    };
+    let exe = std::env::current_exe().ok();
+    let files: Vec<crate::bench::e2e::FileBench> =
+        a.onnx.iter().map(|f| crate::bench::e2e::bench_file(f, reps, exe.as_deref())).collect::<crate::Result<_>>()?;
+    let scaling = if a.scaling { crate::bench::e2e::rewrite_scaling(&[100, 300, 1000, 3000, 10000], reps.min(3))? } else { vec![] };
     let gpu = match backend {
+        _ if files_only => None,
         Backend::Cpu => None,
         _ => match crate::gpu::GpuContext::new() {
             Ok(c) => Some(c),
@@ -276,7 +293,7 @@ pub fn bench(models: &[String], backend: Backend, reps: usize, forward_size: Opt
     pb.finish_and_clear();
     let conv = gpu.as_ref().map(|c| crate::bench::bench_conv(c, 64, 56, reps.min(3))).transpose()?;
     let adapter = gpu.as_ref().map(|c| json!({"name": c.info.name, "backend": format!("{:?}", c.info.backend), "device_type": format!("{:?}", c.info.device_type), "driver": c.info.driver, "driver_info": c.info.driver_info}));
-    let doc = json!({"adapter": adapter, "cpu_threads": rayon::current_num_threads(), "models": results, "conv3x3": conv});
+    let doc = json!({"adapter": adapter, "cpu_threads": rayon::current_num_threads(), "models": results, "conv3x3": conv, "files": files, "rewrite_scaling": scaling});
     if save {
         let name = gpu
             .as_ref()
@@ -292,6 +309,10 @@ pub fn bench(models: &[String], backend: Backend, reps: usize, forward_size: Opt
     }
     if let Some(c) = &gpu {
         crate::say!("adapter: {} ({:?}, {:?})", c.info.name, c.info.backend, c.info.device_type);
+    }
+    print_files(&files, &scaling);
+    if files_only {
+        return Ok(EXIT_OK);
     }
     let rows: Vec<Vec<String>> = results
         .iter()
@@ -314,4 +335,35 @@ pub fn bench(models: &[String], backend: Backend, reps: usize, forward_size: Opt
         crate::say!("\n  {}: WGSL {:.2} GFLOP/s ({:.0} ms), CPU reference {:.2} GFLOP/s ({:.0} ms)", c.shape, c.gpu_gflops, c.gpu_ms, c.cpu_gflops, c.cpu_ms);
     }
     Ok(EXIT_OK)
+}
+
+/// The end-to-end table and the scaling series.
+fn print_files(files: &[crate::bench::e2e::FileBench], scaling: &[crate::bench::e2e::ScalePoint]) {
+    if !files.is_empty() {
+        let rows: Vec<Vec<String>> = files
+            .iter()
+            .map(|f| {
+                vec![
+                    Path::new(&f.file).iter().rev().take(2).collect::<Vec<_>>().into_iter().rev().collect::<PathBuf>().display().to_string(),
+                    format!("{:.1}", f.bytes_read as f64 / 1e6),
+                    format!("{:.1}", f.read_ms),
+                    format!("{:.1}", f.rewrite_ms),
+                    format!("{:.1}", f.plan_ms),
+                    format!("{:.1}", f.write_ms),
+                    format!("{:.1}", f.stages_ms),
+                    format!("{:.1}", f.copy_ms),
+                    format!("{:.2}x", f.ratio_to_copy),
+                    f.command_ms.map_or("-".into(), |c| format!("{:.1}", c)),
+                    f.rss_ratio_to_file.map_or("-".into(), |r| format!("{:.2}x", r)),
+                ]
+            })
+            .collect();
+        table::print(&["file", "MB", "read", "rewrite", "plan", "write", "stages ms", "copy ms", "vs copy", "command ms", "RSS/file"], &rows);
+    }
+    if !scaling.is_empty() {
+        crate::say!("");
+        let rows: Vec<Vec<String>> =
+            scaling.iter().map(|p| vec![p.blocks.to_string(), p.nodes.to_string(), format!("{:.2}", p.rewrite_ms), format!("{:.2}", p.us_per_node)]).collect();
+        table::print(&["blocks", "nodes", "rewrite ms", "us/node"], &rows);
+    }
 }

@@ -136,9 +136,17 @@ enum Command {
     },
     /// Time fusion (CPU and GPU) and forward passes against same-run baselines.
     Bench {
-        /// Zoo models to fuse (default: repvgg_a0, repvgg_b0, mobileone_s0).
+        /// Zoo models to fuse (default: repvgg_a0, repvgg_b0, mobileone_s0, unless
+        /// --onnx or --scaling is given).
         #[arg(long)]
         model: Vec<String>,
+        /// ONNX files to run through `repfuse fuse` stage by stage, next to a
+        /// page-cache copy of the same bytes and the whole command's time and memory.
+        #[arg(long)]
+        onnx: Vec<PathBuf>,
+        /// Time the rewrite on synthetic RepVGG chains of 100 to 10,000 blocks.
+        #[arg(long)]
+        scaling: bool,
         #[arg(long, value_enum, default_value = "auto")]
         backend: Backend,
         #[arg(long, default_value_t = 5)]
@@ -194,7 +202,9 @@ where
         Command::Verify { original, fused, seed, json } => commands::verify(&original, &fused, seed, json),
         Command::Inspect { input, json } => commands::inspect(&input, json),
         Command::Adapters { json } => commands::adapters(json),
-        Command::Bench { model, backend, reps, forward_size, save, json } => commands::bench(&model, backend, reps, forward_size, save, json),
+        Command::Bench { model, onnx, scaling, backend, reps, forward_size, save, json } => {
+            commands::bench(&commands::BenchArgs { models: model, onnx, scaling, backend, reps, forward_size, save, json })
+        }
     };
     match result {
         Ok(code) => code,

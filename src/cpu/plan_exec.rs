@@ -39,8 +39,19 @@ fn with_shape(name: &str, t: Tensor, shape: &[usize]) -> Result<Tensor> {
 
 /// Executes every step; returns all computed tensors by name.
 pub fn execute_plan(plan: &FusionPlan, weights: &Weights) -> Result<HashMap<String, Tensor>> {
-    plan.check_sources(weights)?;
+    // The full finiteness scan of the sources is deferred (see
+    // `FusionPlan::check_bn_variances`): one pass less over every weight. When a step
+    // or the output check fails, a non-finite source is the likelier cause, and the
+    // scan names it.
+    plan.check_bn_variances(weights)?;
     plan.output_shapes(weights)?;
+    run_steps(plan, weights).or_else(|failed| {
+        plan.check_sources(weights)?;
+        Err(failed)
+    })
+}
+
+fn run_steps(plan: &FusionPlan, weights: &Weights) -> Result<HashMap<String, Tensor>> {
     let mut slots = Slots { source: weights, computed: HashMap::new() };
     // Steps of one dependency level are independent: run them in parallel (each
     // primitive is itself parallel over output channels).

@@ -176,11 +176,14 @@ fn apply(
         }
         plan.steps.extend(patch.steps);
     }
-    remove.sort_unstable();
-    remove.dedup();
-    for i in remove.into_iter().rev() {
-        g.nodes.remove(i);
-    }
+    // One pass, not a `Vec::remove` per node (that made a wave quadratic).
+    let mut gone = vec![false; g.nodes.len()];
+    remove.iter().for_each(|&i| gone[i] = true);
+    let mut k = 0;
+    g.nodes.retain(|_| {
+        k += 1;
+        !gone[k - 1]
+    });
     let changed: Vec<String> = add.iter().map(|n| n.name.clone()).collect();
     g.nodes.extend(add);
     g.sort_topologically()?;

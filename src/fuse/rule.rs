@@ -24,7 +24,7 @@ pub struct Patch {
 /// refusals.
 pub struct Ctx<'a> {
     pub graph: &'a Graph,
-    pub index: &'a GraphIndex,
+    pub index: &'a GraphIndex<'a>,
     pub shapes: &'a Shapes,
     pub counter: &'a mut usize,
     pub refusals: &'a mut Vec<Refusal>,

@@ -4,30 +4,32 @@ use std::collections::{HashMap, HashSet};
 
 use super::Graph;
 
-/// Which node produces and which nodes consume each tensor of a graph.
-pub struct GraphIndex {
-    producer: HashMap<String, usize>,
-    consumers: HashMap<String, Vec<usize>>,
-    outputs: HashSet<String>,
+/// Which node produces and which nodes consume each tensor of a graph. Keys borrow
+/// the graph's names: the index is rebuilt every rewrite wave, and copying every
+/// name each time was most of its cost on large graphs.
+pub struct GraphIndex<'g> {
+    producer: HashMap<&'g str, usize>,
+    consumers: HashMap<&'g str, Vec<usize>>,
+    outputs: HashSet<&'g str>,
 }
 
-impl GraphIndex {
+impl<'g> GraphIndex<'g> {
     /// Indexes `g`; node numbers are positions in `g.nodes`.
-    pub fn new(g: &Graph) -> Self {
-        let mut producer = HashMap::new();
-        let mut consumers: HashMap<String, Vec<usize>> = HashMap::new();
+    pub fn new(g: &'g Graph) -> Self {
+        let mut producer = HashMap::with_capacity(g.nodes.len());
+        let mut consumers: HashMap<&str, Vec<usize>> = HashMap::with_capacity(g.nodes.len());
         for (i, n) in g.nodes.iter().enumerate() {
             for o in &n.outputs {
-                producer.insert(o.clone(), i);
+                producer.insert(o.as_str(), i);
             }
             for t in &n.inputs {
-                let c = consumers.entry(t.clone()).or_default();
+                let c = consumers.entry(t.as_str()).or_default();
                 if !c.contains(&i) {
                     c.push(i);
                 }
             }
         }
-        GraphIndex { producer, consumers, outputs: g.outputs.iter().cloned().collect() }
+        GraphIndex { producer, consumers, outputs: g.outputs.iter().map(String::as_str).collect() }
     }
 
     /// The node writing `tensor`; `None` for graph inputs and parameters.

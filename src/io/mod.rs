@@ -39,7 +39,9 @@ impl FileBytes {
             return Ok(FileBytes::Empty);
         }
         // SAFETY: a read-only private map of a file we opened; see the type's doc.
-        let map = unsafe { memmap2::Mmap::map(&f) }.map_err(io)?;
+        // Populated: the kernel maps every page of the file in one pass instead of one
+        // fault per few pages while the weights are decoded.
+        let map = unsafe { memmap2::MmapOptions::new().populate().map(&f) }.map_err(io)?;
         Ok(FileBytes::Mapped(map))
     }
 }

@@ -62,17 +62,21 @@ pub struct GraphBuilder {
     pub weights: Weights,
     rng: StdRng,
     count: usize,
+    /// Every tensor's shape, kept node by node (inferring the whole graph per query
+    /// made building a chain quadratic).
+    shapes: crate::graph::Shapes,
 }
 
 impl GraphBuilder {
     /// An empty graph; `seed` makes the weights reproducible.
     pub fn new(seed: u64) -> Self {
-        GraphBuilder { graph: Graph::default(), weights: Weights::new(), rng: StdRng::seed_from_u64(seed), count: 0 }
+        GraphBuilder { graph: Graph::default(), weights: Weights::new(), rng: StdRng::seed_from_u64(seed), count: 0, shapes: Default::default() }
     }
 
     /// Declares a graph input of full `shape` (batch first); returns `name`.
     pub fn input(&mut self, name: &str, shape: &[usize]) -> String {
         self.graph.inputs.push(ValueInfo { name: name.to_string(), shape: shape.to_vec() });
+        self.shapes.insert(name.to_string(), shape.to_vec());
         name.to_string()
     }
 
@@ -96,13 +100,18 @@ impl GraphBuilder {
 
     fn node(&mut self, name: String, op: Op, inputs: Vec<String>) -> String {
         let out = format!("{}.out", name);
-        self.graph.nodes.push(Node { name, op, inputs, outputs: vec![out.clone()] });
+        let node = Node { name, op, inputs, outputs: vec![out.clone()] };
+        // Lenient: tests build invalid graphs on purpose; only `channels` needs a shape.
+        if let Ok(Some(s)) = crate::graph::infer_node(&self.graph, &node, &self.shapes) {
+            self.shapes.insert(out.clone(), s);
+        }
+        self.graph.nodes.push(node);
         out
     }
 
     /// Channel count of a tensor built so far.
     pub fn channels(&self, t: &str) -> usize {
-        crate::graph::infer_shapes(&self.graph).expect("builder graphs are valid")[t][1]
+        self.shapes.get(t).unwrap_or_else(|| panic!("builder: `{}` has no known shape", t))[1]
     }
 
     /// A conv on `x` with uniform He-style random weights.

@@ -15,6 +15,13 @@ use crate::graph::{Activation, AvgPool2d, BatchNorm, Conv2d, Graph, Linear, Node
 use crate::tensor::Tensor;
 use crate::weights::Weights;
 
+fn is_external(t: &TensorProto) -> bool {
+    t.data_location.enum_value() == Ok(onnx_protobuf::tensor_proto::DataLocation::EXTERNAL)
+}
+
+/// A float initializer's type, shape and values.
+type Decoded = (FloatType, Vec<usize>, Vec<f32>);
+
 /// Reads an ONNX file (and its external data) into the IR.
 pub fn read_onnx(path: &Path) -> Result<OnnxModel> {
     read_onnx_bytes(path, &crate::io::FileBytes::open(path)?)
@@ -48,8 +55,21 @@ pub fn read_onnx_bytes(path: &Path, bytes: &[u8]) -> Result<OnnxModel> {
             other => file_err(other.to_string()),
         }
     };
-    for (t, raw) in g.initializer.iter().zip(stripped.raw.iter().map(|r| r.clone().map(|r| &bytes[r])).chain(std::iter::repeat(None))) {
-        st.add_initializer(t, raw, &mut ext).map_err(in_file)?;
+    let raws: Vec<Option<&[u8]>> = (0..g.initializer.len()).map(|i| stripped.raw.get(i).cloned().flatten().map(|r| &bytes[r])).collect();
+    // Float weights in the file decode on every core: the copies and the page faults
+    // of their new memory are most of reading a model.
+    let decoded: Vec<Option<Result<Decoded>>> = {
+        use rayon::prelude::*;
+        g.initializer
+            .par_iter()
+            .zip(&raws)
+            .map(|(t, raw)| {
+                (raw.is_some() && !is_external(t) && FloatType::from_onnx(t.data_type).is_some()).then(|| decode_with(t, *raw, &mut ExternalData::new(path)))
+            })
+            .collect()
+    };
+    for ((t, raw), d) in g.initializer.iter().zip(raws).zip(decoded) {
+        st.add_initializer(t, raw, d.transpose().map_err(&in_file)?, &mut ext).map_err(&in_file)?;
     }
     let mut dynamic_dims = vec![];
     for vi in &g.input {
@@ -78,7 +98,7 @@ pub fn read_onnx_bytes(path: &Path, bytes: &[u8]) -> Result<OnnxModel> {
             if let Some(t) = attrs::get(n, "value").and_then(|a| a.t.as_ref()) {
                 let mut t = t.clone();
                 t.name = n.output.first().cloned().unwrap_or_default();
-                st.add_initializer(&t, None, &mut ext).map_err(&in_file)?;
+                st.add_initializer(&t, None, None, &mut ext).map_err(&in_file)?;
                 continue;
             }
         }
@@ -104,6 +124,10 @@ pub fn read_onnx_bytes(path: &Path, bytes: &[u8]) -> Result<OnnxModel> {
             skip.insert(j);
         }
     }
+    // Constant arithmetic first: where it was all that was carried (`x + 0` in
+    // MobileOne), the engine's analysis below (which parses the whole file again) is
+    // not needed. Again after it, for the constants it proves (`sigmoid(alpha)`).
+    super::arith::lift_constant_arith(&mut st.graph, &mut st.weights, &mut st.dtypes).map_err(&in_file)?;
     super::static_shapes::fold_static_shapes(bytes, path, &mut st.graph, &mut st.weights, &mut st.dtypes, &mut st.passthrough, dynamic_dims.is_empty());
     super::matmul::lift_token_linears(&mut st.graph, &mut st.weights, &mut st.dtypes);
     super::arith::lift_constant_arith(&mut st.graph, &mut st.weights, &mut st.dtypes).map_err(&in_file)?;
@@ -175,8 +199,9 @@ struct State {
 }
 
 impl State {
-    /// `raw`: the tensor's `raw_data` when it was left in the file.
-    fn add_initializer(&mut self, t: &TensorProto, raw: Option<&[u8]>, ext: &mut ExternalData) -> Result<()> {
+    /// `raw`: the tensor's `raw_data` when it was left in the file; `decoded`: its
+    /// values when already decoded.
+    fn add_initializer(&mut self, t: &TensorProto, raw: Option<&[u8]>, decoded: Option<Decoded>, ext: &mut ExternalData) -> Result<()> {
         if t.name.is_empty() {
             return Err(Error::tensor("<unnamed>", "initializer without a name"));
         }
@@ -184,7 +209,10 @@ impl State {
             return Err(Error::tensor(&t.name, "initializer defined twice"));
         }
         if FloatType::from_onnx(t.data_type).is_some() {
-            let (ft, shape, data) = decode_with(t, raw, ext)?;
+            let (ft, shape, data) = match decoded {
+                Some(d) => d,
+                None => decode_with(t, raw, ext)?,
+            };
             self.graph.params.insert(t.name.clone(), shape.clone());
             self.weights.insert(t.name.clone(), Tensor::from_parts(shape, data));
             self.dtypes.insert(t.name.clone(), ft);

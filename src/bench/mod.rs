@@ -2,6 +2,8 @@
 //! same run (host memcpy of the same bytes for the CPU plan, a device
 //! buffer-to-buffer copy for the GPU plan), so results compare across machines.
 
+pub mod e2e;
+
 use std::time::Instant;
 
 use serde::Serialize;
