@@ -352,3 +352,23 @@ fn f32_writes_a_half_model_as_float32_and_keep_dtype_keeps_it() {
     let o = run(&[os("fuse"), src.as_os_str(), os("-o"), dir.path().join("x.onnx").as_os_str(), os("--f32"), os("--keep-dtype")]);
     assert_exit(&o, 1, "--f32 with --keep-dtype");
 }
+
+/// `bench --onnx` runs a file through every stage and the whole command; what it
+/// reports must describe that file (not timings: speed is measured, never asserted).
+#[test]
+fn bench_onnx_reports_every_stage_of_the_file_and_the_commands_memory() {
+    let file = fixture("z14_dbb_block");
+    let out = run(&[os("bench"), os("--onnx"), file.as_os_str(), os("--reps"), os("1"), os("--json"), os("-q")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("-q keeps --json output");
+    let f = &doc["files"][0];
+    assert_eq!(f["bytes_read"].as_u64(), Some(std::fs::metadata(&file).unwrap().len()));
+    assert!(f["bytes_written"].as_u64().unwrap() > 0 && f["bytes_written"].as_u64() < f["bytes_read"].as_u64(), "the deploy model is smaller: {}", f);
+    for k in ["read_ms", "rewrite_ms", "plan_ms", "write_ms", "copy_ms", "command_ms"] {
+        assert!(f[k].as_f64().is_some_and(|v| v > 0.0), "{} missing: {}", k, f);
+    }
+    if cfg!(target_os = "linux") {
+        assert!(f["command_peak_rss_bytes"].as_u64().is_some_and(|r| r > 1 << 20), "no RSS from the child: {}", f);
+    }
+    assert!(doc["models"].as_array().unwrap().is_empty(), "--onnx alone runs no zoo models");
+}
