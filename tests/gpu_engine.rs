@@ -39,6 +39,15 @@ fn gpu_plan_primitives_match_cpu_on_every_zoo_block() {
             let c = b.conv_bn(x, ConvSpec::same(6, 3, 1, 1));
             b.add(&[c, x.to_string()])
         }),
+        // 40 branches: more sources than `place` takes per chunk (32), so later
+        // chunks add to what the first wrote; 1x1, 3x3, 1x3 and dilated taps mixed.
+        ("forty_branches", |b, x| {
+            let specs = [ConvSpec::same(6, 1, 1, 1), ConvSpec::same(6, 3, 1, 1), ConvSpec::kernel_hw(6, 1, 3, 1), ConvSpec::same(6, 3, 1, 1)];
+            let ys: Vec<String> = (0..40).map(|i| b.conv_bn(x, specs[i % 4].clone())).collect();
+            b.add(&ys)
+        }),
+        // Depthwise rows of a few taps each: many tiny rows per job.
+        ("depthwise_many_rows", |b, x| blocks::mobileone_block(b, x, 6, 5, 1, 6, 4)),
         ("seq_kxk_1x1", |b, x| {
             let c = b.conv_bn(x, ConvSpec::same(4, 3, 1, 2));
             b.conv_bn(&c, ConvSpec::same(8, 1, 1, 1))
