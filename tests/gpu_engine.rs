@@ -43,7 +43,7 @@ fn gpu_plan_primitives_match_cpu_on_every_zoo_block() {
         // chunks add to what the first wrote; 1x1, 3x3, 1x3 and dilated taps mixed.
         ("forty_branches", |b, x| {
             let specs = [ConvSpec::same(6, 1, 1, 1), ConvSpec::same(6, 3, 1, 1), ConvSpec::kernel_hw(6, 1, 3, 1), ConvSpec::same(6, 3, 1, 1)];
-            let ys: Vec<String> = (0..40).map(|i| b.conv_bn(x, specs[i % 4].clone())).collect();
+            let ys: Vec<String> = (0..40).map(|i| b.conv_bn(x, specs[i % 4])).collect();
             b.add(&ys)
         }),
         // Depthwise rows of a few taps each: many tiny rows per job.
