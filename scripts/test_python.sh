@@ -2,8 +2,8 @@
 # The Python package end to end: build the wheel with maturin (python/, pyo3), install
 # it into a fresh venv with onnx, onnxruntime, numpy and pytest, and run
 # python/tests against the fixtures (and $REPFUSE_MODELS when set).
-# REPFUSE_WHEEL_PROFILE picks the cargo profile (default release, what `pip install`
-# builds); scripts/test.sh passes `test` so the wheel reuses the tests' compiled crates.
+# REPFUSE_WHEEL_PROFILE picks the cargo profile (default release: what `pip install`
+# builds, and what `cargo test --release` already compiled most dependencies in).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
