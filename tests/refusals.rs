@@ -365,7 +365,7 @@ fn opaque_ops_are_carried_through_and_their_inputs_are_unchanged() {
     assert_equivalent(&substitute(&g), &w, &substitute(&f.graph), &fw, 11, &format!("{:#?}", f.report));
 }
 
-/// DESIGN.md: "Every refused rewrite is reported with its reason." A summed branch
+/// "Every rewrite is exact or refused with a reason" (README, "Exactness and proof"). A summed branch
 /// and a 1x1 -> KxK pair left unfused because a tensor has other readers should be
 /// reported like the conv+BN case is.
 #[test]

@@ -1,4 +1,4 @@
-//! The weight-kernel primitives of DESIGN.md as pure functions: they take tensors by
+//! The weight-kernel primitives (README "How it works") as pure functions: they take tensors by
 //! shared reference and return new ones (and `Tensor` storage is immutable), so no
 //! primitive can mutate its inputs. Arithmetic is done in f64 and rounded once.
 

@@ -1,4 +1,4 @@
-//! Equivalence checks and the tolerance policy (DESIGN.md).
+//! Equivalence checks and the tolerance policy (README "Exactness and proof").
 //!
 //! A correct fusion differs from the original only by float rounding. The CPU
 //! reference (f64 sums, f32 values between ops) computes, with every output element,
