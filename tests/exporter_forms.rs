@@ -67,3 +67,23 @@ fn onnxruntime_runs_the_fused_exporter_forms_like_the_originals() {
         common::ort_agree(&name, &path, &out, common::engine_bound(&m.graph));
     }
 }
+
+/// `inspect` says which nodes were carried unchanged and why: every carried node of
+/// every form is counted once under its op type, and the form with GELU-as-Erf, a
+/// mean and a broadcast sum names exactly those.
+#[test]
+fn carried_nodes_are_reported_by_type_with_a_reason() {
+    for path in forms() {
+        let m = read_onnx(&path).unwrap();
+        let f = fuse(&m.graph, &FuseOptions::default()).unwrap();
+        let opaque = f.graph.nodes.iter().filter(|n| matches!(n.op, repfuse::graph::Op::Opaque(_))).count();
+        assert_eq!(f.report.carried.iter().map(|c| c.count).sum::<usize>(), opaque, "{}", path.display());
+        assert!(f.report.carried.iter().all(|c| c.why.contains("carried unchanged")), "{}: {:?}", path.display(), f.report.carried);
+    }
+    let m = read_onnx(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/forms/unfusable_scale_and_broadcast.onnx")).unwrap();
+    let carried = fuse(&m.graph, &FuseOptions::default()).unwrap().report.carried;
+    let kinds: Vec<(&str, usize)> = carried.iter().map(|c| (c.op_type.as_str(), c.count)).collect();
+    assert_eq!(kinds, [("Add", 1), ("Erf", 1), ("ReduceMean", 1)]);
+    assert!(carried[0].why.contains("broadcast"), "{:?}", carried[0]);
+    assert!(carried[1].why.contains("not modelled"), "{:?}", carried[1]);
+}

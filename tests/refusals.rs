@@ -334,7 +334,7 @@ fn opaque_ops_are_carried_through_and_their_inputs_are_unchanged() {
             "act8" => "Bar",
             _ => continue,
         };
-        n.op = Op::Opaque(Opaque { op_type: op_type.into(), payload: vec![1, 2, 3], shape_hint: None });
+        n.op = Op::Opaque(Opaque { op_type: op_type.into(), payload: vec![1, 2, 3], shape_hint: None, why: None });
     }
     let f = repfuse::fuse(&g, &repfuse::FuseOptions::default()).unwrap();
     let fw = f.weights_cpu(&w).unwrap();

@@ -205,6 +205,7 @@ pub fn inspect(input: &Path, json_out: bool) -> Result<i32> {
         model.graph.inputs.iter().map(|i| (&i.name, &i.shape)).collect::<Vec<_>>()
     );
     table::print_report(&report);
+    table::print_carried(&report);
     crate::say!("\n  fusable regions ({}):", report.fused.len());
     for r in &report.fused {
         crate::say!("    {:<16} {} <- [{}]", r.rule, r.into, r.from.join(", "));

@@ -51,6 +51,17 @@ pub fn print_report(r: &crate::FusionReport) {
     }
 }
 
+/// The ops carried unchanged, by type and reason.
+pub fn print_carried(r: &crate::FusionReport) {
+    if r.carried.is_empty() {
+        return;
+    }
+    crate::say!("\n  carried through unchanged ({} nodes):", r.carried.iter().map(|c| c.count).sum::<usize>());
+    for c in &r.carried {
+        crate::say!("    {} x{}: {}", c.op_type, c.count, c.why);
+    }
+}
+
 pub fn human(x: f64) -> String {
     match x {
         x if x >= 1e9 => format!("{:.2}G", x / 1e9),

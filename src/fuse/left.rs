@@ -16,6 +16,17 @@ fn source(g: &Graph, index: &GraphIndex, t: &str) -> String {
     }
 }
 
+/// The carried (opaque) nodes of `g`, grouped by op type and reason.
+pub fn carried(g: &Graph) -> Vec<super::report::Carried> {
+    let mut groups: std::collections::BTreeMap<(&str, &str), usize> = std::collections::BTreeMap::new();
+    for n in &g.nodes {
+        if let Op::Opaque(o) = &n.op {
+            *groups.entry((o.op_type.as_str(), o.why.as_deref().unwrap_or("built as an opaque node"))).or_default() += 1;
+        }
+    }
+    groups.into_iter().map(|((op_type, why), count)| super::report::Carried { op_type: op_type.to_string(), count, why: why.to_string() }).collect()
+}
+
 /// One entry per BN, Add of computed tensors, or Concat of `g`.
 pub fn explain(g: &Graph, refusals: &[Refusal]) -> Vec<Left> {
     let index = GraphIndex::new(g);

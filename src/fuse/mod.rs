@@ -252,6 +252,7 @@ fn finish(
     let names: BTreeSet<&str> = g.nodes.iter().map(|n| n.name.as_str()).collect();
     report.refused = refusals.into_iter().filter(|r| r.nodes.iter().all(|n| names.contains(n.as_str()))).collect();
     report.left = left::explain(&g, &report.refused);
+    report.carried = left::carried(&g);
     report.ops_after = g.op_histogram();
     report.params_after = g.param_count();
     report.flops_after = g.flops(&shapes);

@@ -38,6 +38,17 @@ pub struct Left {
     pub why: String,
 }
 
+/// Nodes of one op type that the deploy graph carries unchanged, and why.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Carried {
+    /// The source op type.
+    pub op_type: String,
+    /// How many nodes.
+    pub count: usize,
+    /// Why the reader did not model them.
+    pub why: String,
+}
+
 /// What a fusion did: the rewrites, the refusals and before/after totals.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct FusionReport {
@@ -47,6 +58,9 @@ pub struct FusionReport {
     pub refused: Vec<Refusal>,
     /// Every BN, sum and concat still in the deploy graph, with why.
     pub left: Vec<Left>,
+    /// Ops carried through unchanged (not modelled, or in a form not modelled), by
+    /// type and reason.
+    pub carried: Vec<Carried>,
     /// Node count per op kind of the training graph.
     pub ops_before: BTreeMap<String, usize>,
     /// Node count per op kind of the deploy graph.

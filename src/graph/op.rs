@@ -137,6 +137,9 @@ pub struct Opaque {
     /// What the reader knows of its output shape beyond the op name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shape_hint: Option<ShapeHint>,
+    /// Why the reader carried it instead of modelling it, for reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
 }
 
 /// How a carried node's output shape follows from its input's, read from its

@@ -222,7 +222,7 @@ impl GraphBuilder {
     /// An unmodelled op of type `op_type`, passed through fusion untouched.
     pub fn opaque(&mut self, x: &str, op_type: &str) -> String {
         let name = self.name("opaque");
-        self.node(name, Op::Opaque(crate::graph::Opaque { op_type: op_type.to_string(), payload: vec![], shape_hint: None }), vec![x.to_string()])
+        self.node(name, Op::Opaque(crate::graph::Opaque { op_type: op_type.to_string(), payload: vec![], shape_hint: None, why: None }), vec![x.to_string()])
     }
 
     /// The finished graph and its weights.

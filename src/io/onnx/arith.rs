@@ -117,7 +117,12 @@ fn broadcast_add(n: &Node, shapes: &Shapes, g: &Graph) -> Option<Lift> {
     p.input = n.inputs.clone();
     p.output = n.outputs.clone();
     let payload = p.write_to_bytes().ok()?;
-    let op = Op::Opaque(crate::graph::Opaque { op_type: p.op_type.clone(), payload, shape_hint: None });
+    let op = Op::Opaque(crate::graph::Opaque {
+        op_type: p.op_type.clone(),
+        payload,
+        shape_hint: None,
+        why: Some("a broadcast sum (operand shapes differ), not a branch merge: carried unchanged".into()),
+    });
     Some(Lift::Replace(vec![Node { op, ..n.clone() }], vec![]))
 }
 

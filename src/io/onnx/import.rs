@@ -19,6 +19,44 @@ fn is_external(t: &TensorProto) -> bool {
     t.data_location.enum_value() == Ok(onnx_protobuf::tensor_proto::DataLocation::EXTERNAL)
 }
 
+/// ONNX ops the reader maps to the IR in some form (see `State::known_op`).
+const MODELLED: &[&str] = &[
+    "Conv",
+    "BatchNormalization",
+    "Gemm",
+    "MatMul",
+    "Add",
+    "Sum",
+    "Sub",
+    "Mul",
+    "Div",
+    "Neg",
+    "Concat",
+    "AveragePool",
+    "GlobalAveragePool",
+    "Flatten",
+    "Relu",
+    "LeakyRelu",
+    "Sigmoid",
+    "Tanh",
+    "Gelu",
+    "HardSwish",
+    "HardSigmoid",
+    "Identity",
+    "Constant",
+];
+
+/// Why node `n` is carried through unchanged, in words for `inspect`.
+pub(super) fn carried_why(n: &NodeProto) -> String {
+    if !(n.domain.is_empty() || n.domain == "ai.onnx") {
+        format!("op of domain `{}`: not modelled, carried unchanged", n.domain)
+    } else if MODELLED.contains(&n.op_type.as_str()) {
+        "a form repfuse does not model (attributes, rank, or operands computed at run time): carried unchanged".into()
+    } else {
+        "op not modelled by repfuse: carried unchanged".into()
+    }
+}
+
 /// A float initializer's type, shape and values.
 type Decoded = (FloatType, Vec<usize>, Vec<f32>);
 
@@ -288,7 +326,13 @@ impl State {
                     "Flatten" => Some(crate::graph::ShapeHint::Flatten { axis: attrs::int(n, "axis", 1) }),
                     _ => None,
                 };
-                self.graph.nodes.push(Node { name, op: Op::Opaque(Opaque { op_type: n.op_type.clone(), payload, shape_hint }), inputs: data_inputs, outputs });
+                let why = Some(carried_why(n));
+                self.graph.nodes.push(Node {
+                    name,
+                    op: Op::Opaque(Opaque { op_type: n.op_type.clone(), payload, shape_hint, why }),
+                    inputs: data_inputs,
+                    outputs,
+                });
             }
         }
         Ok(false)
