@@ -180,7 +180,17 @@ fn gpu_plan_compute_time_comes_from_timestamps_where_supported() {
     assert!(!out.is_empty());
     assert!(t.wall_ms > 0.0);
     match t.compute_ms {
-        Some(c) => assert!(c > 0.0 && c <= t.wall_ms * 1.05 + 1.0, "compute {} ms vs wall {} ms", c, t.wall_ms),
+        Some(c) => {
+            assert!(c > 0.0 && c <= t.wall_ms * 1.05 + 1.0, "compute {} ms vs wall {} ms", c, t.wall_ms);
+            // Each kernel's passes lie inside the plan's span, and together they move
+            // every byte the plan's steps read and write.
+            let sum: f64 = t.kernels.iter().map(|k| k.ms).sum();
+            assert!(!t.kernels.is_empty() && sum <= c * 1.001 + 1e-3, "kernels {:?} vs compute {} ms", t.kernels, c);
+            let bytes: u64 = t.kernels.iter().map(|k| k.bytes).sum();
+            let numel = |n: &str| w.get(n).map(|x| x.numel()).unwrap_or_else(|_| out[n].numel()) as u64;
+            let want: u64 = f.plan.steps.iter().flat_map(|s| s.inputs().into_iter().chain(s.outputs())).map(|n| 4 * numel(n)).sum();
+            assert_eq!(bytes, want, "kernel bytes cover every step's reads and writes");
+        }
         None => assert!(!ctx.timestamps, "adapter has timestamps but none were read"),
     }
 }

@@ -43,6 +43,24 @@ pub struct GpuPlanBench {
     pub bandwidth_fraction: f64,
     /// Queue submissions one plan execution takes.
     pub submissions: usize,
+    /// Each kernel's achieved bandwidth next to the same-run device copy's (from the
+    /// run with the median compute time); empty without timestamps.
+    pub kernels: Vec<KernelBench>,
+}
+
+/// One weight kernel's roofline position in a plan execution.
+#[derive(Debug, Serialize)]
+pub struct KernelBench {
+    /// The kernel.
+    pub kernel: String,
+    /// Its passes' time, from timestamps.
+    pub ms: f64,
+    /// Bytes its jobs read and write.
+    pub bytes: u64,
+    /// `bytes / ms`, in GB/s.
+    pub gb_per_s: f64,
+    /// Its GB/s over the same-run device copy's.
+    pub fraction_of_copy: f64,
 }
 
 /// CPU forward pass of the training form against the deploy form on one input.
@@ -147,15 +165,29 @@ pub fn bench_model(name: &str, gpu: Option<&GpuContext>, o: &BenchOptions) -> Re
             let before = ctx.submissions();
             crate::gpu::execute_plan_gpu(ctx, &f.plan, &w)?;
             let submissions = ctx.submissions() - before;
-            let mut compute = vec![];
+            let mut runs = vec![];
             let plan_ms = median_ms(o.reps, || {
                 let (out, t) = crate::gpu::execute_plan_gpu_timed(ctx, &f.plan, &w)?;
-                compute.extend(t.compute_ms);
+                if let Some(c) = t.compute_ms {
+                    runs.push((c, t.kernels));
+                }
                 Ok(out)
             })?;
-            compute.sort_by(f64::total_cmp);
-            let compute_ms = compute.get(compute.len() / 2).copied();
+            runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let median = runs.get(runs.len() / 2);
+            let compute_ms = median.map(|r| r.0);
             let device_copy_ms = device_copy_ms(ctx, bytes_read + bytes_written, o.reps)?;
+            let copy_gbs = (bytes_read + bytes_written) as f64 / (device_copy_ms * 1e6);
+            let kernels = median
+                .map(|r| {
+                    r.1.iter()
+                        .map(|k| {
+                            let gbs = k.bytes as f64 / (k.ms.max(1e-9) * 1e6);
+                            KernelBench { kernel: k.kernel.to_string(), ms: k.ms, bytes: k.bytes, gb_per_s: gbs, fraction_of_copy: gbs / copy_gbs }
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
             // The target compares compute (not transfers) with the copy baseline.
             let fraction = device_copy_ms / compute_ms.unwrap_or(plan_ms);
             Some(GpuPlanBench {
@@ -166,6 +198,7 @@ pub fn bench_model(name: &str, gpu: Option<&GpuContext>, o: &BenchOptions) -> Re
                 device_copy_ms,
                 bandwidth_fraction: fraction,
                 submissions,
+                kernels,
             })
         }
         None => None,

@@ -332,6 +332,27 @@ pub fn bench(a: &BenchArgs) -> Result<i32> {
         })
         .collect();
     table::print(&["model", "MB r+w", "rewrite ms", "cpu plan ms", "memcpy ms", "cpu/memcpy", "gpu plan ms (compute)", "gpu vs copy", "fwd speedup"], &rows);
+    let kernel_rows: Vec<Vec<String>> = results
+        .iter()
+        .flat_map(|r| {
+            r.gpu.iter().flat_map(move |g| {
+                g.kernels.iter().map(move |k| {
+                    vec![
+                        r.model.clone(),
+                        k.kernel.clone(),
+                        format!("{:.2}", k.ms),
+                        format!("{:.1}", k.bytes as f64 / 1e6),
+                        format!("{:.2}", k.gb_per_s),
+                        format!("{:.1}%", k.fraction_of_copy * 100.0),
+                    ]
+                })
+            })
+        })
+        .collect();
+    if !kernel_rows.is_empty() {
+        crate::say!("");
+        table::print(&["model", "kernel", "ms", "MB r+w", "GB/s", "of device copy"], &kernel_rows);
+    }
     if let Some(c) = conv {
         crate::say!("\n  {}: WGSL {:.2} GFLOP/s ({:.0} ms), CPU reference {:.2} GFLOP/s ({:.0} ms)", c.shape, c.gpu_gflops, c.gpu_ms, c.cpu_gflops, c.cpu_ms);
     }

@@ -8,4 +8,6 @@ pub mod shaders;
 
 pub use context::{grid, GpuContext, POLL_TIMEOUT};
 pub use forward::{forward_gpu, ConvParams, ElementwiseParams, LinearParams, PoolParams};
-pub use plan_exec::{execute_plan_gpu, execute_plan_gpu_timed, GpuTiming, COMPOSE_STRIDE, FILL_STRIDE, FOLD_BN_STRIDE, PLACE_SRC_STRIDE, PLACE_STRIDE};
+pub use plan_exec::{
+    execute_plan_gpu, execute_plan_gpu_timed, GpuTiming, KernelTime, COMPOSE_STRIDE, FILL_STRIDE, FOLD_BN_STRIDE, PLACE_SRC_STRIDE, PLACE_STRIDE,
+};

@@ -66,6 +66,8 @@ struct Batch {
     side: Vec<u32>,
     jobs: u32,
     max_elems: usize,
+    /// Bytes the batch's steps read and write.
+    bytes: u64,
 }
 
 impl Batch {
@@ -142,13 +144,29 @@ pub fn execute_plan_gpu(ctx: &GpuContext, plan: &FusionPlan, weights: &Weights) 
 }
 
 /// Where the time of one GPU plan execution went.
-#[derive(Clone, Copy, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct GpuTiming {
     /// Upload, compute, download and host work, as the caller sees it.
     pub wall_ms: f64,
     /// The compute passes alone, from timestamp queries (None where the adapter has
     /// no TIMESTAMP_QUERY).
     pub compute_ms: Option<f64>,
+    /// Per kernel: its passes' time (timestamps) and the bytes its jobs read and
+    /// write; empty without timestamps.
+    pub kernels: Vec<KernelTime>,
+}
+
+/// One kernel's share of a plan execution.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct KernelTime {
+    /// The kernel (`place`, `fold_bn`, ...).
+    pub kernel: &'static str,
+    /// Its compute passes, summed, from timestamps.
+    pub ms: f64,
+    /// Bytes its jobs read (sources) and write (results), each counted once.
+    pub bytes: u64,
+    /// Dispatches (one per dependency level it appears in).
+    pub dispatches: usize,
 }
 
 /// `execute_plan_gpu`, also returning wall and timestamp-measured compute time.
@@ -212,10 +230,18 @@ pub fn execute_plan_gpu_timed(ctx: &GpuContext, plan: &FusionPlan, weights: &Wei
     tracing::debug!(windows = windows.len(), steps = plan.steps.len(), "GPU plan");
     let mut encoder = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("plan") });
     let mut buffers = Vec::with_capacity(windows.len());
-    // Timestamps at the start of the first compute pass and the end of the last.
-    let queries =
-        ctx.timestamps.then(|| ctx.device.create_query_set(&wgpu::QuerySetDescriptor { label: Some("plan time"), ty: wgpu::QueryType::Timestamp, count: 2 }));
-    let last_window = windows.len().saturating_sub(1);
+    // A compute pass per dispatch, each with a pair of timestamps, so each kernel's
+    // time is known (and the plan's: the first start to the last end).
+    let dispatches: usize =
+        windows.iter().map(|w| w.steps.iter().map(|&i| (levels[i], kernel_of(&plan.steps[i]))).collect::<std::collections::BTreeSet<_>>().len()).sum();
+    // A query set holds at most 4096 queries (wgpu); plans with more dispatches are
+    // timed as a whole only.
+    let per_pass = 2 * dispatches.max(1) <= 4096;
+    let queries = ctx.timestamps.then(|| {
+        let count = if per_pass { 2 * dispatches.max(1) } else { 2 };
+        ctx.device.create_query_set(&wgpu::QuerySetDescriptor { label: Some("plan time"), ty: wgpu::QueryType::Timestamp, count: count as u32 })
+    });
+    let mut timed: Vec<(KernelId, u64)> = vec![];
     for (wi, w) in windows.iter().enumerate() {
         let buf = ctx.empty(&format!("arena{}", wi), w.arena.len)?;
         for (t, &off) in &w.arena.offset {
@@ -227,22 +253,32 @@ pub fn execute_plan_gpu_timed(ctx: &GpuContext, plan: &FusionPlan, weights: &Wei
         let mut batches: BTreeMap<(usize, KernelId), Batch> = BTreeMap::new();
         for &i in &w.steps {
             let step = &plan.steps[i];
-            let kernel = match step {
-                Step::FoldBn { .. } => KernelId::FoldBn,
-                Step::BnToConv { .. } | Step::Dirac { .. } | Step::AvgPoolKernel { .. } => KernelId::Fill,
-                Step::Place { .. } => KernelId::Place,
-                Step::Compose { .. } => KernelId::Compose,
-            };
+            let kernel = kernel_of(step);
             let (record, elems) = encode(step, &w.arena, &shape_of)?;
-            batches.entry((levels[i], kernel)).or_default().push(kernel, record, elems);
+            let bytes: usize = step.inputs().into_iter().chain(step.outputs()).map(numel_of).sum::<Result<usize>>()? * 4;
+            let b = batches.entry((levels[i], kernel)).or_default();
+            b.push(kernel, record, elems);
+            b.bytes += bytes as u64;
         }
-        let timestamp_writes = queries.as_ref().map(|q| wgpu::ComputePassTimestampWrites {
-            query_set: q,
-            beginning_of_pass_write_index: (wi == 0).then_some(0),
-            end_of_pass_write_index: (wi == last_window).then_some(1),
-        });
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("plan"), timestamp_writes });
         for ((_, kernel), b) in batches {
+            let q = timed.len();
+            let timestamp_writes = queries.as_ref().map(|qs| {
+                let (first, last) = (q == 0, q + 1 == dispatches);
+                match per_pass {
+                    true => wgpu::ComputePassTimestampWrites {
+                        query_set: qs,
+                        beginning_of_pass_write_index: Some(2 * q as u32),
+                        end_of_pass_write_index: Some(2 * q as u32 + 1),
+                    },
+                    false => wgpu::ComputePassTimestampWrites {
+                        query_set: qs,
+                        beginning_of_pass_write_index: first.then_some(0),
+                        end_of_pass_write_index: last.then_some(1),
+                    },
+                }
+            });
+            timed.push((kernel, b.bytes));
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(kernel.name()), timestamp_writes });
             if b.jobs > 65535 {
                 return Err(Error::Limit { what: "jobs per dispatch".into(), need: b.jobs as u64, have: 65535 });
             }
@@ -259,31 +295,56 @@ pub fn execute_plan_gpu_timed(ctx: &GpuContext, plan: &FusionPlan, weights: &Wei
             pass.set_bind_group(0, &bg, &[]);
             pass.dispatch_workgroups(x, jobs, 1);
         }
-        drop(pass);
         buffers.push(buf);
     }
     let mut ranges: Vec<(&wgpu::Buffer, u64, u64)> =
         windows.iter().zip(&buffers).map(|(w, b)| (b, w.computed_start as u64, (w.arena.len - w.computed_start) as u64)).collect();
+    let n_queries = if per_pass { 2 * timed.len().max(1) as u32 } else { 2 };
     let resolved = queries.as_ref().map(|q| {
         let b = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("plan time"),
-            size: 16,
+            size: n_queries as u64 * 8,
             usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: false,
         });
-        encoder.resolve_query_set(q, 0..2, &b, 0);
+        encoder.resolve_query_set(q, 0..n_queries, &b, 0);
         b
     });
     if let Some(b) = &resolved {
-        // Two u64 ticks, read back through the f32 path as four words.
-        ranges.push((b, 0, 4));
+        // u64 ticks, read back through the f32 path as two words each.
+        ranges.push((b, 0, 2 * n_queries as u64));
     }
     let mut data = ctx.submit_and_read(encoder, &ranges)?;
-    let compute_ms = resolved.map(|_| {
-        let words = data.pop().expect("pushed the timestamp range");
-        let ticks: &[u64] = bytemuck::cast_slice(&words);
-        ticks[1].saturating_sub(ticks[0]) as f64 * ctx.queue.get_timestamp_period() as f64 / 1e6
-    });
+    let (compute_ms, kernels) = match resolved {
+        Some(_) if !timed.is_empty() && !per_pass => {
+            let words = data.pop().expect("pushed the timestamp range");
+            let ticks: &[u64] = bytemuck::cast_slice(&words);
+            (Some(ticks[1].saturating_sub(ticks[0]) as f64 * ctx.queue.get_timestamp_period() as f64 / 1e6), vec![])
+        }
+        Some(_) if !timed.is_empty() => {
+            let words = data.pop().expect("pushed the timestamp range");
+            let ticks: &[u64] = bytemuck::cast_slice(&words);
+            let ms = |a: u64, b: u64| b.saturating_sub(a) as f64 * ctx.queue.get_timestamp_period() as f64 / 1e6;
+            let mut kernels: Vec<KernelTime> = vec![];
+            for (k, (kernel, bytes)) in timed.iter().enumerate() {
+                let t = ms(ticks[2 * k], ticks[2 * k + 1]);
+                match kernels.iter_mut().find(|x| x.kernel == kernel.name()) {
+                    Some(x) => {
+                        x.ms += t;
+                        x.bytes += bytes;
+                        x.dispatches += 1;
+                    }
+                    None => kernels.push(KernelTime { kernel: kernel.name(), ms: t, bytes: *bytes, dispatches: 1 }),
+                }
+            }
+            (Some(ms(ticks[0], ticks[2 * timed.len() - 1])), kernels)
+        }
+        Some(_) => {
+            data.pop();
+            (Some(0.0), vec![])
+        }
+        None => (None, vec![]),
+    };
     let mut out = HashMap::new();
     for (w, all) in windows.into_iter().zip(data) {
         for (name, shape) in w.computed {
@@ -293,7 +354,17 @@ pub fn execute_plan_gpu_timed(ctx: &GpuContext, plan: &FusionPlan, weights: &Wei
         }
     }
     plan.check_outputs(&out)?;
-    Ok((out, GpuTiming { wall_ms: started.elapsed().as_secs_f64() * 1e3, compute_ms }))
+    Ok((out, GpuTiming { wall_ms: started.elapsed().as_secs_f64() * 1e3, compute_ms, kernels }))
+}
+
+/// The kernel that runs a step.
+fn kernel_of(step: &Step) -> KernelId {
+    match step {
+        Step::FoldBn { .. } => KernelId::FoldBn,
+        Step::BnToConv { .. } | Step::Dirac { .. } | Step::AvgPoolKernel { .. } => KernelId::Fill,
+        Step::Place { .. } => KernelId::Place,
+        Step::Compose { .. } => KernelId::Compose,
+    }
 }
 
 type Record = (Vec<u32>, Vec<u32>);
