@@ -17,17 +17,6 @@ use crate::verify::{check_equivalence_with, unrunnable_ops, EngineCheck, OnnxSou
 use crate::weights::Weights;
 use crate::FuseOptions;
 
-/// Reads a model file: the IR and, for ONNX, the file's bytes (the ONNX engine checks
-/// the file as read, external data resolved beside it).
-pub fn read(path: &Path) -> Result<(LoadedModel, Option<crate::io::FileBytes>)> {
-    if !path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx")) {
-        return Ok((crate::io::load_model(path)?, None));
-    }
-    let bytes = crate::io::FileBytes::open(path)?;
-    let model = crate::io::onnx::read_onnx_bytes(path, &bytes)?;
-    Ok((model.into(), Some(bytes)))
-}
-
 /// How to fuse, verify and write one model.
 #[derive(Clone, Debug, Default)]
 pub struct DeployOptions {

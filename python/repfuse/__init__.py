@@ -23,8 +23,6 @@ __all__ = ["fuse", "verify", "inspect", "RepfuseError", "VerificationError", "__
 #: What a model argument may be: an ``onnx.ModelProto``, ONNX bytes, or a file path.
 Model = Union["onnx.ModelProto", bytes, bytearray, memoryview, str, "os.PathLike[str]"]  # noqa: F821
 
-_BACKENDS = ("auto", "gpu", "cpu")
-
 
 class VerificationError(RepfuseError):
     """The fused model is over tolerance; nothing was returned or written.
@@ -86,8 +84,6 @@ def fuse(
     Raises :class:`RepfuseError` for bad or unsupported input (message names the file,
     node and field). The GIL is released while the engine works.
     """
-    if backend not in _BACKENDS:
-        raise ValueError(f"backend must be one of {_BACKENDS}, not {backend!r}")
     kind, data, path = _split(model, "model")
     out = None
     if kind == "path":

@@ -65,7 +65,7 @@ impl Model<'_> {
         match data {
             Some(b) => Ok(Model { loaded: repfuse::io::onnx::read_onnx_bytes(path, b)?.into(), bytes: Some(Bytes::Python(b)), dir }),
             None => {
-                let (loaded, bytes) = pipeline::read(path)?;
+                let (loaded, bytes) = repfuse::io::read_model(path)?;
                 Ok(Model { loaded, bytes: bytes.map(Bytes::File), dir })
             }
         }

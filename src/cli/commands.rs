@@ -83,7 +83,7 @@ pub struct FuseArgs {
 /// Reads a model file: the IR and, for ONNX, the bytes as read.
 fn load(path: &Path) -> Result<(crate::io::LoadedModel, Option<crate::io::FileBytes>)> {
     let t = Instant::now();
-    let read = crate::pipeline::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let read = crate::io::read_model(path).with_context(|| format!("reading {}", path.display()))?;
     tracing::info!(ms = t.elapsed().as_secs_f64() * 1e3, "read {}", path.display());
     Ok(read)
 }

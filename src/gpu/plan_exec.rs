@@ -230,26 +230,9 @@ pub fn execute_plan_gpu_timed(ctx: &GpuContext, plan: &FusionPlan, weights: &Wei
     tracing::debug!(windows = windows.len(), steps = plan.steps.len(), "GPU plan");
     let mut encoder = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("plan") });
     let mut buffers = Vec::with_capacity(windows.len());
-    // A compute pass per dispatch, each with a pair of timestamps, so each kernel's
-    // time is known (and the plan's: the first start to the last end).
-    let dispatches: usize =
-        windows.iter().map(|w| w.steps.iter().map(|&i| (levels[i], kernel_of(&plan.steps[i]))).collect::<std::collections::BTreeSet<_>>().len()).sum();
-    // A query set holds at most 4096 queries (wgpu); plans with more dispatches are
-    // timed as a whole only.
-    let per_pass = 2 * dispatches.max(1) <= 4096;
-    let queries = ctx.timestamps.then(|| {
-        let count = if per_pass { 2 * dispatches.max(1) } else { 2 };
-        ctx.device.create_query_set(&wgpu::QuerySetDescriptor { label: Some("plan time"), ty: wgpu::QueryType::Timestamp, count: count as u32 })
-    });
-    let mut timed: Vec<(KernelId, u64)> = vec![];
-    for (wi, w) in windows.iter().enumerate() {
-        let buf = ctx.empty(&format!("arena{}", wi), w.arena.len)?;
-        for (t, &off) in &w.arena.offset {
-            if !out_shapes.contains_key(t) {
-                ctx.queue.write_buffer(&buf, off as u64 * 4, bytemuck::cast_slice(weights.get(t)?.data()));
-            }
-        }
-        // (level, primitive) -> batch, in level order.
+    // Per window, (level, primitive) -> batch, in level order: one dispatch each.
+    let mut window_batches: Vec<BTreeMap<(usize, KernelId), Batch>> = Vec::with_capacity(windows.len());
+    for w in &windows {
         let mut batches: BTreeMap<(usize, KernelId), Batch> = BTreeMap::new();
         for &i in &w.steps {
             let step = &plan.steps[i];
@@ -259,6 +242,26 @@ pub fn execute_plan_gpu_timed(ctx: &GpuContext, plan: &FusionPlan, weights: &Wei
             let b = batches.entry((levels[i], kernel)).or_default();
             b.push(kernel, record, elems);
             b.bytes += bytes as u64;
+        }
+        window_batches.push(batches);
+    }
+    // A compute pass per dispatch, each with a pair of timestamps, so each kernel's
+    // time is known (and the plan's: the first start to the last end).
+    let dispatches: usize = window_batches.iter().map(BTreeMap::len).sum();
+    // A query set holds at most 4096 queries (wgpu); plans with more dispatches are
+    // timed as a whole only.
+    let per_pass = 2 * dispatches.max(1) <= 4096;
+    let queries = ctx.timestamps.then(|| {
+        let count = if per_pass { 2 * dispatches.max(1) } else { 2 };
+        ctx.device.create_query_set(&wgpu::QuerySetDescriptor { label: Some("plan time"), ty: wgpu::QueryType::Timestamp, count: count as u32 })
+    });
+    let mut timed: Vec<(KernelId, u64)> = vec![];
+    for (wi, (w, batches)) in windows.iter().zip(window_batches).enumerate() {
+        let buf = ctx.empty(&format!("arena{}", wi), w.arena.len)?;
+        for (t, &off) in &w.arena.offset {
+            if !out_shapes.contains_key(t) {
+                ctx.queue.write_buffer(&buf, off as u64 * 4, bytemuck::cast_slice(weights.get(t)?.data()));
+            }
         }
         for ((_, kernel), b) in batches {
             let q = timed.len();

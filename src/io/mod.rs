@@ -82,11 +82,19 @@ fn is_native(path: &Path) -> bool {
 
 /// Reads `.onnx`, or `.json` (native graph) with its `.safetensors` beside it.
 pub fn load_model(path: &Path) -> Result<LoadedModel> {
+    Ok(read_model(path)?.0)
+}
+
+/// `load_model`, also returning the mapped file for ONNX input (the ONNX engine
+/// checks the file as read, external data resolved beside it).
+pub fn read_model(path: &Path) -> Result<(LoadedModel, Option<FileBytes>)> {
     if is_onnx(path) {
-        Ok(onnx::read_onnx(path)?.into())
+        let bytes = FileBytes::open(path)?;
+        let model = onnx::read_onnx_bytes(path, &bytes)?;
+        Ok((model.into(), Some(bytes)))
     } else if is_native(path) {
         let (graph, weights) = native::read_native(path)?;
-        Ok(LoadedModel { graph, weights, onnx: None })
+        Ok((LoadedModel { graph, weights, onnx: None }, None))
     } else {
         Err(Error::File { path: path.to_path_buf(), why: "unknown model format: expected .onnx, or .json with a .safetensors beside it".into() })
     }

@@ -211,7 +211,7 @@ fn base_proto(src: Option<&OnnxModel>, graph: &Graph) -> ModelProto {
 pub fn onnx_bytes(src: Option<&OnnxModel>, graph: &Graph, weights: &Weights) -> Result<Vec<u8>> {
     let parts = build_parts(src, graph, weights)?;
     let mut out = Vec::with_capacity(parts.inline_bytes() + (1 << 16));
-    parts.write(&mut out, Path::new("<memory>"))?;
+    parts.write(&mut out, Path::new("<memory>"), true)?;
     Ok(out)
 }
 
@@ -232,10 +232,13 @@ impl Payload<'_> {
     }
 }
 
-/// The model to write: every field, with initializers as headers (name, dims, type)
-/// whose data `payloads` (same order) holds.
+/// The model to write, checked and split the way it is streamed: the model without
+/// its graph, the graph without its initializers, the initializers as headers (name,
+/// dims, type), and their data in `payloads` (same order).
 struct Parts<'a> {
-    proto: ModelProto,
+    head: ModelProto,
+    graph: onnx_protobuf::GraphProto,
+    inits: Vec<onnx_protobuf::TensorProto>,
     payloads: Vec<Payload<'a>>,
 }
 
@@ -245,18 +248,17 @@ impl Parts<'_> {
     }
 
     /// Streams the model (see `wire`): the model's other fields, then the graph field
-    /// with its nodes, then each initializer's header and data. The sizes protobuf
-    /// needs up front come from the headers and the payload lengths.
-    fn write(self, w: &mut dyn std::io::Write, path: &Path) -> Result<()> {
+    /// with its nodes, then each initializer's header and, with `inline_data`, its
+    /// data (without, the headers point at external data). The sizes protobuf needs up
+    /// front come from the headers and the payload lengths.
+    fn write(&self, w: &mut dyn std::io::Write, path: &Path, inline_data: bool) -> Result<()> {
         let io = |e: std::io::Error| Error::Io { path: path.to_path_buf(), source: e };
         let (graph_field, init_field, raw_field) = wire::FIELDS;
-        let mut model = self.proto;
-        let mut graph = model.graph.take().expect("build_parts makes a graph");
-        let inits = std::mem::take(&mut graph.initializer);
-        let head = ser(&model)?;
-        let graph_head = ser(&graph)?;
-        let headers: Vec<Vec<u8>> = inits.iter().map(ser).collect::<Result<_>>()?;
-        let body = |h: &Vec<u8>, p: &Payload| h.len() + if p.len() > 0 { wire::len_key_size(raw_field, p.len()) + p.len() } else { 0 };
+        let head = ser(&self.head)?;
+        let graph_head = ser(&self.graph)?;
+        let headers: Vec<Vec<u8>> = self.inits.iter().map(ser).collect::<Result<_>>()?;
+        let data_len = |p: &Payload| if inline_data { p.len() } else { 0 };
+        let body = |h: &Vec<u8>, p: &Payload| h.len() + if data_len(p) > 0 { wire::len_key_size(raw_field, data_len(p)) + data_len(p) } else { 0 };
         let graph_len =
             graph_head.len() + headers.iter().zip(&self.payloads).map(|(h, p)| wire::len_key_size(init_field, body(h, p)) + body(h, p)).sum::<usize>();
         let mut key = Vec::with_capacity(16);
@@ -270,7 +272,7 @@ impl Parts<'_> {
             w.write_all(&key).map_err(io)?;
             w.write_all(h).map_err(io)?;
             if let Payload::Floats(data, ft) = p {
-                if !data.is_empty() {
+                if data_len(p) > 0 {
                     key.clear();
                     wire::put_len_key(&mut key, raw_field, p.len());
                     w.write_all(&key).map_err(io)?;
@@ -328,7 +330,9 @@ fn build_parts<'a>(src: Option<&OnnxModel>, graph: &Graph, weights: &'a Weights)
         g.input.retain(|i| !was_init.contains(&i.name) || written.contains(&i.name));
     }
     super::check::check_written_model(&proto)?;
-    Ok(Parts { proto, payloads })
+    let mut graph = proto.graph.take().expect("base_proto makes a graph");
+    let inits = std::mem::take(&mut graph.initializer);
+    Ok(Parts { head: proto, graph, inits, payloads })
 }
 
 /// Whether a subgraph (If/Loop/Scan body) of any node reads `name`.
@@ -357,16 +361,14 @@ pub fn write_onnx_with(src: Option<&OnnxModel>, graph: &Graph, weights: &Weights
     use onnx_protobuf::StringStringEntryProto;
     let mut parts = build_parts(src, graph, weights)?;
     if parts.inline_bytes() <= external_threshold {
-        let parts = std::cell::RefCell::new(Some(parts));
-        let model = |w: &mut dyn std::io::Write| parts.borrow_mut().take().expect("written once").write(w, path);
+        let model = |w: &mut dyn std::io::Write| parts.write(w, path, true);
         return crate::io::atomic::write_atomic_streams(&[(path, &model)]);
     }
     let file_name = format!("{}.data", path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model.onnx".into()));
-    let g = parts.proto.graph.as_mut().expect("built with a graph");
     // 64-byte aligned offsets, as onnx's own external-data writer uses for mmap.
     let mut offsets = Vec::with_capacity(parts.payloads.len());
     let mut end = 0usize;
-    for (t, p) in g.initializer.iter_mut().zip(&parts.payloads) {
+    for (t, p) in parts.inits.iter_mut().zip(&parts.payloads) {
         if p.len() == 0 {
             offsets.push(None);
             continue;
@@ -397,9 +399,7 @@ pub fn write_onnx_with(src: Option<&OnnxModel>, graph: &Graph, weights: &Weights
         Ok(())
     };
     // The model file itself holds every header and no float data.
-    let header_only = Parts { proto: parts.proto.clone(), payloads: parts.payloads.iter().map(|_| Payload::InHeader).collect() };
-    let header_only = std::cell::RefCell::new(Some(header_only));
-    let model = |w: &mut dyn std::io::Write| header_only.borrow_mut().take().expect("written once").write(w, path);
+    let model = |w: &mut dyn std::io::Write| parts.write(w, path, false);
     crate::io::atomic::write_atomic_streams(&[(&data_path, &data), (path, &model)])
 }
 
