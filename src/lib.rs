@@ -18,6 +18,7 @@ pub mod fuser;
 pub mod gpu;
 pub mod graph;
 pub mod io;
+pub mod ops;
 pub mod pipeline;
 pub mod plan;
 pub mod tensor;

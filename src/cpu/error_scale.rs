@@ -1,5 +1,7 @@
 //! The rounding-error scale of every value the reference forward computes: what the
-//! tolerance policy (`verify.rs`) bounds each output element by.
+//! tolerance policy (`verify.rs`) bounds each output element by. Each op gives its own
+//! rule (`OpDef::error_scale_sq`, in its file under `src/ops/`); this file holds the
+//! model and the pieces the rules share.
 //!
 //! Model: every f32 rounding (a weight rounded once after fusion, an activation stored
 //! between ops) adds an independent error of about one unit roundoff `u` times the
@@ -19,102 +21,65 @@
 //! tap off) moves outputs by many `u * S`, which is what the tolerance catches.
 
 use crate::error::Result;
-use crate::graph::{Activation, Node, Op};
+use crate::graph::Node;
 use crate::tensor::Tensor;
 use crate::weights::Weights;
 
-fn sq(t: &Tensor) -> Tensor {
+/// Elementwise square.
+pub fn sq(t: &Tensor) -> Tensor {
     Tensor::from_parts(t.shape().to_vec(), t.data().iter().map(|v| v * v).collect())
 }
 
-fn zip(a: &Tensor, b: &Tensor, f: impl Fn(f32, f32) -> f32) -> Tensor {
+/// `f(a, b)` elementwise, in `a`'s shape.
+pub fn zip(a: &Tensor, b: &Tensor, f: impl Fn(f32, f32) -> f32) -> Tensor {
     Tensor::from_parts(a.shape().to_vec(), a.data().iter().zip(b.data()).map(|(x, y)| f(*x, *y)).collect())
 }
 
-/// The activation's slope at `v`: an error in its input moves its output by that
-/// much (to first order). Where ReLU is off, an input error does not reach the output
-/// at all; passing it through anyway would make deep ReLU nets' scales grow like
-/// 2^(depth/2) and the bound useless.
-fn slope(a: Activation, v: f32) -> f64 {
-    let x = v as f64;
-    let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
-    match a {
-        Activation::Relu => (x > 0.0) as u8 as f64,
-        Activation::LeakyRelu(alpha) => {
-            if x > 0.0 {
-                1.0
-            } else {
-                alpha.abs() as f64
-            }
-        }
-        Activation::Sigmoid => sigmoid(x) * (1.0 - sigmoid(x)),
-        Activation::Tanh => 1.0 - x.tanh().powi(2),
-        Activation::Gelu => {
-            let pdf = (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
-            (0.5 * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)) + x * pdf).abs()
-        }
-        Activation::Silu => (sigmoid(x) * (1.0 + x * (1.0 - sigmoid(x)))).abs(),
-        Activation::HardSwish => {
-            if x <= -3.0 {
-                0.0
-            } else if x >= 3.0 {
-                1.0
-            } else {
-                ((2.0 * x + 3.0) / 6.0).abs()
-            }
-        }
-        Activation::HardSigmoid => (x.abs() < 3.0) as u8 as f64 / 6.0,
-    }
+/// What an op's error-scale rule sees: the node, its inputs `x`, their `S^2`, its
+/// output `y` and the weights.
+pub struct ErrorScaleArgs<'a> {
+    /// The node.
+    pub n: &'a Node,
+    /// Its input values.
+    pub x: &'a [&'a Tensor],
+    /// `S^2` of each input.
+    pub s2: &'a [&'a Tensor],
+    /// Its output value.
+    pub y: &'a Tensor,
+    /// The weights it reads.
+    pub w: &'a Weights,
 }
 
-/// `S(y)^2` of node `n`, from its inputs `x`, their `S^2` and its output `y`.
-/// `run` is the reference's own op evaluation (reused on squared tensors).
-pub fn error_scale_sq(
-    n: &Node,
-    x: &[&Tensor],
-    s2: &[&Tensor],
-    y: &Tensor,
-    w: &Weights,
-    run: impl Fn(&Node, &[&Tensor], &Weights) -> Result<Tensor>,
-) -> Result<Tensor> {
-    let y2 = sq(y);
-    let plus_y2 = |t: Tensor| zip(&t, &y2, |a, b| a + b);
-    let signal = || zip(s2[0], x[0], |s, v| s + v * v);
-    Ok(match &n.op {
-        Op::Conv2d(_) | Op::Linear(_) => {
-            // The same op on squared weight and bias (its parameters) and (S^2 + x^2).
-            let mut sw = Weights::new();
-            for p in n.op.params() {
-                sw.insert(p, sq(w.get(p)?));
-            }
-            plus_y2(run(n, &[&signal()], &sw)?)
+impl ErrorScaleArgs<'_> {
+    /// `y^2`: the error of storing the output in f32.
+    pub fn y2(&self) -> Tensor {
+        sq(self.y)
+    }
+
+    /// `t + y^2`.
+    pub fn plus_y2(&self, t: Tensor) -> Tensor {
+        zip(&t, &self.y2(), |a, b| a + b)
+    }
+
+    /// `S(x)^2 + x^2` of the first input: its error and its own rounding, which a
+    /// linear op carries through its weights.
+    pub fn signal(&self) -> Tensor {
+        zip(self.s2[0], self.x[0], |s, v| s + v * v)
+    }
+
+    /// The node's own forward on other inputs and weights (a linear op applied to
+    /// squared quantities).
+    pub fn run(&self, ins: &[&Tensor], w: &Weights) -> Result<Tensor> {
+        self.n.op.def().forward_cpu(self.n, ins, w)
+    }
+
+    /// For `y = W*x + b`: the same op on squared weight and bias (all its
+    /// parameters) and on `signal()`, plus `y^2`.
+    pub fn through_squared_params(&self) -> Result<Tensor> {
+        let mut sw = Weights::new();
+        for p in self.n.op.params() {
+            sw.insert(p, sq(self.w.get(p)?));
         }
-        Op::BatchNorm(b) => {
-            let (g, be, m, v) = (w.get(&b.gamma)?.data(), w.get(&b.beta)?.data(), w.get(&b.mean)?.data(), w.get(&b.var)?.data());
-            let ch = b.channels.max(1);
-            let inner = (x[0].numel() / x[0].shape()[0].max(1) / ch).max(1);
-            let sig = signal();
-            let out = sig
-                .data()
-                .iter()
-                .zip(y2.data())
-                .enumerate()
-                .map(|(i, (sx, yy))| {
-                    let c = (i / inner) % ch;
-                    let s = g[c] as f64 / (v[c] as f64 + b.eps as f64).sqrt();
-                    let t = be[c] as f64 - m[c] as f64 * s;
-                    (s * s * *sx as f64 + t * t) as f32 + yy
-                })
-                .collect();
-            Tensor::from_parts(y.shape().to_vec(), out)
-        }
-        Op::Add => plus_y2(s2[1..].iter().fold((*s2[0]).clone(), |acc, t| zip(&acc, t, |a, b| a + b))),
-        Op::Activation(a) => {
-            let d = s2[0].data().iter().zip(x[0].data()).map(|(s, v)| (*s as f64 * slope(*a, *v).powi(2)) as f32).collect();
-            plus_y2(Tensor::from_parts(y.shape().to_vec(), d))
-        }
-        Op::AvgPool2d(_) | Op::GlobalAvgPool => plus_y2(run(n, s2, w)?),
-        Op::Concat | Op::Flatten => run(n, s2, w)?,
-        Op::Opaque(_) => run(n, x, w)?,
-    })
+        Ok(self.plus_y2(self.run(&[&self.signal()], &sw)?))
+    }
 }

@@ -8,5 +8,6 @@ pub mod plan_exec;
 pub mod primitives;
 
 pub use conv::conv2d;
+pub use error_scale::{sq, zip, ErrorScaleArgs};
 pub use forward::{forward, forward_with_error_scale};
 pub use plan_exec::execute_plan;

@@ -6,10 +6,10 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use super::context::{grid, GpuContext, Kernel};
+use super::context::{grid, GpuContext};
 use super::shaders::KernelId;
 use crate::error::{Error, Result};
-use crate::graph::{infer_shapes, Activation, Graph, Op};
+use crate::graph::{infer_shapes, Activation, Graph, Node, Op, Shapes};
 use crate::tensor::Tensor;
 use crate::weights::Weights;
 
@@ -63,22 +63,20 @@ pub struct ConvParams {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct ElementwiseParams {
-    /// 0: batch norm, 1: activation, 2: add.
+    /// 0: per-channel piecewise affine, 1: activation, 2: add.
     pub op: u32,
     /// Elements to process.
     pub numel: u32,
-    /// Channel count (batch norm only).
+    /// Channel count (per-channel affine only).
     pub channels: u32,
-    /// Elements per channel plane, H*W (batch norm only).
+    /// Elements per channel plane, H*W (per-channel affine only).
     pub inner: u32,
     /// Activation code (see `act_code`).
     pub act: u32,
     /// Activation parameter (LeakyRelu slope).
     pub alpha: f32,
-    /// Batch-norm epsilon.
-    pub eps: f32,
     /// Padding to a 16-byte multiple.
-    pub _pad: u32,
+    pub _pad: [u32; 2],
 }
 
 /// Uniform of `pool.wgsl`; layout must match the WGSL struct.
@@ -133,19 +131,9 @@ pub struct LinearParams {
     pub has_bias: u32,
 }
 
-/// Activation code shared with `activation.wgsl`.
+/// Activation code shared with `activation.wgsl` (0: none; see `Activation::gpu_code`).
 pub fn act_code(a: Option<Activation>) -> (u32, f32) {
-    match a {
-        None => (0, 0.0),
-        Some(Activation::Relu) => (1, 0.0),
-        Some(Activation::LeakyRelu(alpha)) => (2, alpha),
-        Some(Activation::Sigmoid) => (3, 0.0),
-        Some(Activation::Tanh) => (4, 0.0),
-        Some(Activation::Gelu) => (5, 0.0),
-        Some(Activation::Silu) => (6, 0.0),
-        Some(Activation::HardSwish) => (7, 0.0),
-        Some(Activation::HardSigmoid) => (8, 0.0),
-    }
+    a.map_or((0, 0.0), Activation::gpu_code)
 }
 
 /// A size that `forward_gpu` proved fits in u32 before recording anything (every
@@ -156,29 +144,154 @@ fn u(x: usize) -> u32 {
     x as u32
 }
 
+/// Everything recorded for one forward: one command encoder, the buffers it must keep
+/// alive until submission, and the parameters uploaded so far (each once).
 struct Recorder<'a> {
     ctx: &'a GpuContext,
+    weights: &'a Weights,
     encoder: wgpu::CommandEncoder,
     keep: Vec<wgpu::Buffer>,
+    params: HashMap<String, Rc<wgpu::Buffer>>,
+    dummy: Rc<wgpu::Buffer>,
 }
 
-impl Recorder<'_> {
-    fn dispatch<P: bytemuck::Pod>(&mut self, kernel: &Kernel, params: &P, buffers: &[&wgpu::Buffer], elems: usize) {
-        let (x, y) = grid(elems);
-        self.dispatch_grid(kernel, params, buffers, [x, y, 1]);
+/// What a node's GPU forward produced.
+pub enum GpuValue {
+    /// A buffer it wrote.
+    New(wgpu::Buffer),
+    /// An existing buffer holding its output already (a reshape, a one-input sum).
+    Same(Rc<wgpu::Buffer>),
+}
+
+/// One node's view of the GPU forward, handed to its op's `OpDef::forward_gpu`: its
+/// shapes and inputs, parameter uploads, output allocation and dispatch recording.
+pub struct GpuStep<'s, 'a> {
+    rec: &'s mut Recorder<'a>,
+    node: &'s Node,
+    shapes: &'s Shapes,
+    bufs: &'s HashMap<String, Rc<wgpu::Buffer>>,
+    out_shape: Vec<usize>,
+    /// The activation right after this node when it may run inside this node's
+    /// dispatch (it is the only reader), with its node's name.
+    next_activation: Option<(&'s str, Activation)>,
+    fused: &'s mut HashMap<String, String>,
+}
+
+impl GpuStep<'_, '_> {
+    /// A size proved to fit the u32 kernel parameters (see `forward_gpu`).
+    pub fn u32(x: usize) -> u32 {
+        u(x)
     }
 
-    fn dispatch_grid<P: bytemuck::Pod>(&mut self, kernel: &Kernel, params: &P, buffers: &[&wgpu::Buffer], groups: [u32; 3]) {
-        let ub = self.ctx.uniform("params", params);
+    /// The shape of tensor `t`.
+    pub fn shape(&self, t: &str) -> Result<Vec<usize>> {
+        self.shapes.get(t).cloned().ok_or_else(|| Error::unsupported(&self.node.name, format!("shape of `{}` unknown", t)))
+    }
+
+    /// The shape of the node's (first) output.
+    pub fn out_shape(&self) -> &[usize] {
+        &self.out_shape
+    }
+
+    /// The buffer of the node's input `i`.
+    pub fn input(&self, i: usize) -> Result<Rc<wgpu::Buffer>> {
+        let t = self.node.inputs.get(i).ok_or_else(|| Error::shape(&self.node.name, "inputs", format!("no input {}", i)))?;
+        self.bufs.get(t).cloned().ok_or_else(|| Error::Graph(format!("`{}` not computed", t)))
+    }
+
+    /// The weights of the graph.
+    pub fn weights(&self) -> &Weights {
+        self.rec.weights
+    }
+
+    /// Parameter tensor `name` on the device (uploaded once per forward).
+    pub fn param(&mut self, name: &str) -> Result<Rc<wgpu::Buffer>> {
+        if let Some(b) = self.rec.params.get(name) {
+            return Ok(b.clone());
+        }
+        let b = Rc::new(self.rec.ctx.storage(name, self.rec.weights.get(name)?.data()));
+        self.rec.params.insert(name.to_string(), b.clone());
+        Ok(b)
+    }
+
+    /// A one-element buffer for bindings a dispatch does not read (no bias).
+    pub fn dummy(&self) -> Rc<wgpu::Buffer> {
+        self.rec.dummy.clone()
+    }
+
+    /// A new buffer for the node's output.
+    pub fn output(&self) -> Result<wgpu::Buffer> {
+        self.rec.ctx.empty(&self.node.name, self.out_shape.iter().product())
+    }
+
+    /// Records `kernel` over one invocation per output element.
+    pub fn dispatch<P: bytemuck::Pod>(&mut self, kernel: KernelId, params: &P, buffers: &[&wgpu::Buffer]) -> Result<()> {
+        let (x, y) = grid(self.out_shape.iter().product());
+        self.dispatch_grid(kernel, params, buffers, [x, y, 1])
+    }
+
+    /// Records `kernel` over `groups` workgroups.
+    pub fn dispatch_grid<P: bytemuck::Pod>(&mut self, kernel: KernelId, params: &P, buffers: &[&wgpu::Buffer], groups: [u32; 3]) -> Result<()> {
+        let kernel = self.rec.ctx.kernel(kernel)?;
+        let ub = self.rec.ctx.uniform("params", params);
         let mut res = vec![ub.as_entire_binding()];
         res.extend(buffers.iter().map(|b| b.as_entire_binding()));
-        let bg = self.ctx.bind_group(kernel, &res);
-        let mut pass = self.encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
+        let bg = self.rec.ctx.bind_group(&kernel, &res);
+        let mut pass = self.rec.encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(&self.node.name), timestamp_writes: None });
         pass.set_pipeline(&kernel.pipeline);
         pass.set_bind_group(0, &bg, &[]);
         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
         drop(pass);
-        self.keep.push(ub);
+        self.rec.keep.push(ub);
+        Ok(())
+    }
+
+    /// Records a copy of `size` bytes between buffers.
+    pub fn copy(&mut self, src: &wgpu::Buffer, src_offset: u64, dst: &wgpu::Buffer, dst_offset: u64, size: u64) {
+        self.rec.encoder.copy_buffer_to_buffer(src, src_offset, dst, dst_offset, size);
+    }
+
+    /// The activation that follows this node, if it can run inside this node's
+    /// dispatch; taking it means this node applies it (its own node then only
+    /// aliases this node's output).
+    pub fn take_following_activation(&mut self) -> Option<Activation> {
+        let (name, a) = self.next_activation.take()?;
+        self.fused.insert(name.to_string(), self.node.outputs[0].clone());
+        Some(a)
+    }
+
+    /// `y = (x >= 0 ? pos[c] : neg[c]) * x + shift[c]` over channel axis 1 of the
+    /// first input (`elementwise.wgsl` op 0): batch norm, PReLU, per-channel scales.
+    pub fn channel_affine(&mut self, pos: &[f32], neg: &[f32], shift: &[f32]) -> Result<GpuValue> {
+        let channels = pos.len();
+        if neg.len() != channels || shift.len() != channels {
+            return Err(Error::shape(&self.node.name, "channels", "per-channel affine with tables of different lengths"));
+        }
+        let numel: usize = self.out_shape.iter().product();
+        let inner = numel / (self.out_shape[0] * channels).max(1);
+        let table = self.rec.ctx.storage(&self.node.name, &[pos, neg, shift].concat());
+        let p = ElementwiseParams { op: 0, numel: u(numel), channels: u(channels), inner: u(inner), ..Default::default() };
+        let (x, dummy, y) = (self.input(0)?, self.dummy(), self.output()?);
+        self.dispatch(KernelId::Elementwise, &p, &[&x, &dummy, &table, &y])?;
+        self.rec.keep.push(table);
+        Ok(GpuValue::New(y))
+    }
+
+    /// Activation `a` on the first input (`elementwise.wgsl` op 1).
+    pub fn activation(&mut self, a: Activation) -> Result<GpuValue> {
+        let (act, alpha) = act_code(Some(a));
+        let p = ElementwiseParams { op: 1, numel: u(self.out_shape.iter().product()), act, alpha, ..Default::default() };
+        let (x, dummy, y) = (self.input(0)?, self.dummy(), self.output()?);
+        self.dispatch(KernelId::Elementwise, &p, &[&x, &dummy, &dummy, &y])?;
+        Ok(GpuValue::New(y))
+    }
+
+    /// `a + b`, both of the output's shape (`elementwise.wgsl` op 2).
+    pub fn add2(&mut self, a: &wgpu::Buffer, b: &wgpu::Buffer) -> Result<wgpu::Buffer> {
+        let p = ElementwiseParams { op: 2, numel: u(self.out_shape.iter().product()), ..Default::default() };
+        let (dummy, y) = (self.dummy(), self.output()?);
+        self.dispatch(KernelId::Elementwise, &p, &[a, b, &dummy, &y])?;
+        Ok(y)
     }
 }
 
@@ -203,174 +316,38 @@ pub fn forward_gpu(ctx: &GpuContext, g: &Graph, weights: &Weights, inputs: &Hash
         let t = inputs.get(&v.name).ok_or_else(|| Error::tensor(&v.name, "graph input not supplied"))?;
         bufs.insert(v.name.clone(), Rc::new(ctx.storage(&v.name, t.data())));
     }
-    let mut params: HashMap<&str, Rc<wgpu::Buffer>> = HashMap::new();
-    let mut param = |name: &str| -> Result<Rc<wgpu::Buffer>> {
-        if let Some(b) = params.get(name) {
-            return Ok(b.clone());
-        }
-        let b = Rc::new(ctx.storage(name, weights.get(name)?.data()));
-        let key: &str = g.params.get_key_value(name).map(|(k, _)| k.as_str()).unwrap_or("");
-        if !key.is_empty() {
-            params.insert(key, b.clone());
-        }
-        Ok(b)
+    let mut rec = Recorder {
+        ctx,
+        weights,
+        encoder: ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") }),
+        keep: vec![],
+        params: HashMap::new(),
+        dummy: Rc::new(ctx.storage("dummy", &[0.0])),
     };
-    let dummy = ctx.storage("dummy", &[0.0]);
-    let mut rec = Recorder { ctx, encoder: ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") }), keep: vec![] };
-    let mut fused_act: HashMap<String, String> = HashMap::new();
+    let mut fused: HashMap<String, String> = HashMap::new();
     for (i, n) in g.nodes.iter().enumerate() {
-        if let Some(alias) = fused_act.remove(&n.name) {
-            // This activation already ran inside the conv before it.
+        if let Some(alias) = fused.remove(&n.name) {
+            // This activation already ran inside the node before it.
             let b = bufs[&alias].clone();
             bufs.insert(n.outputs[0].clone(), b);
             continue;
         }
-        let shape = |t: &str| shapes.get(t).cloned().ok_or_else(|| Error::unsupported(&n.name, format!("shape of `{}` unknown", t)));
-        let out_shape = shape(&n.outputs[0])?;
-        let numel: usize = out_shape.iter().product();
-        let x = n.inputs.first().map(|t| bufs.get(t).cloned().ok_or_else(|| Error::Graph(format!("`{}` not computed", t)))).transpose()?;
-        let out = match &n.op {
-            Op::Conv2d(c) => {
-                let xs = shape(&n.inputs[0])?;
-                // Fuse a following activation when it is the conv's only reader.
-                let next = g.nodes.get(i + 1).filter(|m| {
-                    matches!(m.op, Op::Activation(_))
-                        && m.inputs[0] == n.outputs[0]
-                        && consumers.get(n.outputs[0].as_str()) == Some(&1)
-                        && !g.outputs.contains(&n.outputs[0])
-                });
-                let act = next.and_then(|m| if let Op::Activation(a) = m.op { Some(a) } else { None });
-                if let Some(m) = next {
-                    fused_act.insert(m.name.clone(), n.outputs[0].clone());
-                }
-                let (act, alpha) = act_code(act);
-                let p = ConvParams {
-                    n: u(xs[0]),
-                    c: u(xs[1]),
-                    h: u(xs[2]),
-                    w: u(xs[3]),
-                    o: u(c.out_channels),
-                    ho: u(out_shape[2]),
-                    wo: u(out_shape[3]),
-                    groups: u(c.groups),
-                    kh: u(c.kernel[0]),
-                    kw: u(c.kernel[1]),
-                    sh: u(c.stride[0]),
-                    sw: u(c.stride[1]),
-                    pt: u(c.pads[0]),
-                    pl: u(c.pads[1]),
-                    dh: u(c.dilation[0]),
-                    dw: u(c.dilation[1]),
-                    has_bias: c.bias.is_some() as u32,
-                    act,
-                    alpha,
-                    _pad: 0,
-                };
-                let w = param(&c.weight)?;
-                let b = c.bias.as_deref().map(&mut param).transpose()?;
-                let y = ctx.empty(&n.name, numel)?;
-                let bufs = [x.as_ref().expect("one input").as_ref(), &w, b.as_deref().unwrap_or(&dummy), &y];
-                // The tiled implicit GEMM needs enough output channels per group and
-                // reduction length to fill its 64-wide tiles; depthwise and tiny convs
-                // run one output per invocation.
-                let (per_out, k_len) = (c.out_channels / c.groups, (c.in_channels / c.groups) * c.kernel[0] * c.kernel[1]);
-                let pixels = xs[0] * out_shape[2] * out_shape[3];
-                if per_out >= 16 && k_len >= 8 && pixels.div_ceil(64) <= 65535 && c.groups <= 65535 {
-                    rec.dispatch_grid(
-                        &*ctx.kernel(KernelId::Conv2dTiled)?,
-                        &p,
-                        &bufs,
-                        [pixels.div_ceil(64) as u32, per_out.div_ceil(64) as u32, c.groups as u32],
-                    );
-                } else {
-                    rec.dispatch(&*ctx.kernel(KernelId::Conv2d)?, &p, &bufs, numel);
-                }
-                y
+        let out_shape = shapes.get(&n.outputs[0]).cloned().ok_or_else(|| Error::unsupported(&n.name, format!("shape of `{}` unknown", n.outputs[0])))?;
+        // An activation that alone reads this node's output may run in its dispatch.
+        let next_activation = g.nodes.get(i + 1).and_then(|m| match m.op {
+            Op::Activation(a)
+                if m.inputs[0] == n.outputs[0] && consumers.get(n.outputs[0].as_str()) == Some(&1) && !g.outputs.contains(&n.outputs[0]) =>
+            {
+                Some((m.name.as_str(), a))
             }
-            Op::Linear(l) => {
-                let p = LinearParams { n: u(out_shape[0]), fin: u(l.in_features), fout: u(l.out_features), has_bias: l.bias.is_some() as u32 };
-                let w = param(&l.weight)?;
-                let b = l.bias.as_deref().map(&mut param).transpose()?;
-                let y = ctx.empty(&n.name, numel)?;
-                rec.dispatch(&*ctx.kernel(KernelId::Linear)?, &p, &[x.as_ref().expect("one input"), &w, b.as_deref().unwrap_or(&dummy), &y], numel);
-                y
-            }
-            Op::BatchNorm(b) => {
-                let mut stats = Vec::with_capacity(4 * b.channels);
-                for t in [&b.gamma, &b.beta, &b.mean, &b.var] {
-                    stats.extend_from_slice(weights.get(t)?.data());
-                }
-                let sb = ctx.storage(&n.name, &stats);
-                let inner = numel / (out_shape[0] * b.channels).max(1);
-                let p = ElementwiseParams { op: 0, numel: u(numel), channels: u(b.channels), inner: u(inner), act: 0, alpha: 0.0, eps: b.eps, _pad: 0 };
-                let y = ctx.empty(&n.name, numel)?;
-                rec.dispatch(&*ctx.kernel(KernelId::Elementwise)?, &p, &[x.as_ref().expect("one input"), &dummy, &sb, &y], numel);
-                rec.keep.push(sb);
-                y
-            }
-            Op::Activation(a) => {
-                let (act, alpha) = act_code(Some(*a));
-                let p = ElementwiseParams { op: 1, numel: u(numel), act, alpha, ..Default::default() };
-                let y = ctx.empty(&n.name, numel)?;
-                rec.dispatch(&*ctx.kernel(KernelId::Elementwise)?, &p, &[x.as_ref().expect("one input"), &dummy, &dummy, &y], numel);
-                y
-            }
-            Op::Add => {
-                let mut acc = x.expect("one input");
-                for t in &n.inputs[1..] {
-                    let p = ElementwiseParams { op: 2, numel: u(numel), ..Default::default() };
-                    let y = ctx.empty(&n.name, numel)?;
-                    rec.dispatch(&*ctx.kernel(KernelId::Elementwise)?, &p, &[&acc, &bufs[t], &dummy, &y], numel);
-                    acc = Rc::new(y);
-                }
-                bufs.insert(n.outputs[0].clone(), acc);
-                continue;
-            }
-            Op::AvgPool2d(_) | Op::GlobalAvgPool => {
-                let xs = shape(&n.inputs[0])?;
-                let mut p = PoolParams {
-                    planes: u(xs[0] * xs[1]),
-                    h: u(xs[2]),
-                    w: u(xs[3]),
-                    ho: u(out_shape[2]),
-                    wo: u(out_shape[3]),
-                    kh: u(xs[2]),
-                    kw: u(xs[3]),
-                    sh: 1,
-                    sw: 1,
-                    count_include_pad: 1,
-                    ..Default::default()
-                };
-                if let Op::AvgPool2d(a) = &n.op {
-                    (p.kh, p.kw, p.sh, p.sw) = (u(a.kernel[0]), u(a.kernel[1]), u(a.stride[0]), u(a.stride[1]));
-                    (p.pt, p.pl, p.pb, p.pr) = (u(a.pads[0]), u(a.pads[1]), u(a.pads[2]), u(a.pads[3]));
-                    p.count_include_pad = a.count_include_pad as u32;
-                }
-                let y = ctx.empty(&n.name, numel)?;
-                rec.dispatch(&*ctx.kernel(KernelId::Pool)?, &p, &[x.as_ref().expect("one input"), &y], numel);
-                y
-            }
-            Op::Concat => {
-                let y = ctx.empty(&n.name, numel)?;
-                let batch = out_shape[0];
-                let mut at = 0u64;
-                for b in 0..batch {
-                    for t in &n.inputs {
-                        let per = (shape(t)?.iter().product::<usize>() / batch) as u64;
-                        rec.encoder.copy_buffer_to_buffer(&bufs[t], b as u64 * per * 4, &y, at * 4, per * 4);
-                        at += per;
-                    }
-                }
-                y
-            }
-            Op::Flatten => {
-                let b = x.expect("one input");
-                bufs.insert(n.outputs[0].clone(), b);
-                continue;
-            }
-            Op::Opaque(o) => return Err(Error::unsupported(&n.name, format!("the GPU forward cannot run op `{}`", o.op_type))),
+            _ => None,
+        });
+        let mut step = GpuStep { rec: &mut rec, node: n, shapes: &shapes, bufs: &bufs, out_shape, next_activation, fused: &mut fused };
+        let out = match n.op.def().forward_gpu(n, &mut step)? {
+            GpuValue::New(b) => Rc::new(b),
+            GpuValue::Same(b) => b,
         };
-        bufs.insert(n.outputs[0].clone(), Rc::new(out));
+        bufs.insert(n.outputs[0].clone(), out);
     }
     let outs: Vec<(String, Rc<wgpu::Buffer>, Vec<usize>)> = g
         .outputs

@@ -1,7 +1,6 @@
 //! The network IR: a DAG of nodes over named tensors, with parameter shapes.
 
 mod index;
-mod op;
 mod shape;
 mod validate;
 
@@ -10,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use index::GraphIndex;
-pub use op::{Activation, AvgPool2d, BatchNorm, Conv2d, Linear, Op, Opaque, ShapeHint, WrittenAs};
+pub use crate::ops::{Activation, AvgPool2d, BatchNorm, Conv2d, Linear, Op, Opaque, ShapeHint, WrittenAs};
 pub(crate) use shape::infer_node;
 pub use shape::{infer_shapes, infer_shapes_seeded, node_flops, window_out, Shapes};
 

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use super::{infer_shapes, Graph, Node, Op, Shapes};
+use super::{infer_shapes, Graph, Node, Shapes};
 use crate::error::{Error, Result};
 
 pub fn validate(g: &Graph) -> Result<Shapes> {
@@ -67,81 +67,8 @@ fn check_names_and_order(g: &Graph) -> Result<()> {
     Ok(())
 }
 
-fn want_param(n: &Node, params: &BTreeMap<String, Vec<usize>>, field: &str, name: &str, shape: &[usize]) -> Result<()> {
-    match params.get(name) {
-        None => Err(Error::shape(&n.name, field, format!("parameter `{}` is missing", name))),
-        Some(s) if s.as_slice() != shape => Err(Error::shape(&n.name, field, format!("parameter `{}` has shape {:?}, op expects {:?}", name, s, shape))),
-        Some(_) => Ok(()),
-    }
-}
-
-fn positive(n: &Node, field: &str, vals: &[usize]) -> Result<()> {
-    if vals.iter().all(|&v| v > 0) {
-        Ok(())
-    } else {
-        Err(Error::shape(&n.name, field, format!("must be positive, got {:?}", vals)))
-    }
-}
-
 fn check_op(n: &Node, params: &BTreeMap<String, Vec<usize>>) -> Result<()> {
-    let want_inputs = |k: usize| {
-        if n.inputs.len() == k {
-            Ok(())
-        } else {
-            Err(Error::shape(&n.name, "inputs", format!("{} takes {} input(s), got {}", n.op.kind(), k, n.inputs.len())))
-        }
-    };
-    match &n.op {
-        Op::Conv2d(c) => {
-            want_inputs(1)?;
-            positive(n, "kernel", &c.kernel)?;
-            positive(n, "stride", &c.stride)?;
-            positive(n, "dilation", &c.dilation)?;
-            positive(n, "channels", &[c.in_channels, c.out_channels, c.groups])?;
-            if c.in_channels % c.groups != 0 || c.out_channels % c.groups != 0 {
-                return Err(Error::shape(
-                    &n.name,
-                    "groups",
-                    format!("groups {} must divide in {} and out {} channels", c.groups, c.in_channels, c.out_channels),
-                ));
-            }
-            want_param(n, params, "weight", &c.weight, &c.weight_shape())?;
-            if let Some(b) = &c.bias {
-                want_param(n, params, "bias", b, &[c.out_channels])?;
-            }
-        }
-        Op::Linear(l) => {
-            want_inputs(1)?;
-            positive(n, "features", &[l.in_features, l.out_features])?;
-            want_param(n, params, "weight", &l.weight, &[l.out_features, l.in_features])?;
-            if let Some(b) = &l.bias {
-                want_param(n, params, "bias", b, &[l.out_features])?;
-            }
-        }
-        Op::BatchNorm(b) => {
-            want_inputs(1)?;
-            positive(n, "channels", &[b.channels])?;
-            if !(b.eps >= 0.0 && b.eps.is_finite()) {
-                return Err(Error::shape(&n.name, "epsilon", format!("must be finite and >= 0, got {}", b.eps)));
-            }
-            for (field, p) in [("scale", &b.gamma), ("bias", &b.beta), ("mean", &b.mean), ("var", &b.var)] {
-                want_param(n, params, field, p, &[b.channels])?;
-            }
-        }
-        Op::AvgPool2d(p) => {
-            want_inputs(1)?;
-            positive(n, "kernel", &p.kernel)?;
-            positive(n, "stride", &p.stride)?;
-        }
-        Op::GlobalAvgPool | Op::Activation(_) | Op::Flatten => want_inputs(1)?,
-        Op::Add | Op::Concat => {
-            if n.inputs.is_empty() {
-                return Err(Error::shape(&n.name, "inputs", "needs at least one input"));
-            }
-        }
-        Op::Opaque(_) => {}
-    }
-    Ok(())
+    n.op.def().check(n, params)
 }
 
 /// Kahn's algorithm, taking ready nodes in their current order so sorted graphs keep

@@ -96,11 +96,7 @@ impl Tolerance {
 pub fn max_reduction(g: &Graph) -> usize {
     g.nodes
         .iter()
-        .map(|n| match &n.op {
-            Op::Conv2d(c) => c.in_channels / c.groups.max(1) * c.kernel[0] * c.kernel[1],
-            Op::Linear(l) => l.in_features,
-            _ => 1,
-        })
+        .map(|n| n.op.def().reduction_len().unwrap_or(1))
         .max()
         .unwrap_or(1)
 }
@@ -119,12 +115,12 @@ pub fn depth_all(g: &Graph) -> usize {
     best
 }
 
-/// Conv/Linear layers on the longest path from an input to an output.
+/// Layers that sum in f32 (conv, linear: `OpDef::reduction_len`) on the longest path from an input to an output.
 pub fn depth(g: &Graph) -> usize {
     let mut d: HashMap<&str, usize> = HashMap::new();
     let mut best = 0;
     for n in &g.nodes {
-        let here = n.inputs.iter().filter_map(|t| d.get(t.as_str())).max().copied().unwrap_or(0) + matches!(n.op, Op::Conv2d(_) | Op::Linear(_)) as usize;
+        let here = n.inputs.iter().filter_map(|t| d.get(t.as_str())).max().copied().unwrap_or(0) + n.op.def().reduction_len().is_some() as usize;
         for o in &n.outputs {
             d.insert(o, here);
         }

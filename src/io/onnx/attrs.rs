@@ -64,3 +64,13 @@ pub fn make_float(name: &str, v: f32) -> AttributeProto {
     a.f = v;
     a
 }
+
+/// A node of `op_type` (default domain) over the given tensors.
+pub fn node_proto(name: &str, op_type: &str, inputs: Vec<String>, outputs: Vec<String>) -> NodeProto {
+    let mut n = NodeProto::new();
+    n.name = name.to_string();
+    n.op_type = op_type.to_string();
+    n.input = inputs;
+    n.output = outputs;
+    n
+}

@@ -7,110 +7,17 @@ use std::path::Path;
 
 use onnx_protobuf::{Message, ModelProto, NodeProto};
 
-use super::attrs::{make_float, make_int, make_ints};
+use super::attrs::node_proto;
 use super::tensor::{float_bytes, header, write_floats, FloatType};
 use super::wire;
 use super::OnnxModel;
 use crate::error::{Error, Result};
-use crate::graph::{Activation, Graph, Node, Op};
+use crate::graph::{Graph, Node, Op};
 use crate::weights::Weights;
 
-fn node(name: &str, op_type: &str, inputs: Vec<String>, outputs: Vec<String>) -> NodeProto {
-    let mut n = NodeProto::new();
-    n.name = name.to_string();
-    n.op_type = op_type.to_string();
-    n.input = inputs;
-    n.output = outputs;
-    n
-}
-
+/// The ONNX node(s) of `n` (see `OpDef::to_onnx`).
 fn to_protos(n: &Node) -> Result<Vec<NodeProto>> {
-    let mut p = node(&n.name, n.op.kind(), n.inputs.clone(), n.outputs.clone());
-    match &n.op {
-        Op::Conv2d(c) => {
-            p.input.push(c.weight.clone());
-            p.input.extend(c.bias.clone());
-            p.attribute = vec![
-                make_ints("kernel_shape", &c.kernel),
-                make_ints("strides", &c.stride),
-                make_ints("pads", &c.pads),
-                make_ints("dilations", &c.dilation),
-                make_int("group", c.groups as i64),
-            ];
-        }
-        Op::BatchNorm(b) if b.written_as.is_some() => {
-            let w = b.written_as.as_ref().expect("checked");
-            let mut q = NodeProto::parse_from_bytes(&w.payload).map_err(|e| Error::unsupported(&n.name, format!("carried node cannot be decoded: {}", e)))?;
-            if w.data_input >= q.input.len() {
-                return Err(Error::unsupported(&n.name, "carried node has no data input at the recorded position"));
-            }
-            q.input[w.data_input] = n.inputs[0].clone();
-            q.output = n.outputs.clone();
-            return Ok(vec![q]);
-        }
-        Op::BatchNorm(b) => {
-            p.op_type = "BatchNormalization".into();
-            p.input.extend([b.gamma.clone(), b.beta.clone(), b.mean.clone(), b.var.clone()]);
-            p.attribute = vec![make_float("epsilon", b.eps)];
-        }
-        Op::Linear(l) => {
-            p.op_type = "Gemm".into();
-            p.input.push(l.weight.clone());
-            p.input.extend(l.bias.clone());
-            p.attribute = vec![make_int("transB", 1)];
-        }
-        Op::AvgPool2d(a) => {
-            p.op_type = "AveragePool".into();
-            p.attribute = vec![
-                make_ints("kernel_shape", &a.kernel),
-                make_ints("strides", &a.stride),
-                make_ints("pads", &a.pads),
-                make_int("count_include_pad", a.count_include_pad as i64),
-                make_int("ceil_mode", a.ceil_mode as i64),
-            ];
-        }
-        Op::GlobalAvgPool => p.op_type = "GlobalAveragePool".into(),
-        Op::Add => {
-            if n.inputs.len() != 2 {
-                p.op_type = "Sum".into();
-            }
-        }
-        Op::Concat => p.attribute = vec![make_int("axis", 1)],
-        Op::Flatten => p.attribute = vec![make_int("axis", 1)],
-        Op::Activation(a) => match a {
-            Activation::Relu => p.op_type = "Relu".into(),
-            Activation::LeakyRelu(alpha) => {
-                p.op_type = "LeakyRelu".into();
-                p.attribute = vec![make_float("alpha", *alpha)];
-            }
-            Activation::Sigmoid => p.op_type = "Sigmoid".into(),
-            Activation::Tanh => p.op_type = "Tanh".into(),
-            Activation::Gelu => p.op_type = "Gelu".into(),
-            Activation::HardSwish => p.op_type = "HardSwish".into(),
-            Activation::HardSigmoid => {
-                p.op_type = "HardSigmoid".into();
-                p.attribute = vec![make_float("alpha", 1.0 / 6.0), make_float("beta", 0.5)];
-            }
-            Activation::Silu => {
-                // ONNX has no SiLU: x * sigmoid(x).
-                let sig = format!("{}.sigmoid", n.outputs[0]);
-                let s = node(&format!("{}.sigmoid", n.name), "Sigmoid", n.inputs.clone(), vec![sig.clone()]);
-                let m = node(&n.name, "Mul", vec![n.inputs[0].clone(), sig], n.outputs.clone());
-                return Ok(vec![s, m]);
-            }
-        },
-        Op::Opaque(o) => {
-            let mut q = NodeProto::parse_from_bytes(&o.payload)
-                .map_err(|e| Error::unsupported(&n.name, format!("carried node `{}` cannot be decoded: {}", o.op_type, e)))?;
-            q.input = q
-                .input
-                .iter()
-                .map(|i| if i.is_empty() { i.clone() } else { n.inputs.iter().find(|x| *x == i).cloned().unwrap_or_else(|| i.clone()) })
-                .collect();
-            return Ok(vec![q]);
-        }
-    }
-    Ok(vec![p])
+    n.op.def().to_onnx(n)
 }
 
 /// What becomes of a node that is half of a lifted `a - b` (see `surviving_subs`).
@@ -198,9 +105,8 @@ fn base_proto(src: Option<&OnnxModel>, graph: &Graph) -> ModelProto {
     p.producer_name = "repfuse".into();
     p.producer_version = env!("CARGO_PKG_VERSION").into();
     let mut op = OperatorSetIdProto::new();
-    // Gelu became an ONNX op in opset 20; everything else repfuse writes is in 17.
-    let gelu = graph.nodes.iter().any(|n| n.op == Op::Activation(Activation::Gelu));
-    op.version = if gelu { 20 } else { 17 };
+    // The lowest opset every op's ONNX form is in.
+    op.version = graph.nodes.iter().map(|n| n.op.def().min_opset()).max().unwrap_or(17).max(17);
     p.opset_import = vec![op];
     p.graph = Some(g).into();
     p
@@ -296,7 +202,7 @@ fn build_parts<'a>(src: Option<&OnnxModel>, graph: &Graph, weights: &'a Weights)
     for n in &graph.nodes {
         match subs.get(n.name.as_str()) {
             Some(Sub::Drop) => {}
-            Some(Sub::Write(b)) => g.node.push(node(&n.name, "Sub", vec![n.inputs[0].clone(), b.clone()], n.outputs.clone())),
+            Some(Sub::Write(b)) => g.node.push(node_proto(&n.name, "Sub", vec![n.inputs[0].clone(), b.clone()], n.outputs.clone())),
             None => g.node.extend(to_protos(n)?),
         }
     }

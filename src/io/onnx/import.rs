@@ -11,7 +11,7 @@ use super::attrs;
 use super::tensor::{decode_with, dims, ExternalData, FloatType};
 use super::OnnxModel;
 use crate::error::{Error, Result};
-use crate::graph::{Activation, AvgPool2d, BatchNorm, Conv2d, Graph, Linear, Node, Op, Opaque, ValueInfo};
+use crate::graph::{Graph, Node, Op, Opaque, ValueInfo};
 use crate::tensor::Tensor;
 use crate::weights::Weights;
 
@@ -19,38 +19,20 @@ fn is_external(t: &TensorProto) -> bool {
     t.data_location.enum_value() == Ok(onnx_protobuf::tensor_proto::DataLocation::EXTERNAL)
 }
 
-/// ONNX ops the reader maps to the IR in some form (see `State::known_op`).
-const MODELLED: &[&str] = &[
-    "Conv",
-    "BatchNormalization",
-    "Gemm",
-    "MatMul",
-    "Add",
-    "Sum",
-    "Sub",
-    "Mul",
-    "Div",
-    "Neg",
-    "Concat",
-    "AveragePool",
-    "GlobalAveragePool",
-    "Flatten",
-    "Relu",
-    "LeakyRelu",
-    "Sigmoid",
-    "Tanh",
-    "Gelu",
-    "HardSwish",
-    "HardSigmoid",
-    "Identity",
-    "Constant",
-];
+/// ONNX ops the reader handles itself or lifts in a pass after reading (constant
+/// arithmetic, `src/io/onnx/arith.rs`), besides those an op file claims.
+const READER_OPS: &[&str] = &["Identity", "Constant", "Sub", "Mul", "Div", "Neg", "Add"];
+
+/// Whether some part of the reader models ONNX op `op_type` in some form.
+fn is_modelled(op_type: &str) -> bool {
+    READER_OPS.contains(&op_type) || crate::ops::ONNX_READERS.iter().any(|(names, _)| names.contains(&op_type))
+}
 
 /// Why node `n` is carried through unchanged, in words for `inspect`.
 pub(super) fn carried_why(n: &NodeProto) -> String {
     if !(n.domain.is_empty() || n.domain == "ai.onnx") {
         format!("op of domain `{}`: not modelled, carried unchanged", n.domain)
-    } else if MODELLED.contains(&n.op_type.as_str()) {
+    } else if is_modelled(&n.op_type) {
         "a form repfuse does not model (attributes, rank, or operands computed at run time): carried unchanged".into()
     } else {
         "op not modelled by repfuse: carried unchanged".into()
@@ -274,10 +256,6 @@ impl State {
         n.to_string()
     }
 
-    fn is_float_param(&self, name: &str) -> bool {
-        self.weights.contains(name)
-    }
-
     fn param_shape(&self, name: &str) -> Option<&Vec<usize>> {
         self.weights.contains(name).then(|| self.graph.params.get(name)).flatten()
     }
@@ -338,121 +316,15 @@ impl State {
         Ok(false)
     }
 
-    /// The IR form of a node, when it is one repfuse models in this exact form.
+    /// The IR form of a node, when it is one repfuse models in this exact form: an
+    /// Identity is an alias; else the op file claiming its op type decides.
     fn known_op(&mut self, n: &NodeProto, bias: Option<&str>) -> Option<KnownOp> {
-        let inp = |i: usize| n.input.get(i).filter(|s| !s.is_empty()).cloned();
-        let act = |a: Activation| Some(KnownOp::Op(Op::Activation(a), vec![inp(0)?]));
-        match n.op_type.as_str() {
-            "Conv" => {
-                let (x, w) = (inp(0)?, inp(1)?);
-                let ws = self.param_shape(&w)?.clone();
-                let b = inp(2);
-                if ws.len() != 4
-                    || b.as_ref().is_some_and(|b| !self.is_float_param(b))
-                    || !matches!(attrs::string(n, "auto_pad").as_deref(), None | Some("NOTSET"))
-                {
-                    return None;
-                }
-                let groups = usize::try_from(attrs::int(n, "group", 1)).ok().filter(|&g| g > 0)?;
-                let conv = Conv2d {
-                    weight: w,
-                    bias: b,
-                    in_channels: ws[1].checked_mul(groups)?,
-                    out_channels: ws[0],
-                    kernel: [ws[2], ws[3]],
-                    stride: attrs::pair(attrs::ints(n, "strides"), [1, 1])?,
-                    pads: attrs::quad(attrs::ints(n, "pads"))?,
-                    dilation: attrs::pair(attrs::ints(n, "dilations"), [1, 1])?,
-                    groups,
-                };
-                Some(KnownOp::Op(Op::Conv2d(conv), vec![x]))
-            }
-            "BatchNormalization" => {
-                let names: Vec<String> = (1..5).map(inp).collect::<Option<_>>()?;
-                if !names.iter().all(|p| self.param_shape(p).is_some_and(|s| s.len() == 1))
-                    || attrs::int(n, "training_mode", 0) != 0
-                    || n.output.iter().skip(1).any(|o| !o.is_empty())
-                {
-                    return None;
-                }
-                let channels = self.param_shape(&names[0])?[0];
-                let bn = BatchNorm {
-                    gamma: names[0].clone(),
-                    beta: names[1].clone(),
-                    mean: names[2].clone(),
-                    var: names[3].clone(),
-                    eps: attrs::float(n, "epsilon", 1e-5),
-                    channels,
-                    written_as: None,
-                };
-                Some(KnownOp::Op(Op::BatchNorm(bn), vec![inp(0)?]))
-            }
-            "Gemm" => {
-                let (x, w) = (inp(0)?, inp(1)?);
-                let ws = self.param_shape(&w)?.clone();
-                let c = inp(2);
-                if ws.len() != 2 || attrs::int(n, "transA", 0) != 0 || attrs::float(n, "alpha", 1.0) != 1.0 || attrs::float(n, "beta", 1.0) != 1.0 {
-                    return None;
-                }
-                let weight = if attrs::int(n, "transB", 0) == 1 { w } else { self.transposed(&w)? };
-                let out = self.graph.params[&weight][0];
-                if c.as_ref().is_some_and(|c| self.param_shape(c) != Some(&vec![out])) {
-                    return None;
-                }
-                let in_features = self.graph.params[&weight][1];
-                Some(KnownOp::Op(Op::Linear(Linear { weight, bias: c, in_features, out_features: out }), vec![x]))
-            }
-            "MatMul" => {
-                let (x, w) = (inp(0)?, inp(1)?);
-                if !self.rank2.contains(&x) || self.param_shape(&w)?.len() != 2 {
-                    return None;
-                }
-                let weight = self.transposed(&w)?;
-                let [out, in_features] = [self.graph.params[&weight][0], self.graph.params[&weight][1]];
-                if bias.is_some_and(|b| self.param_shape(b) != Some(&vec![out])) {
-                    return None;
-                }
-                Some(KnownOp::Op(Op::Linear(Linear { weight, bias: bias.map(str::to_string), in_features, out_features: out }), vec![x]))
-            }
-            "Add" | "Sum" => {
-                let ins: Vec<String> = n.input.clone();
-                if ins.is_empty() || ins.iter().any(|i| i.is_empty() || self.graph.params.contains_key(i)) || (n.op_type == "Add" && ins.len() != 2) {
-                    return None;
-                }
-                Some(KnownOp::Op(Op::Add, ins))
-            }
-            "Concat" if attrs::int(n, "axis", 0) == 1 && n.input.iter().all(|i| !self.graph.params.contains_key(i)) => {
-                Some(KnownOp::Op(Op::Concat, n.input.clone()))
-            }
-            "AveragePool" => {
-                let kernel = attrs::pair(attrs::ints(n, "kernel_shape"), [0, 0])?;
-                if kernel.contains(&0)
-                    || !matches!(attrs::string(n, "auto_pad").as_deref(), None | Some("NOTSET"))
-                    || attrs::ints(n, "dilations").is_some_and(|d| d.iter().any(|&x| x != 1))
-                {
-                    return None;
-                }
-                let p = AvgPool2d {
-                    kernel,
-                    stride: attrs::pair(attrs::ints(n, "strides"), [1, 1])?,
-                    pads: attrs::quad(attrs::ints(n, "pads"))?,
-                    count_include_pad: attrs::int(n, "count_include_pad", 0) != 0,
-                    ceil_mode: attrs::int(n, "ceil_mode", 0) != 0,
-                };
-                Some(KnownOp::Op(Op::AvgPool2d(p), vec![inp(0)?]))
-            }
-            "GlobalAveragePool" => Some(KnownOp::Op(Op::GlobalAvgPool, vec![inp(0)?])),
-            "Flatten" if attrs::int(n, "axis", 1) == 1 => Some(KnownOp::Op(Op::Flatten, vec![inp(0)?])),
-            "Identity" => Some(KnownOp::Alias),
-            "Relu" => act(Activation::Relu),
-            "Sigmoid" => act(Activation::Sigmoid),
-            "Tanh" => act(Activation::Tanh),
-            "LeakyRelu" => act(Activation::LeakyRelu(attrs::float(n, "alpha", 0.01))),
-            "HardSwish" => act(Activation::HardSwish),
-            "HardSigmoid" if (attrs::float(n, "alpha", 0.2) - 1.0 / 6.0).abs() < 1e-7 && attrs::float(n, "beta", 0.5) == 0.5 => act(Activation::HardSigmoid),
-            "Gelu" if attrs::string(n, "approximate").is_none_or(|a| a == "none") => act(Activation::Gelu),
-            _ => None,
+        if n.op_type == "Identity" {
+            return Some(KnownOp::Alias);
         }
+        let (_, read) = crate::ops::ONNX_READERS.iter().find(|(names, _)| names.contains(&n.op_type.as_str()))?;
+        let (op, inputs) = read(n, &mut OnnxImport { st: self, matmul_bias: bias })?;
+        Some(KnownOp::Op(op, inputs))
     }
 
     /// Adds `name.T`, the transpose of a 2-D float initializer (MatMul/Gemm weights
@@ -478,6 +350,44 @@ pub(super) fn add_transposed(g: &mut Graph, w: &mut Weights, dtypes: &mut BTreeM
         }
     }
     tname
+}
+
+/// What an op file's `from_onnx` may ask of the reader about the node's tensors.
+pub struct OnnxImport<'a> {
+    st: &'a mut State,
+    matmul_bias: Option<&'a str>,
+}
+
+impl OnnxImport<'_> {
+    /// Input `i` of `n`, when present and not empty.
+    pub fn input(&self, n: &NodeProto, i: usize) -> Option<String> {
+        n.input.get(i).filter(|s| !s.is_empty()).cloned()
+    }
+
+    /// The shape of `name` when it is a float initializer (a weight repfuse can compute with).
+    pub fn float_param_shape(&self, name: &str) -> Option<&Vec<usize>> {
+        self.st.param_shape(name)
+    }
+
+    /// `name` is an initializer of any type.
+    pub fn is_param(&self, name: &str) -> bool {
+        self.st.graph.params.contains_key(name)
+    }
+
+    /// `name` is known to be rank 2 (a graph input, or the output of a Flatten or Linear).
+    pub fn is_rank2(&self, name: &str) -> bool {
+        self.st.rank2.contains(name)
+    }
+
+    /// For a MatMul: the bias of the `Add` that alone reads its product, if any.
+    pub fn matmul_bias(&self) -> Option<&str> {
+        self.matmul_bias
+    }
+
+    /// The name of the transpose of 2-D float initializer `name`, added once.
+    pub fn transposed(&mut self, name: &str) -> Option<String> {
+        self.st.transposed(name)
+    }
 }
 
 enum KnownOp {

@@ -1,0 +1,179 @@
+//! Every op of the IR, one file each. A file holds all there is to know about its
+//! op: the attributes (the op's struct), validation, shape inference, FLOPs, the CPU
+//! reference forward and its rounding-error scale, the GPU forward (which kernel, with
+//! which parameters), and the ONNX mapping both ways. The op implements [`OpDef`] and
+//! is registered by one line in the `ops!` table below, which generates the [`Op`]
+//! enum, the dispatch to each op's `OpDef`, and the ONNX import table.
+//!
+//! The fusion rules (`src/fuse/`) still match on `Op` variants: a rule is about a
+//! pattern of several ops, so it belongs to the rule, not to any one op.
+
+mod activation;
+mod add;
+mod avg_pool;
+mod batch_norm;
+pub(crate) mod check;
+mod concat;
+mod conv;
+mod flatten;
+mod global_avg_pool;
+mod linear;
+mod opaque;
+
+use std::collections::BTreeMap;
+
+use onnx_protobuf::NodeProto;
+use serde::{Deserialize, Serialize};
+
+pub use activation::Activation;
+pub use add::Add;
+pub use avg_pool::AvgPool2d;
+pub use batch_norm::{BatchNorm, WrittenAs};
+pub use concat::Concat;
+pub use conv::Conv2d;
+pub use flatten::Flatten;
+pub use global_avg_pool::GlobalAvgPool;
+pub use linear::Linear;
+pub use opaque::{Opaque, ShapeHint};
+
+use crate::cpu::ErrorScaleArgs;
+use crate::error::Result;
+use crate::gpu::{GpuStep, GpuValue};
+use crate::graph::Node;
+use crate::io::onnx::OnnxImport;
+use crate::tensor::Tensor;
+use crate::weights::Weights;
+
+/// Parameter tensor name -> shape (`Graph::params`).
+pub type ParamShapes = BTreeMap<String, Vec<usize>>;
+
+/// What one op is, everywhere repfuse meets it. `n` is always the node holding the op
+/// (its name goes into every error, its inputs and outputs are the tensors).
+pub trait OpDef {
+    /// Short kind name for reports and op histograms.
+    fn kind(&self) -> &str;
+
+    /// Names of the parameter tensors this op reads.
+    fn params(&self) -> Vec<&str> {
+        Vec::new()
+    }
+
+    /// Attributes, input count and parameter shapes are consistent (errors name the
+    /// node and field).
+    fn check(&self, n: &Node, params: &ParamShapes) -> Result<()>;
+
+    /// Output shape from the input shapes, or None where it cannot be known.
+    fn output_shape(&self, n: &Node, ins: &[&Vec<usize>]) -> Result<Option<Vec<usize>>>;
+
+    /// 2 x multiply-accumulates per sample, given the output's per-sample size.
+    fn flops(&self, _n: &Node, _out_per_sample: u64) -> u64 {
+        0
+    }
+
+    /// Terms summed for one output element where the op sums in f32 on a GPU (conv
+    /// `Cin/groups * kh * kw`, linear `in`); None for ops that do not reduce. Sizes
+    /// the verification tolerance of a GPU forward.
+    fn reduction_len(&self) -> Option<usize> {
+        None
+    }
+
+    /// The CPU reference forward (f32 tensors, f64 arithmetic).
+    fn forward_cpu(&self, n: &Node, ins: &[&Tensor], w: &Weights) -> Result<Tensor>;
+
+    /// `S(y)^2`, the squared rounding-error scale of the output (see
+    /// `src/cpu/error_scale.rs` for the model).
+    fn error_scale_sq(&self, e: &ErrorScaleArgs) -> Result<Tensor>;
+
+    /// Records the GPU forward of the node into `step`.
+    fn forward_gpu(&self, n: &Node, step: &mut GpuStep) -> Result<GpuValue>;
+
+    /// The ONNX node(s) the op is written as.
+    fn to_onnx(&self, n: &Node) -> Result<Vec<NodeProto>>;
+
+    /// The lowest default-domain opset its ONNX form needs (when a model is written
+    /// without a source model's opset).
+    fn min_opset(&self) -> i64 {
+        17
+    }
+}
+
+/// How an op is read from ONNX: the op types it claims, and the IR form (op and data
+/// inputs) of a node when repfuse models that node in exactly its form; None carries
+/// the node through unchanged.
+pub trait FromOnnx {
+    /// ONNX `op_type`s (default domain) this op may be read from.
+    const ONNX_OPS: &'static [&'static str];
+    /// The op and its data inputs, or None for a form not modelled.
+    fn from_onnx(n: &NodeProto, cx: &mut OnnxImport) -> Option<(Op, Vec<String>)>;
+}
+
+/// An ONNX reader of one op: the op types it claims and its `from_onnx`.
+pub type OnnxReader = (&'static [&'static str], fn(&NodeProto, &mut OnnxImport) -> Option<(Op, Vec<String>)>);
+
+/// The op registry: one line per op. `Variant(Type)` holds the op's struct;
+/// `Variant = Type` is an op without attributes (a unit struct; the variant stays a
+/// unit so graph files read `"Add"`).
+macro_rules! ops {
+    ($( $(#[$doc:meta])* $variant:ident $( ( $ty:ty ) )? $( = $unit:ident )? ,)*) => {
+        /// One node's operation.
+        #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+        pub enum Op {
+            $( $(#[$doc])* $variant $( ($ty) )?, )*
+        }
+
+        impl Op {
+            /// The op's definition: everything repfuse knows about it.
+            pub fn def(&self) -> &dyn OpDef {
+                match self {
+                    $( ops!(@pat x $variant $( ($ty) )? $( = $unit )?) => ops!(@def x $( ($ty) )? $( = $unit )?), )*
+                }
+            }
+        }
+
+        /// Every op's ONNX reader, in registration order.
+        pub const ONNX_READERS: &[OnnxReader] = &[
+            $( ops!(@reader $( ($ty) )? $( = $unit )?), )*
+        ];
+    };
+    (@pat $x:ident $variant:ident ($ty:ty)) => { Op::$variant($x) };
+    (@pat $x:ident $variant:ident = $unit:ident) => { Op::$variant };
+    (@def $x:ident ($ty:ty)) => { $x };
+    (@def $x:ident = $unit:ident) => { &$unit };
+    (@reader ($ty:ty)) => { (<$ty as FromOnnx>::ONNX_OPS, <$ty as FromOnnx>::from_onnx) };
+    (@reader = $unit:ident) => { (<$unit as FromOnnx>::ONNX_OPS, <$unit as FromOnnx>::from_onnx) };
+}
+
+ops! {
+    /// 2D convolution.
+    Conv2d(Conv2d),
+    /// Inference-mode batch norm.
+    BatchNorm(BatchNorm),
+    /// Fully connected layer.
+    Linear(Linear),
+    /// 2D average pooling.
+    AvgPool2d(AvgPool2d),
+    /// Mean over H and W, NCHW -> NC11.
+    GlobalAvgPool = GlobalAvgPool,
+    /// Sum of N inputs of the same shape.
+    Add = Add,
+    /// Concatenation on the channel axis (1).
+    Concat = Concat,
+    /// Pointwise activation.
+    Activation(Activation),
+    /// NCHW -> N x (C*H*W).
+    Flatten = Flatten,
+    /// An op passed through untouched.
+    Opaque(Opaque),
+}
+
+impl Op {
+    /// Short kind name for reports and op histograms.
+    pub fn kind(&self) -> &str {
+        self.def().kind()
+    }
+
+    /// Names of the parameter tensors this op reads.
+    pub fn params(&self) -> Vec<&str> {
+        self.def().params()
+    }
+}

@@ -1,0 +1,187 @@
+//! `Opaque`: any node repfuse does not model, carried through untouched. It has no
+//! reference forward; its output shape is known only where the op is elementwise, a
+//! hint read from its attributes says, or the source's own shape analysis proved it.
+
+use onnx_protobuf::{Message, NodeProto};
+use serde::{Deserialize, Serialize};
+
+use super::{FromOnnx, Op, OpDef, ParamShapes};
+use crate::cpu::ErrorScaleArgs;
+use crate::error::{Error, Result};
+use crate::gpu::{GpuStep, GpuValue};
+use crate::graph::Node;
+use crate::io::onnx::OnnxImport;
+use crate::tensor::Tensor;
+use crate::weights::Weights;
+
+/// Any op repfuse does not model. It is carried through untouched; `payload` keeps
+/// the source format's encoding of the node (e.g. ONNX NodeProto bytes) for writers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Opaque {
+    /// Source-format op name (e.g. ONNX `op_type`), shown in reports.
+    pub op_type: String,
+    /// Source-format encoding of the node; empty when built in memory.
+    #[serde(default)]
+    pub payload: Vec<u8>,
+    /// What the reader knows of its output shape beyond the op name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shape_hint: Option<ShapeHint>,
+    /// Why the reader carried it instead of modelling it, for reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+}
+
+/// How a carried node's output shape follows from its input's, read from its
+/// attributes (elementwise ops need none: they broadcast).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ShapeHint {
+    /// A reduction over `axes` (negative counts from the end), kept as size 1 or
+    /// dropped: ONNX ReduceMean/ReduceSum/ReduceMax/... with an `axes` attribute.
+    Reduce {
+        /// Reduced axes.
+        axes: Vec<i64>,
+        /// Reduced axes stay, with size 1.
+        keepdims: bool,
+    },
+    /// ONNX Flatten at `axis`: `[prod(dims[..axis]), prod(dims[axis..])]`.
+    Flatten {
+        /// Where the second output axis starts (negative counts from the end).
+        axis: i64,
+    },
+}
+
+/// ONNX ops whose output has the broadcast shape of their inputs. Knowing them keeps
+/// shapes known past GELU written as Erf, layer scales and the like, so the rules can
+/// still prove what they need downstream.
+const ELEMENTWISE: &[&str] = &[
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Pow",
+    "Max",
+    "Min",
+    "Erf",
+    "Sqrt",
+    "Neg",
+    "Abs",
+    "Exp",
+    "Log",
+    "Reciprocal",
+    "Relu",
+    "Sigmoid",
+    "Tanh",
+    "Softplus",
+    "Softsign",
+    "Elu",
+    "Selu",
+    "Celu",
+    "Gelu",
+    "Mish",
+    "HardSigmoid",
+    "HardSwish",
+    "LeakyRelu",
+    "PRelu",
+    "Identity",
+    "Floor",
+    "Ceil",
+    "Round",
+    "Sign",
+    "Sin",
+    "Cos",
+];
+
+/// Numpy broadcast of `shapes`, or None when they do not broadcast.
+fn broadcast(shapes: &[&Vec<usize>]) -> Option<Vec<usize>> {
+    let rank = shapes.iter().map(|s| s.len()).max()?;
+    let mut out = vec![1usize; rank];
+    for s in shapes {
+        for (i, &d) in s.iter().enumerate() {
+            let o = &mut out[rank - s.len() + i];
+            match (*o, d) {
+                (a, b) if a == b => {}
+                (1, b) => *o = b,
+                (_, 1) => {}
+                _ => return None,
+            }
+        }
+    }
+    Some(out)
+}
+
+impl ShapeHint {
+    /// The output shape on input shape `s`, or None for an axis out of range.
+    fn apply(&self, s: &[usize]) -> Option<Vec<usize>> {
+        let rank = s.len() as i64;
+        let axis = |a: i64| {
+            let a = if a < 0 { a + rank } else { a };
+            (0..=rank).contains(&a).then_some(a as usize)
+        };
+        match self {
+            ShapeHint::Reduce { axes, keepdims } => {
+                let axes: Vec<usize> = axes.iter().map(|&a| axis(a).filter(|&a| a < s.len())).collect::<Option<_>>()?;
+                Some(s.iter().enumerate().filter_map(|(i, &d)| if axes.contains(&i) { keepdims.then_some(1) } else { Some(d) }).collect())
+            }
+            ShapeHint::Flatten { axis: a } => {
+                let k = axis(*a)?;
+                Some(vec![s[..k].iter().product(), s[k..].iter().product()])
+            }
+        }
+    }
+}
+
+impl OpDef for Opaque {
+    fn kind(&self) -> &str {
+        &self.op_type
+    }
+
+    fn check(&self, _n: &Node, _params: &ParamShapes) -> Result<()> {
+        Ok(())
+    }
+
+    fn output_shape(&self, n: &Node, ins: &[&Vec<usize>]) -> Result<Option<Vec<usize>>> {
+        if n.outputs.len() != 1 || ins.is_empty() {
+            return Ok(None);
+        }
+        if ELEMENTWISE.contains(&self.op_type.as_str()) {
+            return Ok(broadcast(ins));
+        }
+        Ok(match &self.shape_hint {
+            Some(h) if ins.len() == 1 => h.apply(ins[0]),
+            _ => None,
+        })
+    }
+
+    fn forward_cpu(&self, n: &Node, _ins: &[&Tensor], _w: &Weights) -> Result<Tensor> {
+        Err(Error::unsupported(&n.name, format!("the CPU reference cannot run op `{}`", self.op_type)))
+    }
+
+    fn error_scale_sq(&self, e: &ErrorScaleArgs) -> Result<Tensor> {
+        e.run(e.x, e.w)
+    }
+
+    fn forward_gpu(&self, n: &Node, _step: &mut GpuStep) -> Result<GpuValue> {
+        Err(Error::unsupported(&n.name, format!("the GPU forward cannot run op `{}`", self.op_type)))
+    }
+
+    fn to_onnx(&self, n: &Node) -> Result<Vec<NodeProto>> {
+        let mut q = NodeProto::parse_from_bytes(&self.payload)
+            .map_err(|e| Error::unsupported(&n.name, format!("carried node `{}` cannot be decoded: {}", self.op_type, e)))?;
+        q.input = q
+            .input
+            .iter()
+            .map(|i| if i.is_empty() { i.clone() } else { n.inputs.iter().find(|x| *x == i).cloned().unwrap_or_else(|| i.clone()) })
+            .collect();
+        Ok(vec![q])
+    }
+}
+
+impl FromOnnx for Opaque {
+    /// Opaque claims no op type: the reader makes one of any node no op claims (or
+    /// whose form its op does not model).
+    const ONNX_OPS: &'static [&'static str] = &[];
+
+    fn from_onnx(_n: &NodeProto, _cx: &mut OnnxImport) -> Option<(Op, Vec<String>)> {
+        None
+    }
+}
