@@ -8,33 +8,15 @@
 //! The fusion rules (`src/fuse/`) still match on `Op` variants: a rule is about a
 //! pattern of several ops, so it belongs to the rule, not to any one op.
 
-mod activation;
-mod add;
-mod avg_pool;
-mod batch_norm;
 pub(crate) mod check;
-mod concat;
-mod conv;
-mod flatten;
-mod global_avg_pool;
-mod linear;
-mod opaque;
 
 use std::collections::BTreeMap;
 
 use onnx_protobuf::NodeProto;
 use serde::{Deserialize, Serialize};
 
-pub use activation::Activation;
-pub use add::Add;
-pub use avg_pool::AvgPool2d;
-pub use batch_norm::{BatchNorm, WrittenAs};
-pub use concat::Concat;
-pub use conv::Conv2d;
-pub use flatten::Flatten;
-pub use global_avg_pool::GlobalAvgPool;
-pub use linear::Linear;
-pub use opaque::{Opaque, ShapeHint};
+pub use batch_norm::WrittenAs;
+pub use opaque::ShapeHint;
 
 use crate::cpu::ErrorScaleArgs;
 use crate::error::Result;
@@ -110,11 +92,14 @@ pub trait FromOnnx {
 /// An ONNX reader of one op: the op types it claims and its `from_onnx`.
 pub type OnnxReader = (&'static [&'static str], fn(&NodeProto, &mut OnnxImport) -> Option<(Op, Vec<String>)>);
 
-/// The op registry: one line per op. `Variant(Type)` holds the op's struct;
-/// `Variant = Type` is an op without attributes (a unit struct; the variant stays a
-/// unit so graph files read `"Add"`).
+/// The op registry: one line per op, `Variant(Type) in file` or `Variant = Type in
+/// file`. The line declares the op's file (`src/ops/<file>.rs`) and exports its type;
+/// `Variant(Type)` holds the op's struct; `Variant = Type` is an op without
+/// attributes (a unit struct; the variant stays a unit so graph files read `"Add"`).
 macro_rules! ops {
-    ($( $(#[$doc:meta])* $variant:ident $( ( $ty:ty ) )? $( = $unit:ident )? ,)*) => {
+    ($( $(#[$doc:meta])* $variant:ident $( ( $ty:ident ) )? $( = $unit:ident )? in $file:ident ,)*) => {
+        $( mod $file; pub use $file::{ $($ty)? $($unit)? }; )*
+
         /// One node's operation.
         #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
         pub enum Op {
@@ -135,35 +120,35 @@ macro_rules! ops {
             $( ops!(@reader $( ($ty) )? $( = $unit )?), )*
         ];
     };
-    (@pat $x:ident $variant:ident ($ty:ty)) => { Op::$variant($x) };
+    (@pat $x:ident $variant:ident ($ty:ident)) => { Op::$variant($x) };
     (@pat $x:ident $variant:ident = $unit:ident) => { Op::$variant };
-    (@def $x:ident ($ty:ty)) => { $x };
+    (@def $x:ident ($ty:ident)) => { $x };
     (@def $x:ident = $unit:ident) => { &$unit };
-    (@reader ($ty:ty)) => { (<$ty as FromOnnx>::ONNX_OPS, <$ty as FromOnnx>::from_onnx) };
+    (@reader ($ty:ident)) => { (<$ty as FromOnnx>::ONNX_OPS, <$ty as FromOnnx>::from_onnx) };
     (@reader = $unit:ident) => { (<$unit as FromOnnx>::ONNX_OPS, <$unit as FromOnnx>::from_onnx) };
 }
 
 ops! {
     /// 2D convolution.
-    Conv2d(Conv2d),
+    Conv2d(Conv2d) in conv,
     /// Inference-mode batch norm.
-    BatchNorm(BatchNorm),
+    BatchNorm(BatchNorm) in batch_norm,
     /// Fully connected layer.
-    Linear(Linear),
+    Linear(Linear) in linear,
     /// 2D average pooling.
-    AvgPool2d(AvgPool2d),
+    AvgPool2d(AvgPool2d) in avg_pool,
     /// Mean over H and W, NCHW -> NC11.
-    GlobalAvgPool = GlobalAvgPool,
+    GlobalAvgPool = GlobalAvgPool in global_avg_pool,
     /// Sum of N inputs of the same shape.
-    Add = Add,
+    Add = Add in add,
     /// Concatenation on the channel axis (1).
-    Concat = Concat,
+    Concat = Concat in concat,
     /// Pointwise activation.
-    Activation(Activation),
+    Activation(Activation) in activation,
     /// NCHW -> N x (C*H*W).
-    Flatten = Flatten,
+    Flatten = Flatten in flatten,
     /// An op passed through untouched.
-    Opaque(Opaque),
+    Opaque(Opaque) in opaque,
 }
 
 impl Op {
