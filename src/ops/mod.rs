@@ -147,6 +147,8 @@ ops! {
     Activation(Activation) in activation,
     /// NCHW -> N x (C*H*W).
     Flatten = Flatten in flatten,
+    /// PReLU with a constant per-channel (or shared) slope.
+    PRelu(PRelu) in prelu,
     /// An op passed through untouched.
     Opaque(Opaque) in opaque,
 }
