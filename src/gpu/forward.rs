@@ -335,9 +335,7 @@ pub fn forward_gpu(ctx: &GpuContext, g: &Graph, weights: &Weights, inputs: &Hash
         let out_shape = shapes.get(&n.outputs[0]).cloned().ok_or_else(|| Error::unsupported(&n.name, format!("shape of `{}` unknown", n.outputs[0])))?;
         // An activation that alone reads this node's output may run in its dispatch.
         let next_activation = g.nodes.get(i + 1).and_then(|m| match m.op {
-            Op::Activation(a)
-                if m.inputs[0] == n.outputs[0] && consumers.get(n.outputs[0].as_str()) == Some(&1) && !g.outputs.contains(&n.outputs[0]) =>
-            {
+            Op::Activation(a) if m.inputs[0] == n.outputs[0] && consumers.get(n.outputs[0].as_str()) == Some(&1) && !g.outputs.contains(&n.outputs[0]) => {
                 Some((m.name.as_str(), a))
             }
             _ => None,

@@ -8,7 +8,7 @@ pub mod shaders;
 
 pub use context::{grid, GpuContext, POLL_TIMEOUT};
 pub use forward::{act_code, forward_gpu, ConvParams, ElementwiseParams, GpuStep, GpuValue, LinearParams, PoolParams};
-pub use shaders::KernelId;
 pub use plan_exec::{
     execute_plan_gpu, execute_plan_gpu_timed, GpuTiming, KernelTime, COMPOSE_STRIDE, FILL_STRIDE, FOLD_BN_STRIDE, PLACE_SRC_STRIDE, PLACE_STRIDE,
 };
+pub use shaders::KernelId;

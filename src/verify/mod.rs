@@ -94,11 +94,7 @@ impl Tolerance {
 
 /// Longest reduction of one output element (conv `Cin/groups * kh * kw`, linear `in`).
 pub fn max_reduction(g: &Graph) -> usize {
-    g.nodes
-        .iter()
-        .map(|n| n.op.def().reduction_len().unwrap_or(1))
-        .max()
-        .unwrap_or(1)
+    g.nodes.iter().map(|n| n.op.def().reduction_len().unwrap_or(1)).max().unwrap_or(1)
 }
 
 /// Nodes of any kind on the longest path from an input to an output.

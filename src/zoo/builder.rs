@@ -109,6 +109,20 @@ impl GraphBuilder {
         out
     }
 
+    /// A node of any op on `inputs`, named `<kind><n>` (its parameters added first
+    /// with `tensor`): how tests build ops the builder has no method for.
+    pub fn op(&mut self, kind: &str, op: Op, inputs: &[String]) -> String {
+        let name = self.name(kind);
+        self.node(name, op, inputs.to_vec())
+    }
+
+    /// A parameter tensor with the given values; returns its name.
+    pub fn tensor(&mut self, name: &str, shape: &[usize], data: Vec<f32>) -> String {
+        self.graph.params.insert(name.to_string(), shape.to_vec());
+        self.weights.insert(name.to_string(), Tensor::from_parts(shape.to_vec(), data));
+        name.to_string()
+    }
+
     /// Channel count of a tensor built so far.
     pub fn channels(&self, t: &str) -> usize {
         self.shapes.get(t).unwrap_or_else(|| panic!("builder: `{}` has no known shape", t))[1]
