@@ -2,34 +2,35 @@
 // grouped on both sides, into `groups` groups; the first bias is carried through the
 // second kernel: b = b2 + sum_taps(k2) . b1.
 
-const STRIDE: u32 = 20u;
-const NONE: u32 = 0xffffffffu;
-const WG: u32 = 256u;
+struct ComposeJob {
+    first_kernel: u32, first_bias: u32, first_groups: u32, mid: u32, first_per: u32, first_kh: u32, first_kw: u32,
+    second_kernel: u32, second_bias: u32, second_groups: u32, out_channels: u32, second_per: u32, second_kh: u32, second_kw: u32,
+    in_channels: u32, groups: u32, out_kernel: u32, out_bias: u32,
+}
 
-@group(0) @binding(0) var<storage, read_write> arena: array<f32>;
-@group(0) @binding(1) var<storage, read> table: array<u32>;
+@group(0) @binding(1) var<storage, read> jobs: array<ComposeJob>;
 
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let r = gid.y * STRIDE;
-    let a_k = table[r + 0u];
-    let a_b = table[r + 1u];
-    let ga = table[r + 2u];
-    let m = table[r + 3u];
-    let ca = table[r + 4u];
-    let ah = table[r + 5u];
-    let aw = table[r + 6u];
-    let b_k = table[r + 7u];
-    let b_b = table[r + 8u];
-    let gb = table[r + 9u];
-    let o_count = table[r + 10u];
-    let mb = table[r + 11u];
-    let bh = table[r + 12u];
-    let bw = table[r + 13u];
-    let c_in = table[r + 14u];
-    let groups = table[r + 15u];
-    let out_k = table[r + 16u];
-    let out_b = table[r + 17u];
+    let job = jobs[gid.y];
+    let a_k = job.first_kernel;
+    let a_b = job.first_bias;
+    let ga = job.first_groups;
+    let m = job.mid;
+    let ca = job.first_per;
+    let ah = job.first_kh;
+    let aw = job.first_kw;
+    let b_k = job.second_kernel;
+    let b_b = job.second_bias;
+    let gb = job.second_groups;
+    let o_count = job.out_channels;
+    let mb = job.second_per;
+    let bh = job.second_kh;
+    let bw = job.second_kw;
+    let c_in = job.in_channels;
+    let groups = job.groups;
+    let out_k = job.out_kernel;
+    let out_b = job.out_bias;
     let first_1x1 = ah == 1u && aw == 1u;
     var kh = ah;
     var kw = aw;

@@ -3,27 +3,28 @@
 //   mode 1: avg-pool as depthwise [C, 1, kh, kw] of 1/(kh*kw);
 //   mode 2: a lone BN as depthwise 1x1 [C, 1, 1, 1] of s, bias beta - mean * s.
 
-const STRIDE: u32 = 16u;
-const WG: u32 = 256u;
+struct FillJob {
+    mode: u32, channels: u32, per: u32, kh: u32, kw: u32, out_kernel: u32, out_bias: u32,
+    gamma: u32, beta: u32, mean: u32, variance: u32, eps: f32,
+}
 
-@group(0) @binding(0) var<storage, read_write> arena: array<f32>;
-@group(0) @binding(1) var<storage, read> table: array<u32>;
+@group(0) @binding(1) var<storage, read> jobs: array<FillJob>;
 
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let r = gid.y * STRIDE;
-    let mode = table[r + 0u];
-    let c_count = table[r + 1u];
-    let per = table[r + 2u];
-    let kh = table[r + 3u];
-    let kw = table[r + 4u];
-    let out_k = table[r + 5u];
-    let out_b = table[r + 6u];
-    let gamma = table[r + 7u];
-    let beta = table[r + 8u];
-    let mean = table[r + 9u];
-    let var_ = table[r + 10u];
-    let eps = bitcast<f32>(table[r + 11u]);
+    let job = jobs[gid.y];
+    let mode = job.mode;
+    let c_count = job.channels;
+    let per = job.per;
+    let kh = job.kh;
+    let kw = job.kw;
+    let out_k = job.out_kernel;
+    let out_b = job.out_bias;
+    let gamma = job.gamma;
+    let beta = job.beta;
+    let mean = job.mean;
+    let var_ = job.variance;
+    let eps = job.eps;
     let taps = kh * kw;
     let nk = c_count * per * taps;
     var n = nk;

@@ -7,36 +7,43 @@
 // the fly (gamma/beta/mean/var offsets, NONE when absent), so a conv+BN branch is
 // placed without its folded kernel ever being written.
 
-// Per-output-channel BN scale of source record q for its output os (1 without BN).
-fn bn_scale(q: u32, os: u32) -> f32 {
-    let gamma = table[q + 16u];
+// Per-output-channel BN scale of source `src` for its output os (1 without BN).
+fn bn_scale(src: PlaceSourceJob, os: u32) -> f32 {
+    let gamma = src.gamma;
     if (gamma == NONE) {
         return 1.0;
     }
-    return arena[gamma + os] / sqrt(arena[table[q + 19u] + os] + bitcast<f32>(table[q + 20u]));
+    return arena[gamma + os] / sqrt(arena[src.variance + os] + src.eps);
 }
 
-const STRIDE: u32 = 16u;
-const SRC_STRIDE: u32 = 24u;
-const NONE: u32 = 0xffffffffu;
-const WG: u32 = 256u;
+struct PlaceJob {
+    out_kernel: u32, out_bias: u32, out_channels: u32, per: u32, kh: u32, kw: u32,
+    groups: u32, in_channels: u32, first_source: u32, sources: u32,
+}
 
-@group(0) @binding(0) var<storage, read_write> arena: array<f32>;
-@group(0) @binding(1) var<storage, read> table: array<u32>;
+struct PlaceSourceJob {
+    kernel: u32, bias: u32, out_channels: u32, groups: u32, kh: u32, kw: u32,
+    offset_h: u32, offset_w: u32, step_h: u32, step_w: u32, out_offset: u32, out_stride: u32,
+    in_offset: u32, in_stride: u32, scale: f32, in_per_group: u32,
+    gamma: u32, beta: u32, mean: u32, variance: u32, eps: f32,
+}
+
+@group(0) @binding(1) var<storage, read> jobs: array<PlaceJob>;
+@group(0) @binding(2) var<storage, read> sources: array<PlaceSourceJob>;
 
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let r = gid.y * STRIDE;
-    let out_k = table[r + 0u];
-    let out_b = table[r + 1u];
-    let o_count = table[r + 2u];
-    let per = table[r + 3u];
-    let kh_d = table[r + 4u];
-    let kw_d = table[r + 5u];
-    let groups = table[r + 6u];
-    let c_in = table[r + 7u];
-    let src0 = table[r + 8u];
-    let nsrc = table[r + 9u];
+    let job = jobs[gid.y];
+    let out_k = job.out_kernel;
+    let out_b = job.out_bias;
+    let o_count = job.out_channels;
+    let per = job.per;
+    let kh_d = job.kh;
+    let kw_d = job.kw;
+    let groups = job.groups;
+    let c_in = job.in_channels;
+    let src0 = job.first_source;
+    let nsrc = job.sources;
     let row = per * kh_d * kw_d;
     let nk = o_count * row;
     var n = nk;
@@ -52,21 +59,21 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
             let o = i / row;
             let c = (o / (o_count / groups)) * per + cl;
             for (var s = 0u; s < nsrc; s++) {
-                let q = src0 + s * SRC_STRIDE;
-                let k_off = table[q + 0u];
-                let os_count = table[q + 2u];
-                let gs = table[q + 3u];
-                let kh = table[q + 4u];
-                let kw = table[q + 5u];
-                let off_h = table[q + 6u];
-                let off_w = table[q + 7u];
-                let step_h = table[q + 8u];
-                let step_w = table[q + 9u];
-                let out_off = table[q + 10u];
-                let out_stride = table[q + 11u];
-                let in_off = table[q + 12u];
-                let in_stride = table[q + 13u];
-                let scale = bitcast<f32>(table[q + 14u]);
+                let src = sources[src0 + s];
+                let k_off = src.kernel;
+                let os_count = src.out_channels;
+                let gs = src.groups;
+                let kh = src.kh;
+                let kw = src.kw;
+                let off_h = src.offset_h;
+                let off_w = src.offset_w;
+                let step_h = src.step_h;
+                let step_w = src.step_w;
+                let out_off = src.out_offset;
+                let out_stride = src.out_stride;
+                let in_off = src.in_offset;
+                let in_stride = src.in_stride;
+                let scale = src.scale;
                 if (o < out_off || (o - out_off) % out_stride != 0u || (o - out_off) / out_stride >= os_count || h < off_h || w < off_w) {
                     continue;
                 }
@@ -76,7 +83,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
                     continue;
                 }
                 let os = (o - out_off) / out_stride;
-                let si = table[q + 15u];
+                let si = src.in_per_group;
                 // c is a destination input channel; map it back to the source's.
                 if (c < in_off || (c - in_off) % in_stride != 0u) {
                     continue;
@@ -86,18 +93,18 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
                 if (cs < base || cs >= base + si) {
                     continue;
                 }
-                acc += scale * bn_scale(q, os) * arena[k_off + ((os * si + (cs - base)) * kh + dh / step_h) * kw + dw / step_w];
+                acc += scale * bn_scale(src, os) * arena[k_off + ((os * si + (cs - base)) * kh + dh / step_h) * kw + dw / step_w];
             }
             arena[out_k + i] = acc;
         } else {
             let o = i - nk;
             for (var s = 0u; s < nsrc; s++) {
-                let q = src0 + s * SRC_STRIDE;
-                let b_off = table[q + 1u];
-                let os_count = table[q + 2u];
-                let out_off = table[q + 10u];
-                let out_stride = table[q + 11u];
-                let scale = bitcast<f32>(table[q + 14u]);
+                let src = sources[src0 + s];
+                let b_off = src.bias;
+                let os_count = src.out_channels;
+                let out_off = src.out_offset;
+                let out_stride = src.out_stride;
+                let scale = src.scale;
                 if (o < out_off || (o - out_off) % out_stride != 0u || (o - out_off) / out_stride >= os_count) {
                     continue;
                 }
@@ -106,9 +113,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
                 if (b_off != NONE) {
                     b = arena[b_off + os];
                 }
-                if (table[q + 16u] != NONE) {
+                if (src.gamma != NONE) {
                     // (b - mean) * s + beta
-                    b = (b - arena[table[q + 18u] + os]) * bn_scale(q, os) + arena[table[q + 17u] + os];
+                    b = (b - arena[src.mean + os]) * bn_scale(src, os) + arena[src.beta + os];
                 }
                 acc += scale * b;
             }

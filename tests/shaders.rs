@@ -2,6 +2,7 @@
 //! writes (uniform params structs, job record strides) match what the WGSL reads.
 //! No GPU needed.
 
+use repfuse::gpu::records::{ComposeJob, FillJob, FoldBnJob, GpuRecord, PlaceJob, PlaceSourceJob};
 use repfuse::gpu::{self, shaders};
 
 fn module(name: &str) -> naga::Module {
@@ -35,39 +36,49 @@ fn a_broken_shader_is_reported_with_its_name() {
     assert!(err.contains("broken"), "{}", err);
 }
 
-/// Size of the WGSL struct `Params` in `name`, as naga lays it out.
-fn wgsl_params_size(name: &str) -> u32 {
+/// (member name, byte offset) of WGSL struct `st` in shader `name`, and its size, as
+/// naga lays it out.
+fn wgsl_struct(name: &str, st: &str) -> (Vec<(String, usize)>, usize) {
     let m = module(name);
     let mut layouter = naga::proc::Layouter::default();
     layouter.update(m.to_ctx()).unwrap();
-    let (handle, _) = m.types.iter().find(|(_, t)| t.name.as_deref() == Some("Params")).unwrap_or_else(|| panic!("{} has no Params struct", name));
-    layouter[handle].size
+    let (handle, ty) = m.types.iter().find(|(_, t)| t.name.as_deref() == Some(st)).unwrap_or_else(|| panic!("{} has no struct {}", name, st));
+    let naga::TypeInner::Struct { members, span } = &ty.inner else { panic!("{}::{} is not a struct", name, st) };
+    assert_eq!(*span, layouter[handle].size, "{}::{}", name, st);
+    (members.iter().map(|mb| (mb.name.clone().unwrap_or_default(), mb.offset as usize)).collect(), *span as usize)
+}
+
+/// Every field of job record `J` has the name and offset of the WGSL struct's member
+/// in the same position, and the sizes agree (so an array of them has one stride).
+fn assert_record_layout<J: GpuRecord>(shader: &str) {
+    let (wgsl, size) = wgsl_struct(shader, J::WGSL_NAME);
+    let rust: Vec<(String, usize)> = J::fields().into_iter().map(|(n, o)| (n.to_string(), o)).collect();
+    assert_eq!(rust, wgsl, "{}: Rust fields (left) differ from the WGSL struct in {}.wgsl (right)", J::WGSL_NAME, shader);
+    assert_eq!(std::mem::size_of::<J>(), size, "{}: size", J::WGSL_NAME);
 }
 
 #[test]
-fn uniform_params_have_the_same_size_in_wgsl_and_rust() {
-    assert_eq!(wgsl_params_size("conv2d") as usize, std::mem::size_of::<gpu::ConvParams>());
-    assert_eq!(wgsl_params_size("conv2d_tiled") as usize, std::mem::size_of::<gpu::ConvParams>());
-    assert_eq!(wgsl_params_size("elementwise") as usize, std::mem::size_of::<gpu::ElementwiseParams>());
-    assert_eq!(wgsl_params_size("pool") as usize, std::mem::size_of::<gpu::PoolParams>());
-    assert_eq!(wgsl_params_size("linear") as usize, std::mem::size_of::<gpu::LinearParams>());
-}
-
-/// Value of a `const NAME: u32` in a shader.
-fn wgsl_const(name: &str, constant: &str) -> usize {
-    let m = module(name);
-    let (_, c) = m.constants.iter().find(|(_, c)| c.name.as_deref() == Some(constant)).unwrap_or_else(|| panic!("{} has no const {}", name, constant));
-    match m.global_expressions[c.init] {
-        naga::Expression::Literal(naga::Literal::U32(v)) => v as usize,
-        ref e => panic!("{}::{} is not a u32 literal: {:?}", name, constant, e),
-    }
+fn uniform_params_match_the_wgsl_structs_field_by_field() {
+    assert_record_layout::<gpu::ConvParams>("conv2d");
+    assert_record_layout::<gpu::ConvParams>("conv2d_tiled");
+    assert_record_layout::<gpu::ElementwiseParams>("elementwise");
+    assert_record_layout::<gpu::PoolParams>("pool");
+    assert_record_layout::<gpu::LinearParams>("linear");
 }
 
 #[test]
-fn job_record_strides_match_the_shaders() {
-    assert_eq!(wgsl_const("fold_bn", "STRIDE"), gpu::FOLD_BN_STRIDE);
-    assert_eq!(wgsl_const("fill", "STRIDE"), gpu::FILL_STRIDE);
-    assert_eq!(wgsl_const("place", "STRIDE"), gpu::PLACE_STRIDE);
-    assert_eq!(wgsl_const("place", "SRC_STRIDE"), gpu::PLACE_SRC_STRIDE);
-    assert_eq!(wgsl_const("compose", "STRIDE"), gpu::COMPOSE_STRIDE);
+fn job_records_match_the_wgsl_structs_field_by_field() {
+    assert_record_layout::<FoldBnJob>("fold_bn");
+    assert_record_layout::<FillJob>("fill");
+    assert_record_layout::<PlaceJob>("place");
+    assert_record_layout::<PlaceSourceJob>("place");
+    assert_record_layout::<ComposeJob>("compose");
+}
+
+#[test]
+fn a_job_record_out_of_step_with_its_shader_is_caught() {
+    // The check itself can fail: fold_bn's struct read as fill's.
+    let (wgsl, _) = wgsl_struct("fold_bn", "FoldBnJob");
+    let rust: Vec<(String, usize)> = FillJob::fields().into_iter().map(|(n, o)| (n.to_string(), o)).collect();
+    assert_ne!(rust, wgsl);
 }

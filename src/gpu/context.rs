@@ -27,7 +27,8 @@ pub enum Bind {
 fn layout_of(k: KernelId) -> &'static [Bind] {
     use Bind::*;
     match k {
-        KernelId::FoldBn | KernelId::Fill | KernelId::Place | KernelId::Compose => &[ReadWrite, Read],
+        KernelId::FoldBn | KernelId::Fill | KernelId::Compose => &[ReadWrite, Read],
+        KernelId::Place => &[ReadWrite, Read, Read],
         KernelId::Conv2d | KernelId::Conv2dTiled | KernelId::Linear | KernelId::Elementwise => &[Uniform, Read, Read, Read, ReadWrite],
         KernelId::Pool => &[Uniform, Read, ReadWrite],
     }

@@ -7,128 +7,131 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use super::context::{grid, GpuContext};
+use super::records::gpu_record;
 use super::shaders::KernelId;
 use crate::error::{Error, Result};
 use crate::graph::{infer_shapes, Activation, Graph, Node, Op, Shapes};
 use crate::tensor::Tensor;
 use crate::weights::Weights;
 
-/// Uniform of `conv2d.wgsl`/`conv2d_tiled.wgsl`; layout must match the WGSL struct.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct ConvParams {
-    /// Batch size.
-    pub n: u32,
-    /// Input channels.
-    pub c: u32,
-    /// Input height.
-    pub h: u32,
-    /// Input width.
-    pub w: u32,
-    /// Output channels.
-    pub o: u32,
-    /// Output height.
-    pub ho: u32,
-    /// Output width.
-    pub wo: u32,
-    /// Group count.
-    pub groups: u32,
-    /// Kernel height.
-    pub kh: u32,
-    /// Kernel width.
-    pub kw: u32,
-    /// Vertical stride.
-    pub sh: u32,
-    /// Horizontal stride.
-    pub sw: u32,
-    /// Top padding.
-    pub pt: u32,
-    /// Left padding.
-    pub pl: u32,
-    /// Vertical dilation.
-    pub dh: u32,
-    /// Horizontal dilation.
-    pub dw: u32,
-    /// 1 when the bias binding holds a real bias.
-    pub has_bias: u32,
-    /// Fused activation code (see `act_code`); 0 for none.
-    pub act: u32,
-    /// Activation parameter (LeakyRelu slope).
-    pub alpha: f32,
-    /// Padding to a 16-byte multiple.
-    pub _pad: u32,
+gpu_record! {
+    /// Uniform of `conv2d.wgsl`/`conv2d_tiled.wgsl`; layout must match the WGSL struct.
+    ConvParams as Params {
+        /// Batch size.
+        n: u32,
+        /// Input channels.
+        c: u32,
+        /// Input height.
+        h: u32,
+        /// Input width.
+        w: u32,
+        /// Output channels.
+        o: u32,
+        /// Output height.
+        ho: u32,
+        /// Output width.
+        wo: u32,
+        /// Group count.
+        groups: u32,
+        /// Kernel height.
+        kh: u32,
+        /// Kernel width.
+        kw: u32,
+        /// Vertical stride.
+        sh: u32,
+        /// Horizontal stride.
+        sw: u32,
+        /// Top padding.
+        pt: u32,
+        /// Left padding.
+        pl: u32,
+        /// Vertical dilation.
+        dh: u32,
+        /// Horizontal dilation.
+        dw: u32,
+        /// 1 when the bias binding holds a real bias.
+        has_bias: u32,
+        /// Fused activation code (see `act_code`); 0 for none.
+        act: u32,
+        /// Activation parameter (LeakyRelu slope).
+        alpha: f32,
+        /// Padding to a 16-byte multiple.
+        _pad: u32,
+    }
 }
 
-/// Uniform of `elementwise.wgsl`; layout must match the WGSL struct.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct ElementwiseParams {
-    /// 0: per-channel piecewise affine, 1: activation, 2: add.
-    pub op: u32,
-    /// Elements to process.
-    pub numel: u32,
-    /// Channel count (per-channel affine only).
-    pub channels: u32,
-    /// Elements per channel plane, H*W (per-channel affine only).
-    pub inner: u32,
-    /// Activation code (see `act_code`).
-    pub act: u32,
-    /// Activation parameter (LeakyRelu slope).
-    pub alpha: f32,
-    /// Padding to a 16-byte multiple.
-    pub _pad: [u32; 2],
+gpu_record! {
+    /// Uniform of `elementwise.wgsl`; layout must match the WGSL struct.
+    ElementwiseParams as Params {
+        /// 0: per-channel piecewise affine, 1: activation, 2: add.
+        op: u32,
+        /// Elements to process.
+        numel: u32,
+        /// Channel count (per-channel affine only).
+        channels: u32,
+        /// Elements per channel plane, H*W (per-channel affine only).
+        inner: u32,
+        /// Activation code (see `act_code`).
+        act: u32,
+        /// Activation parameter (LeakyRelu slope).
+        alpha: f32,
+        /// Padding to a 16-byte multiple.
+        _pad0: u32,
+        /// Padding to a 16-byte multiple.
+        _pad1: u32,
+    }
 }
 
-/// Uniform of `pool.wgsl`; layout must match the WGSL struct.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct PoolParams {
-    /// Planes to pool, N*C.
-    pub planes: u32,
-    /// Input height.
-    pub h: u32,
-    /// Input width.
-    pub w: u32,
-    /// Output height.
-    pub ho: u32,
-    /// Output width.
-    pub wo: u32,
-    /// Window height.
-    pub kh: u32,
-    /// Window width.
-    pub kw: u32,
-    /// Vertical stride.
-    pub sh: u32,
-    /// Horizontal stride.
-    pub sw: u32,
-    /// Top padding.
-    pub pt: u32,
-    /// Left padding.
-    pub pl: u32,
-    /// Bottom padding.
-    pub pb: u32,
-    /// Right padding.
-    pub pr: u32,
-    /// 1 to divide by the full window, padding included.
-    pub count_include_pad: u32,
-    /// Padding to a 16-byte multiple.
-    pub _pad0: u32,
-    /// Padding to a 16-byte multiple.
-    pub _pad1: u32,
+gpu_record! {
+    /// Uniform of `pool.wgsl`; layout must match the WGSL struct.
+    PoolParams as Params {
+        /// Planes to pool, N*C.
+        planes: u32,
+        /// Input height.
+        h: u32,
+        /// Input width.
+        w: u32,
+        /// Output height.
+        ho: u32,
+        /// Output width.
+        wo: u32,
+        /// Window height.
+        kh: u32,
+        /// Window width.
+        kw: u32,
+        /// Vertical stride.
+        sh: u32,
+        /// Horizontal stride.
+        sw: u32,
+        /// Top padding.
+        pt: u32,
+        /// Left padding.
+        pl: u32,
+        /// Bottom padding.
+        pb: u32,
+        /// Right padding.
+        pr: u32,
+        /// 1 to divide by the full window, padding included.
+        count_include_pad: u32,
+        /// Padding to a 16-byte multiple.
+        _pad0: u32,
+        /// Padding to a 16-byte multiple.
+        _pad1: u32,
+    }
 }
 
-/// Uniform of `linear.wgsl`; layout must match the WGSL struct.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct LinearParams {
-    /// Batch size.
-    pub n: u32,
-    /// Input features.
-    pub fin: u32,
-    /// Output features.
-    pub fout: u32,
-    /// 1 when the bias binding holds a real bias.
-    pub has_bias: u32,
+gpu_record! {
+    /// Uniform of `linear.wgsl`; layout must match the WGSL struct.
+    LinearParams as Params {
+        /// Batch size.
+        n: u32,
+        /// Input features.
+        fin: u32,
+        /// Output features.
+        fout: u32,
+        /// 1 when the bias binding holds a real bias.
+        has_bias: u32,
+    }
 }
 
 /// Activation code shared with `activation.wgsl` (0: none; see `Activation::gpu_code`).

@@ -4,11 +4,10 @@
 mod context;
 mod forward;
 mod plan_exec;
+pub mod records;
 pub mod shaders;
 
 pub use context::{grid, GpuContext, POLL_TIMEOUT};
 pub use forward::{act_code, forward_gpu, ConvParams, ElementwiseParams, GpuStep, GpuValue, LinearParams, PoolParams};
-pub use plan_exec::{
-    execute_plan_gpu, execute_plan_gpu_timed, GpuTiming, KernelTime, COMPOSE_STRIDE, FILL_STRIDE, FOLD_BN_STRIDE, PLACE_SRC_STRIDE, PLACE_STRIDE,
-};
+pub use plan_exec::{execute_plan_gpu, execute_plan_gpu_timed, GpuTiming, KernelTime};
 pub use shaders::KernelId;

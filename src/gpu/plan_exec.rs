@@ -12,17 +12,7 @@ use crate::plan::{FusionPlan, Step};
 use crate::tensor::Tensor;
 use crate::weights::Weights;
 
-const NONE: u32 = u32::MAX;
-/// Job record strides; `shaders_match_rust_constants` checks them against the WGSL.
-pub const FOLD_BN_STRIDE: usize = 16;
-/// u32 words per `fill.wgsl` job record.
-pub const FILL_STRIDE: usize = 16;
-/// u32 words per `place.wgsl` job record.
-pub const PLACE_STRIDE: usize = 16;
-/// u32 words per `place.wgsl` source record.
-pub const PLACE_SRC_STRIDE: usize = 24;
-/// u32 words per `compose.wgsl` job record.
-pub const COMPOSE_STRIDE: usize = 20;
+use super::records::{ComposeJob, FillJob, FoldBnJob, PlaceJob, PlaceSourceJob, NONE};
 
 /// Where each tensor lives in the arena (in f32 elements).
 struct Arena {
@@ -58,12 +48,21 @@ fn dims4(shape: &[usize]) -> Result<[usize; 4]> {
 /// Workgroups per job along x on a software adapter (lavapipe, llvmpipe, WARP).
 const SOFTWARE_WORKGROUPS: usize = 32;
 
+/// One step's job record (and, for `place`, its source records).
+enum Job {
+    FoldBn(FoldBnJob),
+    Fill(FillJob),
+    Place(PlaceJob, Vec<PlaceSourceJob>),
+    Compose(ComposeJob),
+}
+
 /// Records of one (level, primitive) dispatch: the job table and the largest job.
 #[derive(Default)]
 struct Batch {
+    /// The job records, as the shader's `jobs` array reads them.
     records: Vec<u32>,
-    /// `place` source records, after all job records in the final table.
-    side: Vec<u32>,
+    /// `place` source records (its `sources` array), indexed by `first_source`.
+    sources: Vec<PlaceSourceJob>,
     jobs: u32,
     max_elems: usize,
     /// Bytes the batch's steps read and write.
@@ -71,26 +70,19 @@ struct Batch {
 }
 
 impl Batch {
-    fn push(&mut self, kernel: KernelId, (mut record, side): Record, elems: usize) {
-        if kernel == KernelId::Place {
-            record[8] = self.side.len() as u32;
-        }
-        self.records.extend(record);
-        self.side.extend(side);
-        self.jobs += 1;
-        self.max_elems = self.max_elems.max(elems);
-    }
-
-    /// The table the shader reads: job records, then the source records they index.
-    fn table(mut self, kernel: KernelId) -> Vec<u32> {
-        if kernel == KernelId::Place {
-            let base = self.records.len() as u32;
-            for j in 0..self.jobs as usize {
-                self.records[j * PLACE_STRIDE + 8] += base;
+    fn push(&mut self, job: Job, elems: usize) {
+        match job {
+            Job::FoldBn(j) => self.records.extend_from_slice(bytemuck::cast_slice(&[j])),
+            Job::Fill(j) => self.records.extend_from_slice(bytemuck::cast_slice(&[j])),
+            Job::Compose(j) => self.records.extend_from_slice(bytemuck::cast_slice(&[j])),
+            Job::Place(mut j, srcs) => {
+                j.first_source = self.sources.len() as u32;
+                self.records.extend_from_slice(bytemuck::cast_slice(&[j]));
+                self.sources.extend(srcs);
             }
         }
-        self.records.extend(self.side);
-        self.records
+        self.jobs += 1;
+        self.max_elems = self.max_elems.max(elems);
     }
 }
 
@@ -237,10 +229,10 @@ pub fn execute_plan_gpu_timed(ctx: &GpuContext, plan: &FusionPlan, weights: &Wei
         for &i in &w.steps {
             let step = &plan.steps[i];
             let kernel = kernel_of(step);
-            let (record, elems) = encode(step, &w.arena, &shape_of)?;
+            let (job, elems) = encode(step, &w.arena, &shape_of)?;
             let bytes: usize = step.inputs().into_iter().chain(step.outputs()).map(numel_of).sum::<Result<usize>>()? * 4;
             let b = batches.entry((levels[i], kernel)).or_default();
-            b.push(kernel, record, elems);
+            b.push(job, elems);
             b.bytes += bytes as u64;
         }
         window_batches.push(batches);
@@ -292,8 +284,11 @@ pub fn execute_plan_gpu_timed(ctx: &GpuContext, plan: &FusionPlan, weights: &Wei
             // RepVGG-A0's plan 1036 -> 638 ms, MobileOne-S0's 283 -> 183 ms).
             let cap = if ctx.is_software() { SOFTWARE_WORKGROUPS } else { 65535 };
             let (x, jobs) = ((b.max_elems.div_ceil(256).clamp(1, cap)) as u32, b.jobs);
-            let table = ctx.table(kernel.name(), &b.table(kernel));
-            let bg = ctx.bind_group(&k, &[buf.as_entire_binding(), table.as_entire_binding()]);
+            let table = ctx.table(kernel.name(), &b.records);
+            let sources = (kernel == KernelId::Place).then(|| ctx.table("place sources", bytemuck::cast_slice(&b.sources)));
+            let mut bindings = vec![buf.as_entire_binding(), table.as_entire_binding()];
+            bindings.extend(sources.as_ref().map(|t| t.as_entire_binding()));
+            let bg = ctx.bind_group(&k, &bindings);
             pass.set_pipeline(&k.pipeline);
             pass.set_bind_group(0, &bg, &[]);
             pass.dispatch_workgroups(x, jobs, 1);
@@ -370,128 +365,155 @@ fn kernel_of(step: &Step) -> KernelId {
     }
 }
 
-type Record = (Vec<u32>, Vec<u32>);
-
-/// Encodes one step as a job record, plus for `place` its source records, and the
-/// number of elements it writes.
-fn encode(step: &Step, arena: &Arena, shape_of: &dyn Fn(&str) -> Result<Vec<usize>>) -> Result<(Record, usize)> {
+/// Encodes one step as its job record, and the number of elements it writes.
+fn encode(step: &Step, arena: &Arena, shape_of: &dyn Fn(&str) -> Result<Vec<usize>>) -> Result<(Job, usize)> {
     let u = |x: usize| x as u32;
     Ok(match step {
         Step::FoldBn { kernel, bias, bn, out_kernel, out_bias } => {
             let k = shape_of(kernel)?;
             let o = k[0];
             let row: usize = k.iter().skip(1).product();
-            let mut r = vec![
-                arena.at(kernel)?,
-                arena.at_opt(bias.as_ref())?,
-                arena.at(&bn.gamma)?,
-                arena.at(&bn.beta)?,
-                arena.at(&bn.mean)?,
-                arena.at(&bn.var)?,
-                arena.at(out_kernel)?,
-                arena.at(out_bias)?,
-                u(o),
-                u(row),
-                bn.eps.to_bits(),
-            ];
-            r.resize(FOLD_BN_STRIDE, 0);
-            ((r, vec![]), o * row + o)
+            let job = FoldBnJob {
+                kernel: arena.at(kernel)?,
+                bias: arena.at_opt(bias.as_ref())?,
+                gamma: arena.at(&bn.gamma)?,
+                beta: arena.at(&bn.beta)?,
+                mean: arena.at(&bn.mean)?,
+                variance: arena.at(&bn.var)?,
+                out_kernel: arena.at(out_kernel)?,
+                out_bias: arena.at(out_bias)?,
+                out_channels: u(o),
+                row: u(row),
+                eps: bn.eps,
+            };
+            (Job::FoldBn(job), o * row + o)
         }
         Step::BnToConv { bn, channels, out_kernel, out_bias } => {
-            let mut r = vec![
-                2,
-                u(*channels),
-                1,
-                1,
-                1,
-                arena.at(out_kernel)?,
-                arena.at(out_bias)?,
-                arena.at(&bn.gamma)?,
-                arena.at(&bn.beta)?,
-                arena.at(&bn.mean)?,
-                arena.at(&bn.var)?,
-                bn.eps.to_bits(),
-            ];
-            r.resize(FILL_STRIDE, 0);
-            ((r, vec![]), 2 * channels)
+            let job = FillJob {
+                mode: 2,
+                channels: u(*channels),
+                per: 1,
+                kh: 1,
+                kw: 1,
+                out_kernel: arena.at(out_kernel)?,
+                out_bias: arena.at(out_bias)?,
+                gamma: arena.at(&bn.gamma)?,
+                beta: arena.at(&bn.beta)?,
+                mean: arena.at(&bn.mean)?,
+                variance: arena.at(&bn.var)?,
+                eps: bn.eps,
+            };
+            (Job::Fill(job), 2 * channels)
         }
         Step::Dirac { channels, groups, kernel, out_kernel } => {
-            if kernel[0] % 2 == 0 || kernel[1] % 2 == 0 || *groups == 0 || channels % groups != 0 {
+            if kernel[0] % 2 == 0 || kernel[1] % 2 == 0 || *groups == 0 || !channels.is_multiple_of(*groups) {
                 return Err(Error::tensor(out_kernel, format!("dirac needs an odd kernel and groups dividing channels, got {:?} / {}", kernel, groups)));
             }
             let per = channels / groups;
-            let mut r = vec![0, u(*channels), u(per), u(kernel[0]), u(kernel[1]), arena.at(out_kernel)?, NONE];
-            r.resize(FILL_STRIDE, 0);
-            ((r, vec![]), channels * per * kernel[0] * kernel[1])
+            let job = FillJob {
+                mode: 0,
+                channels: u(*channels),
+                per: u(per),
+                kh: u(kernel[0]),
+                kw: u(kernel[1]),
+                out_kernel: arena.at(out_kernel)?,
+                out_bias: NONE,
+                ..fill_no_bn()
+            };
+            (Job::Fill(job), channels * per * kernel[0] * kernel[1])
         }
         Step::AvgPoolKernel { channels, kernel, out_kernel } => {
-            let mut r = vec![1, u(*channels), 1, u(kernel[0]), u(kernel[1]), arena.at(out_kernel)?, NONE];
-            r.resize(FILL_STRIDE, 0);
-            ((r, vec![]), channels * kernel[0] * kernel[1])
+            let job = FillJob {
+                mode: 1,
+                channels: u(*channels),
+                per: 1,
+                kh: u(kernel[0]),
+                kw: u(kernel[1]),
+                out_kernel: arena.at(out_kernel)?,
+                out_bias: NONE,
+                ..fill_no_bn()
+            };
+            (Job::Fill(job), channels * kernel[0] * kernel[1])
         }
         Step::Place { out_shape, groups, in_channels, sources, out_kernel, out_bias } => {
             let [o, per, kh, kw] = dims4(out_shape)?;
-            // Source records go in a side list; `src0` (field 8) is set by `Batch`.
-            let mut srcs = vec![];
+            let mut srcs = Vec::with_capacity(sources.len());
             for s in sources {
                 let [so, si, sh, sw] = dims4(&shape_of(&s.kernel)?)?;
                 let m = s.map;
-                let mut q = vec![
-                    arena.at(&s.kernel)?,
-                    arena.at_opt(s.bias.as_ref())?,
-                    u(so),
-                    u(s.groups),
-                    u(sh),
-                    u(sw),
-                    u(s.offset[0]),
-                    u(s.offset[1]),
-                    u(s.step[0]),
-                    u(s.step[1]),
-                    u(s.out_offset),
-                    u(m.out_stride),
-                    u(m.in_offset),
-                    u(m.in_stride),
-                    m.scale.to_bits(),
-                    u(si),
-                ];
-                match &s.bn {
-                    Some(bn) => q.extend([arena.at(&bn.gamma)?, arena.at(&bn.beta)?, arena.at(&bn.mean)?, arena.at(&bn.var)?, bn.eps.to_bits()]),
-                    None => q.extend([NONE, NONE, NONE, NONE, 0]),
-                }
-                q.resize(PLACE_SRC_STRIDE, 0);
-                srcs.extend(q);
+                let (gamma, beta, mean, variance, eps) = match &s.bn {
+                    Some(bn) => (arena.at(&bn.gamma)?, arena.at(&bn.beta)?, arena.at(&bn.mean)?, arena.at(&bn.var)?, bn.eps),
+                    None => (NONE, NONE, NONE, NONE, 0.0),
+                };
+                srcs.push(PlaceSourceJob {
+                    kernel: arena.at(&s.kernel)?,
+                    bias: arena.at_opt(s.bias.as_ref())?,
+                    out_channels: u(so),
+                    groups: u(s.groups),
+                    kh: u(sh),
+                    kw: u(sw),
+                    offset_h: u(s.offset[0]),
+                    offset_w: u(s.offset[1]),
+                    step_h: u(s.step[0]),
+                    step_w: u(s.step[1]),
+                    out_offset: u(s.out_offset),
+                    out_stride: u(m.out_stride),
+                    in_offset: u(m.in_offset),
+                    in_stride: u(m.in_stride),
+                    scale: m.scale,
+                    in_per_group: u(si),
+                    gamma,
+                    beta,
+                    mean,
+                    variance,
+                    eps,
+                });
             }
-            let mut r =
-                vec![arena.at(out_kernel)?, arena.at_opt(out_bias.as_ref())?, u(o), u(per), u(kh), u(kw), u(*groups), u(*in_channels), 0, u(sources.len())];
-            r.resize(PLACE_STRIDE, 0);
-            ((r, srcs), o * per * kh * kw + o)
+            let job = PlaceJob {
+                out_kernel: arena.at(out_kernel)?,
+                out_bias: arena.at_opt(out_bias.as_ref())?,
+                out_channels: u(o),
+                per: u(per),
+                kh: u(kh),
+                kw: u(kw),
+                groups: u(*groups),
+                in_channels: u(*in_channels),
+                // Set by `Batch::push`, where the batch's source list is known.
+                first_source: 0,
+                sources: u(sources.len()),
+            };
+            (Job::Place(job, srcs), o * per * kh * kw + o)
         }
         Step::Compose { first, second, in_channels, out_shape, groups, out_kernel, out_bias } => {
             let [m, ca, ah, aw] = dims4(&shape_of(&first.kernel)?)?;
             let [o, mb, bh, bw] = dims4(&shape_of(&second.kernel)?)?;
-            let mut r = vec![
-                arena.at(&first.kernel)?,
-                arena.at_opt(first.bias.as_ref())?,
-                u(first.groups),
-                u(m),
-                u(ca),
-                u(ah),
-                u(aw),
-                arena.at(&second.kernel)?,
-                arena.at_opt(second.bias.as_ref())?,
-                u(second.groups),
-                u(o),
-                u(mb),
-                u(bh),
-                u(bw),
-                u(*in_channels),
-                u(*groups),
-                arena.at(out_kernel)?,
-                arena.at_opt(out_bias.as_ref())?,
-            ];
-            r.resize(COMPOSE_STRIDE, 0);
+            let job = ComposeJob {
+                first_kernel: arena.at(&first.kernel)?,
+                first_bias: arena.at_opt(first.bias.as_ref())?,
+                first_groups: u(first.groups),
+                mid: u(m),
+                first_per: u(ca),
+                first_kh: u(ah),
+                first_kw: u(aw),
+                second_kernel: arena.at(&second.kernel)?,
+                second_bias: arena.at_opt(second.bias.as_ref())?,
+                second_groups: u(second.groups),
+                out_channels: u(o),
+                second_per: u(mb),
+                second_kh: u(bh),
+                second_kw: u(bw),
+                in_channels: u(*in_channels),
+                groups: u(*groups),
+                out_kernel: arena.at(out_kernel)?,
+                out_bias: arena.at_opt(out_bias.as_ref())?,
+            };
             let n: usize = out_shape.iter().product();
-            ((r, vec![]), n + o)
+            (Job::Compose(job), n + o)
         }
     })
+}
+
+/// A fill job's BN fields when it has no batch norm.
+fn fill_no_bn() -> FillJob {
+    FillJob { gamma: NONE, beta: NONE, mean: NONE, variance: NONE, ..FillJob::default() }
 }
