@@ -34,11 +34,14 @@ pub fn fold_bn_into_conv(ctx: &mut Ctx, i: usize) -> Option<Patch> {
     }
     let w = ctx.fresh(&prod.name, "weight");
     let b = ctx.fresh(&prod.name, "bias");
-    let fused = ConvLike { weight: w.clone(), bias: Some(b.clone()), ..conv.clone() };
+    let fused = conv.with(|c| {
+        c.weight = w.clone();
+        c.bias = Some(b.clone());
+    });
     Some(Patch {
         remove: vec![p, i],
         params: vec![(w.clone(), fused.weight_shape()), (b.clone(), vec![conv.out_channels])],
-        steps: vec![Step::FoldBn { kernel: conv.weight, bias: conv.bias, bn: bn_params(&bn), out_kernel: w, out_bias: b }],
+        steps: vec![Step::FoldBn { kernel: conv.weight.clone(), bias: conv.bias.clone(), bn: bn_params(&bn), out_kernel: w, out_bias: b }],
         add: vec![Node { name: prod.name.clone(), op: fused.to_op(), inputs: prod.inputs.clone(), outputs: n.outputs.clone() }],
         rule: "conv+bn",
         into: prod.name,
@@ -63,7 +66,10 @@ pub fn fold_bn_into_next(ctx: &mut Ctx, i: usize) -> Option<Patch> {
     }
     let (dw_k, dw_b) = (ctx.fresh(&n.name, "dw_weight"), ctx.fresh(&n.name, "dw_bias"));
     let (w, b) = (ctx.fresh(&next.name, "weight"), ctx.fresh(&next.name, "bias"));
-    let fused = ConvLike { weight: w.clone(), bias: Some(b.clone()), ..conv.clone() };
+    let fused = conv.with(|c| {
+        c.weight = w.clone();
+        c.bias = Some(b.clone());
+    });
     Some(Patch {
         remove: vec![i, c],
         params: vec![(w.clone(), fused.weight_shape()), (b.clone(), vec![conv.out_channels])],
@@ -71,7 +77,7 @@ pub fn fold_bn_into_next(ctx: &mut Ctx, i: usize) -> Option<Patch> {
             Step::BnToConv { bn: bn_params(&bn), channels: bn.channels, out_kernel: dw_k.clone(), out_bias: dw_b.clone() },
             Step::Compose {
                 first: ConvOperand { kernel: dw_k, bias: Some(dw_b), groups: bn.channels },
-                second: ConvOperand { kernel: conv.weight, bias: conv.bias, groups: conv.groups },
+                second: ConvOperand { kernel: conv.weight.clone(), bias: conv.bias.clone(), groups: conv.groups },
                 in_channels: bn.channels,
                 out_shape: fused.weight_shape(),
                 groups: conv.groups,

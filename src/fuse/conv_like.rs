@@ -12,78 +12,65 @@ pub enum Kind {
     Linear,
 }
 
-/// The fields of a `Conv2d` or `Linear`, as one conv shape the rules work on.
+/// A `Conv2d` or a `Linear`, as the one conv the rules work on: a Linear is the
+/// dense 1x1 conv with its weight and bias. Reads (and writes) the conv's fields
+/// through `Deref`, so the geometry is described once, by `Conv2d`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ConvLike {
     /// The op it came from.
     pub kind: Kind,
-    /// Kernel tensor name, `[O, I/groups, kh, kw]` or `[O, I]`.
-    pub weight: String,
-    /// Bias tensor name `[O]`, if any.
-    pub bias: Option<String>,
-    /// Input channels (features for a Linear).
-    pub in_channels: usize,
-    /// Output channels (features for a Linear).
-    pub out_channels: usize,
-    /// Kernel size `[kh, kw]`; `[1, 1]` for a Linear.
-    pub kernel: [usize; 2],
-    /// Stride `[sh, sw]`.
-    pub stride: [usize; 2],
-    /// Padding `[top, left, bottom, right]`.
-    pub pads: [usize; 4],
-    /// Dilation `[dh, dw]`.
-    pub dilation: [usize; 2],
-    /// Group count; 1 for a Linear.
-    pub groups: usize,
+    /// Its conv: the op itself, or the Linear as a 1x1 conv.
+    pub conv: Conv2d,
+}
+
+impl std::ops::Deref for ConvLike {
+    type Target = Conv2d;
+    fn deref(&self) -> &Conv2d {
+        &self.conv
+    }
+}
+
+impl std::ops::DerefMut for ConvLike {
+    fn deref_mut(&mut self) -> &mut Conv2d {
+        &mut self.conv
+    }
 }
 
 impl ConvLike {
     /// The conv view of a `Conv2d` or `Linear` op; `None` for any other op.
     pub fn from_op(op: &Op) -> Option<ConvLike> {
         match op {
-            Op::Conv2d(c) => Some(ConvLike {
-                kind: Kind::Conv,
-                weight: c.weight.clone(),
-                bias: c.bias.clone(),
-                in_channels: c.in_channels,
-                out_channels: c.out_channels,
-                kernel: c.kernel,
-                stride: c.stride,
-                pads: c.pads,
-                dilation: c.dilation,
-                groups: c.groups,
-            }),
+            Op::Conv2d(c) => Some(ConvLike { kind: Kind::Conv, conv: c.clone() }),
             Op::Linear(l) => Some(ConvLike {
                 kind: Kind::Linear,
-                weight: l.weight.clone(),
-                bias: l.bias.clone(),
-                in_channels: l.in_features,
-                out_channels: l.out_features,
-                kernel: [1, 1],
-                stride: [1, 1],
-                pads: [0; 4],
-                dilation: [1, 1],
-                groups: 1,
+                conv: Conv2d {
+                    weight: l.weight.clone(),
+                    bias: l.bias.clone(),
+                    in_channels: l.in_features,
+                    out_channels: l.out_features,
+                    kernel: [1, 1],
+                    stride: [1, 1],
+                    pads: [0; 4],
+                    dilation: [1, 1],
+                    groups: 1,
+                },
             }),
             _ => None,
         }
+    }
+
+    /// The same kind of op with `f` applied to its conv.
+    pub fn with(&self, f: impl FnOnce(&mut Conv2d)) -> ConvLike {
+        let mut c = self.clone();
+        f(&mut c.conv);
+        c
     }
 
     /// Back to an op of the same kind. A Linear can only hold a dense 1x1 result;
     /// rules make sure of that before they build one.
     pub fn to_op(&self) -> Op {
         match self.kind {
-            Kind::Conv => Op::Conv2d(Conv2d {
-                weight: self.weight.clone(),
-                bias: self.bias.clone(),
-                in_channels: self.in_channels,
-                out_channels: self.out_channels,
-                kernel: self.kernel,
-                stride: self.stride,
-                pads: self.pads,
-                dilation: self.dilation,
-                groups: self.groups,
-            }),
+            Kind::Conv => Op::Conv2d(self.conv.clone()),
             Kind::Linear => {
                 debug_assert!(self.groups == 1 && self.kernel == [1, 1]);
                 Op::Linear(Linear { weight: self.weight.clone(), bias: self.bias.clone(), in_features: self.in_channels, out_features: self.out_channels })
@@ -91,22 +78,12 @@ impl ConvLike {
         }
     }
 
-    /// Weight tensor shape for this geometry.
+    /// Weight tensor shape of the op (`[O, I]` for a Linear).
     pub fn weight_shape(&self) -> Vec<usize> {
         match self.kind {
-            Kind::Conv => vec![self.out_channels, self.in_channels / self.groups, self.kernel[0], self.kernel[1]],
+            Kind::Conv => self.conv.weight_shape(),
             Kind::Linear => vec![self.out_channels, self.in_channels],
         }
-    }
-
-    /// A 1x1 kernel (every Linear is one).
-    pub fn is_pointwise(&self) -> bool {
-        self.kernel == [1, 1]
-    }
-
-    /// Any side padded by more than zero.
-    pub fn has_padding(&self) -> bool {
-        self.pads.iter().any(|&p| p > 0)
     }
 
     /// Input-channel range read by each output channel, for the group computation.

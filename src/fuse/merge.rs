@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use super::conv_like::{ConvLike, Kind};
 use super::geometry::{coarsest_groups, merge_windows, Window};
 use super::rule::{Ctx, Patch};
-use crate::graph::{Node, Op};
+use crate::graph::{Conv2d, Node, Op};
 use crate::plan::{PlaceSource, Step};
 
 /// `Add(Add(a, b), c)` => `Add(a, b, c)` when the inner sum has no other reader.
@@ -82,8 +82,7 @@ type Merged = (ConvLike, Step, Vec<(String, Vec<usize>)>);
 /// Builds the merged conv of `branches` (summed when `stack` is false, stacked on
 /// output channels when true), or returns why it would not be exact.
 fn merge_branches(ctx: &mut Ctx, branches: &[&Branch], stack: bool, name: &str) -> Result<Merged, String> {
-    let windows: Vec<Window> =
-        branches.iter().map(|b| Window { kernel: b.conv.kernel, stride: b.conv.stride, pads: b.conv.pads, dilation: b.conv.dilation }).collect();
+    let windows: Vec<Window> = branches.iter().map(|b| b.conv.window()).collect();
     let merged = merge_windows(&windows)?;
     let in_channels = branches[0].conv.in_channels;
     let mut out_offsets = Vec::with_capacity(branches.len());
@@ -101,15 +100,7 @@ fn merge_branches(ctx: &mut Ctx, branches: &[&Branch], stack: bool, name: &str) 
     let bias = branches.iter().any(|b| b.conv.bias.is_some()).then(|| ctx.fresh(name, "bias"));
     let conv = ConvLike {
         kind: branches[0].conv.kind,
-        weight: w.clone(),
-        bias: bias.clone(),
-        in_channels,
-        out_channels,
-        kernel: merged.window.kernel,
-        stride: merged.window.stride,
-        pads: merged.window.pads,
-        dilation: merged.window.dilation,
-        groups,
+        conv: Conv2d { weight: w.clone(), bias: bias.clone(), in_channels, out_channels, groups, ..Conv2d::from_window(merged.window) },
     };
     let sources = branches
         .iter()

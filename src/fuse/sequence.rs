@@ -53,14 +53,14 @@ pub fn compose_sequence(ctx: &mut Ctx, i: usize) -> Option<Patch> {
         for (x, y) in pads.iter_mut().zip(a.pads) {
             *x += y;
         }
-        ConvLike { pads, ..b.clone() }
+        b.with(|c| c.pads = pads)
     } else if b.is_pointwise() {
         if b.stride != [1, 1] || b.has_padding() {
             let reason = format!("1x1 conv `{}` has stride {:?} / pads {:?} after `{}`: not one conv", names[1], b.stride, b.pads, names[0]);
             ctx.refuse("compose_sequence", &names, reason);
             return None;
         }
-        ConvLike { out_channels: b.out_channels, ..a.clone() }
+        a.with(|c| c.out_channels = b.out_channels)
     } else {
         // KxK then KxK widens the kernel; not a re-parameterization we apply.
         return None;
@@ -89,15 +89,20 @@ pub fn compose_sequence(ctx: &mut Ctx, i: usize) -> Option<Patch> {
     }
     let w = ctx.fresh(&second_node.name, "weight");
     let bias = (a.bias.is_some() || b.bias.is_some()).then(|| ctx.fresh(&second_node.name, "bias"));
-    let fused = ConvLike { weight: w.clone(), bias: bias.clone(), in_channels: a.in_channels, groups, ..fused_geometry };
+    let fused = fused_geometry.with(|c| {
+        c.weight = w.clone();
+        c.bias = bias.clone();
+        c.in_channels = a.in_channels;
+        c.groups = groups;
+    });
     let mut params = vec![(w.clone(), fused.weight_shape())];
     params.extend(bias.iter().map(|n| (n.clone(), vec![b.out_channels])));
     Some(Patch {
         remove: vec![p, i],
         params,
         steps: vec![Step::Compose {
-            first: ConvOperand { kernel: a.weight, bias: a.bias, groups: a.groups },
-            second: ConvOperand { kernel: b.weight, bias: b.bias, groups: b.groups },
+            first: ConvOperand { kernel: a.weight.clone(), bias: a.bias.clone(), groups: a.groups },
+            second: ConvOperand { kernel: b.weight.clone(), bias: b.bias.clone(), groups: b.groups },
             in_channels: a.in_channels,
             out_shape: fused.weight_shape(),
             groups,

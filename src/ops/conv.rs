@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::{check, FromOnnx, Op, OpDef, ParamShapes};
 use crate::cpu::ErrorScaleArgs;
 use crate::error::{Error, Result};
+use crate::fuse::geometry::Window;
 use crate::gpu::{ConvParams, GpuStep, GpuValue, KernelId};
 use crate::graph::{window_out, Node};
 use crate::io::onnx::attrs::{self, make_int, make_ints, node_proto};
@@ -50,6 +51,25 @@ impl Conv2d {
     /// Any side padded by more than zero.
     pub fn has_padding(&self) -> bool {
         self.pads.iter().any(|&p| p > 0)
+    }
+    /// Its sliding window (kernel, stride, pads, dilation).
+    pub fn window(&self) -> Window {
+        Window { kernel: self.kernel, stride: self.stride, pads: self.pads, dilation: self.dilation }
+    }
+    /// A conv of window `w`; channels, groups and tensors still to be set (one
+    /// group, no channels, no weight).
+    pub fn from_window(w: Window) -> Conv2d {
+        Conv2d {
+            weight: String::new(),
+            bias: None,
+            in_channels: 0,
+            out_channels: 0,
+            kernel: w.kernel,
+            stride: w.stride,
+            pads: w.pads,
+            dilation: w.dilation,
+            groups: 1,
+        }
     }
 }
 
