@@ -12,7 +12,8 @@ use crate::graph::Graph;
 use crate::weights::Weights;
 
 /// Where the weight arithmetic runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "tools", derive(clap::ValueEnum))]
 pub enum Backend {
     /// A hardware GPU when one exists; the native CPU reference when the only adapter
     /// is a software one (lavapipe/llvmpipe/WARP), which is slower than native code.

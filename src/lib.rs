@@ -7,9 +7,16 @@
 //! with a reason, what would not be exact. The weight arithmetic is a [`FusionPlan`]
 //! executed by the CPU reference ([`cpu`]) or the GPU engine.
 
+//!
+//! The library an application embeds is [`Fuser`] (fuse, verify, write), [`Graph`],
+//! [`Weights`], [`FusionReport`], [`io`], [`verify`] and [`Error`]; the command, its
+//! benchmarks and the synthetic model zoo are behind the default feature `tools`.
+
 #![warn(missing_docs)]
 
+#[cfg(feature = "tools")]
 pub mod bench;
+#[cfg(feature = "tools")]
 pub mod cli;
 pub mod cpu;
 pub mod error;
@@ -24,6 +31,7 @@ pub mod plan;
 pub mod tensor;
 pub mod verify;
 pub mod weights;
+#[cfg(feature = "tools")]
 pub mod zoo;
 
 pub use error::{Error, Result};

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::ops::{Activation, AvgPool2d, BatchNorm, Conv2d, Linear, Op, Opaque, ShapeHint, WrittenAs};
 pub use index::GraphIndex;
-pub(crate) use shape::infer_node;
+pub use shape::infer_node;
 pub use shape::{infer_shapes, infer_shapes_seeded, node_flops, window_out, Shapes};
 
 /// Output length of a conv axis (no ceil mode).

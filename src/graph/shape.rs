@@ -42,7 +42,7 @@ pub fn infer_shapes_seeded(g: &Graph, seed: Shapes) -> Result<Shapes> {
 
 /// The output shape of `n` (added to `g` or about to be), from the shapes of its
 /// inputs known so far: one node's step of `infer_shapes`, for graphs built node by node.
-pub(crate) fn infer_node(g: &Graph, n: &Node, shapes: &Shapes) -> Result<Option<Vec<usize>>> {
+pub fn infer_node(g: &Graph, n: &Node, shapes: &Shapes) -> Result<Option<Vec<usize>>> {
     let ins: Option<Vec<&Vec<usize>>> = n.inputs.iter().map(|t| shapes.get(t).or_else(|| g.params.get(t))).collect();
     match ins {
         Some(ins) => node_output_shape(n, &ins),
