@@ -8,7 +8,6 @@
 //! adds `act(x) - act(-x)`. Exact, but it widens E by 2C channels: the added FLOPs are
 //! in the report, which is why it is opt-in.
 
-use super::conv_like::ConvLike;
 use super::rule::{Ctx, Patch};
 use crate::graph::{Activation, Conv2d, Node, Op};
 use crate::plan::{ChannelMap, PlaceSource, Step};
@@ -38,27 +37,55 @@ pub fn widen_shortcut(ctx: &mut Ctx, i: usize) -> Option<Patch> {
     if !ctx.widen_shortcuts {
         return None;
     }
+    let ch = match_chain(ctx, i)?;
+    let d = &ch.d;
+    let centred = (0..2).all(|a| d.kernel[a] % 2 == 1 && d.pads[a] == (d.kernel[a] / 2) * d.dilation[a] && d.pads[a + 2] == d.pads[a]);
+    if !centred {
+        let why = format!("depthwise kernel {:?} with pads {:?} has no centre tap to carry x", d.kernel, d.pads);
+        ctx.refuse("widen_shortcut", &ch.names.iter().map(String::as_str).collect::<Vec<_>>(), why);
+        return None;
+    }
+    Some(widened(ctx, ch))
+}
+
+/// A matched block `x -> D (depthwise) -> E (dense 1x1) -> act -> P (dense 1x1) -> + x`
+/// with every intermediate read once: node indices, the three convs, and names
+/// `[D, E, act, P, add]`.
+struct Chain {
+    add: Node,
+    nodes: [usize; 5],
+    d: Conv2d,
+    e: Conv2d,
+    p: Conv2d,
+    act: Activation,
+    /// `1 / k` where `act(x) - act(-x) = k x`.
+    inv: f32,
+    x: String,
+    names: [String; 5],
+}
+
+/// The block ending at Add node `i`, when it has the shape above.
+fn match_chain(ctx: &Ctx, i: usize) -> Option<Chain> {
     let add = ctx.node(i).clone();
     if add.op != Op::Add || add.inputs.len() != 2 {
         return None;
     }
-    let sole = |ctx: &Ctx, t: &str, by: usize| ctx.index.sole_consumer(t) == Some(by);
+    let sole = |t: &str, by: usize| ctx.index.sole_consumer(t) == Some(by);
     // Either order: (projection output, shortcut).
     let (pi, p, x) = [(0, 1), (1, 0)].iter().find_map(|&(a, b)| {
         let (pi, p) = conv_at(ctx, &add.inputs[a])?;
-        (dense_pointwise(&p) && sole(ctx, &add.inputs[a], i)).then(|| (pi, p, add.inputs[b].clone()))
+        (dense_pointwise(&p) && sole(&add.inputs[a], i)).then(|| (pi, p, add.inputs[b].clone()))
     })?;
     let ai = ctx.producer(&ctx.node(pi).inputs[0])?;
-    let act_node = ctx.node(ai).clone();
+    let act_node = ctx.node(ai);
     let Op::Activation(act) = act_node.op else { return None };
     let inv = odd_part_scale(act)?;
     let (ei, e) = conv_at(ctx, &act_node.inputs[0])?;
-    let (di, d) = conv_at(ctx, &ctx.node(ei).inputs[0].clone())?;
+    let (di, d) = conv_at(ctx, &ctx.node(ei).inputs[0])?;
     let c = d.in_channels;
-    let centred = (0..2).all(|a| d.kernel[a] % 2 == 1 && d.pads[a] == (d.kernel[a] / 2) * d.dilation[a] && d.pads[a + 2] == d.pads[a]);
-    let chain_ok = sole(ctx, &act_node.outputs[0], pi)
-        && sole(ctx, &act_node.inputs[0], ai)
-        && sole(ctx, &ctx.node(ei).inputs[0], ei)
+    let chain_ok = sole(&act_node.outputs[0], pi)
+        && sole(&act_node.inputs[0], ai)
+        && sole(&ctx.node(ei).inputs[0], ei)
         && ctx.node(di).inputs[0] == x
         && d.groups == c
         && d.out_channels == c
@@ -67,19 +94,15 @@ pub fn widen_shortcut(ctx: &mut Ctx, i: usize) -> Option<Patch> {
         && e.in_channels == c
         && p.out_channels == c
         && p.in_channels == e.out_channels;
-    if !chain_ok {
-        return None;
-    }
     let names = [ctx.node(di).name.clone(), ctx.node(ei).name.clone(), act_node.name.clone(), ctx.node(pi).name.clone(), add.name.clone()];
-    if !centred {
-        ctx.refuse(
-            "widen_shortcut",
-            &names.iter().map(String::as_str).collect::<Vec<_>>(),
-            format!("depthwise kernel {:?} with pads {:?} has no centre tap to carry x", d.kernel, d.pads),
-        );
-        return None;
-    }
-    let h = e.out_channels;
+    chain_ok.then_some(Chain { add, nodes: [di, ei, ai, pi, i], d, e, p, act, inv, x, names })
+}
+
+/// The widened block: D' carries x beside D(x), E' passes +x and -x beside E's
+/// outputs, and P' adds `(act(x) - act(-x)) / k = x` back, so the Add goes.
+fn widened(ctx: &mut Ctx, ch: Chain) -> Patch {
+    let Chain { add, nodes, d, e, p, act, inv, x, names } = ch;
+    let (c, h) = (d.in_channels, e.out_channels);
     let id_dw = ctx.fresh(&names[0], "identity");
     let id_dense = ctx.fresh(&names[1], "identity");
     let (dw, dwb) = (ctx.fresh(&names[0], "weight"), ctx.fresh(&names[0], "bias"));
@@ -135,20 +158,18 @@ pub fn widen_shortcut(ctx: &mut Ctx, i: usize) -> Option<Patch> {
         },
     ];
     let conv = |w: &str, b: &str, cin: usize, cout: usize, g: usize, like: &Conv2d| {
-        ConvLike::from_op(&Op::Conv2d(Conv2d { weight: w.into(), bias: Some(b.into()), in_channels: cin, out_channels: cout, groups: g, ..like.clone() }))
-            .expect("a conv")
-            .to_op()
+        Op::Conv2d(Conv2d { weight: w.into(), bias: Some(b.into()), in_channels: cin, out_channels: cout, groups: g, ..like.clone() })
     };
     let (t_d, t_e) = (ctx.fresh(&names[0], "wide_out"), ctx.fresh(&names[1], "wide_out"));
     let t_a = ctx.fresh(&names[2], "wide_out");
     let add_nodes = vec![
-        Node { name: names[0].clone(), op: conv(&dw, &dwb, c, 2 * c, c, &d), inputs: vec![x.clone()], outputs: vec![t_d.clone()] },
+        Node { name: names[0].clone(), op: conv(&dw, &dwb, c, 2 * c, c, &d), inputs: vec![x], outputs: vec![t_d.clone()] },
         Node { name: names[1].clone(), op: conv(&ew, &eb, 2 * c, h + 2 * c, 1, &e), inputs: vec![t_d], outputs: vec![t_e.clone()] },
         Node { name: names[2].clone(), op: Op::Activation(act), inputs: vec![t_e], outputs: vec![t_a.clone()] },
         Node { name: names[3].clone(), op: conv(&pw, &pb, h + 2 * c, c, 1, &p), inputs: vec![t_a], outputs: add.outputs.clone() },
     ];
-    Some(Patch {
-        remove: vec![di, ei, ai, pi, i],
+    Patch {
+        remove: nodes.to_vec(),
         params: vec![
             (id_dw, vec![c, 1, d.kernel[0], d.kernel[1]]),
             (id_dense, vec![c, c, 1, 1]),
@@ -163,5 +184,5 @@ pub fn widen_shortcut(ctx: &mut Ctx, i: usize) -> Option<Patch> {
         add: add_nodes,
         rule: "widen shortcut (6b)",
         into: names[3].clone(),
-    })
+    }
 }

@@ -167,6 +167,59 @@ pub fn execute_plan_gpu_timed(ctx: &GpuContext, plan: &FusionPlan, weights: &Wei
     plan.check_sources(weights)?;
     let out_shapes = plan.output_shapes(weights)?;
     let shape_of = |n: &str| -> Result<Vec<usize>> { out_shapes.get(n).cloned().map_or_else(|| Ok(weights.get(n)?.shape().to_vec()), Ok) };
+    let windows = pack_windows(ctx, plan, &out_shapes, &shape_of)?;
+    let batches = batch_jobs(plan, &windows, &shape_of)?;
+    tracing::debug!(windows = windows.len(), steps = plan.steps.len(), "GPU plan");
+    let mut encoder = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("plan") });
+    let dispatches: usize = batches.iter().map(BTreeMap::len).sum();
+    let timer = Timer::new(ctx, dispatches);
+    let mut buffers = Vec::with_capacity(windows.len());
+    let mut timed: Vec<(KernelId, u64)> = vec![];
+    for (wi, (w, batches)) in windows.iter().zip(batches).enumerate() {
+        let buf = ctx.empty(&format!("arena{}", wi), w.arena.len)?;
+        for (t, &off) in &w.arena.offset {
+            if !out_shapes.contains_key(t) {
+                ctx.queue.write_buffer(&buf, off as u64 * 4, bytemuck::cast_slice(weights.get(t)?.data()));
+            }
+        }
+        for ((_, kernel), b) in batches {
+            let timestamp_writes = timer.writes(timed.len());
+            timed.push((kernel, b.bytes));
+            record_dispatch(ctx, &mut encoder, &buf, kernel, &b, timestamp_writes)?;
+        }
+        buffers.push(buf);
+    }
+    let mut ranges: Vec<(&wgpu::Buffer, u64, u64)> =
+        windows.iter().zip(&buffers).map(|(w, b)| (b, w.computed_start as u64, (w.arena.len - w.computed_start) as u64)).collect();
+    let resolved = timer.resolve(ctx, &mut encoder);
+    if let Some((b, words)) = &resolved {
+        // u64 ticks, read back through the f32 path as two words each.
+        ranges.push((b, 0, *words));
+    }
+    let mut data = ctx.submit_and_read(encoder, &ranges)?;
+    let ticks: Option<Vec<u64>> = resolved.map(|_| bytemuck::cast_slice(&data.pop().expect("pushed the timestamp range")).to_vec());
+    let (compute_ms, kernels) = timer.times(ctx, ticks.as_deref(), &timed);
+    let mut out = HashMap::new();
+    for (w, all) in windows.into_iter().zip(data) {
+        for (name, shape) in w.computed {
+            let off = w.arena.offset[&name] - w.computed_start;
+            let n: usize = shape.iter().product();
+            out.insert(name, Tensor::from_parts(shape, all[off..off + n].to_vec()));
+        }
+    }
+    plan.check_outputs(&out)?;
+    Ok((out, GpuTiming { wall_ms: started.elapsed().as_secs_f64() * 1e3, compute_ms, kernels }))
+}
+
+/// Packs the plan's independent regions (`components`) into windows of at most one
+/// storage binding each: sources first, computed tensors after, so each window
+/// downloads one range.
+fn pack_windows(
+    ctx: &GpuContext,
+    plan: &FusionPlan,
+    out_shapes: &BTreeMap<String, Vec<usize>>,
+    shape_of: &dyn Fn(&str) -> Result<Vec<usize>>,
+) -> Result<Vec<Window>> {
     let numel_of = |n: &str| -> Result<usize> { Ok(shape_of(n)?.iter().product()) };
     let comp = components(plan);
     // Steps per component, in plan order; components in order of first step.
@@ -204,7 +257,6 @@ pub fn execute_plan_gpu_timed(ctx: &GpuContext, plan: &FusionPlan, weights: &Wei
         let w = windows.last_mut().expect("pushed");
         w.planned += need;
         w.steps.extend(steps);
-        // Sources first, computed tensors after, so each window downloads one range.
         for t in tensors.iter().filter(|t| !out_shapes.contains_key(**t)) {
             w.arena.place(t, numel_of(t)?);
         }
@@ -218,141 +270,148 @@ pub fn execute_plan_gpu_timed(ctx: &GpuContext, plan: &FusionPlan, weights: &Wei
             w.arena.place(t, shape.iter().product());
         }
     }
+    Ok(windows)
+}
+
+/// Per window, its steps' job records by (dependency level, kernel), in level order:
+/// one dispatch each.
+fn batch_jobs(plan: &FusionPlan, windows: &[Window], shape_of: &dyn Fn(&str) -> Result<Vec<usize>>) -> Result<Vec<BTreeMap<(usize, KernelId), Batch>>> {
     let levels = plan.levels();
-    tracing::debug!(windows = windows.len(), steps = plan.steps.len(), "GPU plan");
-    let mut encoder = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("plan") });
-    let mut buffers = Vec::with_capacity(windows.len());
-    // Per window, (level, primitive) -> batch, in level order: one dispatch each.
-    let mut window_batches: Vec<BTreeMap<(usize, KernelId), Batch>> = Vec::with_capacity(windows.len());
-    for w in &windows {
+    let mut out = Vec::with_capacity(windows.len());
+    for w in windows {
         let mut batches: BTreeMap<(usize, KernelId), Batch> = BTreeMap::new();
         for &i in &w.steps {
             let step = &plan.steps[i];
             let kernel = kernel_of(step);
-            let (job, elems) = encode(step, &w.arena, &shape_of)?;
-            let bytes: usize = step.inputs().into_iter().chain(step.outputs()).map(numel_of).sum::<Result<usize>>()? * 4;
+            let (job, elems) = encode(step, &w.arena, shape_of)?;
+            let mut bytes = 0usize;
+            for t in step.inputs().into_iter().chain(step.outputs()) {
+                bytes += shape_of(t)?.iter().product::<usize>() * 4;
+            }
             let b = batches.entry((levels[i], kernel)).or_default();
             b.push(job, elems);
             b.bytes += bytes as u64;
         }
-        window_batches.push(batches);
+        out.push(batches);
     }
-    // A compute pass per dispatch, each with a pair of timestamps, so each kernel's
-    // time is known (and the plan's: the first start to the last end).
-    let dispatches: usize = window_batches.iter().map(BTreeMap::len).sum();
-    // A query set holds at most 4096 queries (wgpu); plans with more dispatches are
-    // timed as a whole only.
-    let per_pass = 2 * dispatches.max(1) <= 4096;
-    let queries = ctx.timestamps.then(|| {
-        let count = if per_pass { 2 * dispatches.max(1) } else { 2 };
-        ctx.device.create_query_set(&wgpu::QuerySetDescriptor { label: Some("plan time"), ty: wgpu::QueryType::Timestamp, count: count as u32 })
-    });
-    let mut timed: Vec<(KernelId, u64)> = vec![];
-    for (wi, (w, batches)) in windows.iter().zip(window_batches).enumerate() {
-        let buf = ctx.empty(&format!("arena{}", wi), w.arena.len)?;
-        for (t, &off) in &w.arena.offset {
-            if !out_shapes.contains_key(t) {
-                ctx.queue.write_buffer(&buf, off as u64 * 4, bytemuck::cast_slice(weights.get(t)?.data()));
-            }
-        }
-        for ((_, kernel), b) in batches {
-            let q = timed.len();
-            let timestamp_writes = queries.as_ref().map(|qs| {
-                let (first, last) = (q == 0, q + 1 == dispatches);
-                match per_pass {
-                    true => wgpu::ComputePassTimestampWrites {
-                        query_set: qs,
-                        beginning_of_pass_write_index: Some(2 * q as u32),
-                        end_of_pass_write_index: Some(2 * q as u32 + 1),
-                    },
-                    false => wgpu::ComputePassTimestampWrites {
-                        query_set: qs,
-                        beginning_of_pass_write_index: first.then_some(0),
-                        end_of_pass_write_index: last.then_some(1),
-                    },
-                }
-            });
-            timed.push((kernel, b.bytes));
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(kernel.name()), timestamp_writes });
-            if b.jobs > 65535 {
-                return Err(Error::Limit { what: "jobs per dispatch".into(), need: b.jobs as u64, have: 65535 });
-            }
-            let k = ctx.kernel(kernel)?;
-            // Every kernel strides over what a smaller grid leaves. A software adapter
-            // runs each workgroup on a CPU thread: a few dozen per job keep its cores
-            // busy, and each one more only costs start-up (measured on lavapipe:
-            // RepVGG-A0's plan 1036 -> 638 ms, MobileOne-S0's 283 -> 183 ms).
-            let cap = if ctx.is_software() { SOFTWARE_WORKGROUPS } else { 65535 };
-            let (x, jobs) = ((b.max_elems.div_ceil(256).clamp(1, cap)) as u32, b.jobs);
-            let table = ctx.table(kernel.name(), &b.records);
-            let sources = (kernel == KernelId::Place).then(|| ctx.table("place sources", bytemuck::cast_slice(&b.sources)));
-            let mut bindings = vec![buf.as_entire_binding(), table.as_entire_binding()];
-            bindings.extend(sources.as_ref().map(|t| t.as_entire_binding()));
-            let bg = ctx.bind_group(&k, &bindings);
-            pass.set_pipeline(&k.pipeline);
-            pass.set_bind_group(0, &bg, &[]);
-            pass.dispatch_workgroups(x, jobs, 1);
-        }
-        buffers.push(buf);
+    Ok(out)
+}
+
+/// Records one batch as one dispatch in its own compute pass over arena `buf`.
+fn record_dispatch(
+    ctx: &GpuContext,
+    encoder: &mut wgpu::CommandEncoder,
+    buf: &wgpu::Buffer,
+    kernel: KernelId,
+    b: &Batch,
+    timestamp_writes: Option<wgpu::ComputePassTimestampWrites>,
+) -> Result<()> {
+    if b.jobs > 65535 {
+        return Err(Error::Limit { what: "jobs per dispatch".into(), need: b.jobs as u64, have: 65535 });
     }
-    let mut ranges: Vec<(&wgpu::Buffer, u64, u64)> =
-        windows.iter().zip(&buffers).map(|(w, b)| (b, w.computed_start as u64, (w.arena.len - w.computed_start) as u64)).collect();
-    let n_queries = if per_pass { 2 * timed.len().max(1) as u32 } else { 2 };
-    let resolved = queries.as_ref().map(|q| {
+    let k = ctx.kernel(kernel)?;
+    // Every kernel strides over what a smaller grid leaves. A software adapter runs
+    // each workgroup on a CPU thread: a few dozen per job keep its cores busy, and
+    // each one more only costs start-up (measured on lavapipe: RepVGG-A0's plan
+    // 1036 -> 638 ms, MobileOne-S0's 283 -> 183 ms).
+    let cap = if ctx.is_software() { SOFTWARE_WORKGROUPS } else { 65535 };
+    let x = b.max_elems.div_ceil(256).clamp(1, cap) as u32;
+    let table = ctx.table(kernel.name(), &b.records);
+    let sources = (kernel == KernelId::Place).then(|| ctx.table("place sources", bytemuck::cast_slice(&b.sources)));
+    let mut bindings = vec![buf.as_entire_binding(), table.as_entire_binding()];
+    bindings.extend(sources.as_ref().map(|t| t.as_entire_binding()));
+    let bg = ctx.bind_group(&k, &bindings);
+    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(kernel.name()), timestamp_writes });
+    pass.set_pipeline(&k.pipeline);
+    pass.set_bind_group(0, &bg, &[]);
+    pass.dispatch_workgroups(x, b.jobs, 1);
+    Ok(())
+}
+
+/// Timestamp queries around the plan's dispatches: a pair per dispatch, so each
+/// kernel's time is known (and the plan's: the first start to the last end). A
+/// query set holds at most 4096 queries (wgpu); plans with more dispatches are timed
+/// as a whole only.
+struct Timer {
+    queries: Option<wgpu::QuerySet>,
+    per_pass: bool,
+    dispatches: usize,
+}
+
+impl Timer {
+    fn new(ctx: &GpuContext, dispatches: usize) -> Timer {
+        let per_pass = 2 * dispatches.max(1) <= 4096;
+        let queries = ctx.timestamps.then(|| {
+            let count = if per_pass { 2 * dispatches.max(1) } else { 2 };
+            ctx.device.create_query_set(&wgpu::QuerySetDescriptor { label: Some("plan time"), ty: wgpu::QueryType::Timestamp, count: count as u32 })
+        });
+        Timer { queries, per_pass, dispatches }
+    }
+
+    fn count(&self) -> u32 {
+        if self.per_pass {
+            2 * self.dispatches.max(1) as u32
+        } else {
+            2
+        }
+    }
+
+    /// The timestamp writes of dispatch `q`.
+    fn writes(&self, q: usize) -> Option<wgpu::ComputePassTimestampWrites<'_>> {
+        let qs = self.queries.as_ref()?;
+        Some(if self.per_pass {
+            wgpu::ComputePassTimestampWrites {
+                query_set: qs,
+                beginning_of_pass_write_index: Some(2 * q as u32),
+                end_of_pass_write_index: Some(2 * q as u32 + 1),
+            }
+        } else {
+            wgpu::ComputePassTimestampWrites {
+                query_set: qs,
+                beginning_of_pass_write_index: (q == 0).then_some(0),
+                end_of_pass_write_index: (q + 1 == self.dispatches).then_some(1),
+            }
+        })
+    }
+
+    /// Resolves the queries into a buffer to read back (and its length in f32 words).
+    fn resolve(&self, ctx: &GpuContext, encoder: &mut wgpu::CommandEncoder) -> Option<(wgpu::Buffer, u64)> {
+        let q = self.queries.as_ref()?;
+        let n = self.count();
         let b = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("plan time"),
-            size: n_queries as u64 * 8,
+            size: n as u64 * 8,
             usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: false,
         });
-        encoder.resolve_query_set(q, 0..n_queries, &b, 0);
-        b
-    });
-    if let Some(b) = &resolved {
-        // u64 ticks, read back through the f32 path as two words each.
-        ranges.push((b, 0, 2 * n_queries as u64));
+        encoder.resolve_query_set(q, 0..n, &b, 0);
+        Some((b, 2 * n as u64))
     }
-    let mut data = ctx.submit_and_read(encoder, &ranges)?;
-    let (compute_ms, kernels) = match resolved {
-        Some(_) if !timed.is_empty() && !per_pass => {
-            let words = data.pop().expect("pushed the timestamp range");
-            let ticks: &[u64] = bytemuck::cast_slice(&words);
-            (Some(ticks[1].saturating_sub(ticks[0]) as f64 * ctx.queue.get_timestamp_period() as f64 / 1e6), vec![])
+
+    /// Plan compute time and per-kernel times from the resolved `ticks`.
+    fn times(&self, ctx: &GpuContext, ticks: Option<&[u64]>, timed: &[(KernelId, u64)]) -> (Option<f64>, Vec<KernelTime>) {
+        let Some(ticks) = ticks else { return (None, vec![]) };
+        if timed.is_empty() {
+            return (Some(0.0), vec![]);
         }
-        Some(_) if !timed.is_empty() => {
-            let words = data.pop().expect("pushed the timestamp range");
-            let ticks: &[u64] = bytemuck::cast_slice(&words);
-            let ms = |a: u64, b: u64| b.saturating_sub(a) as f64 * ctx.queue.get_timestamp_period() as f64 / 1e6;
-            let mut kernels: Vec<KernelTime> = vec![];
-            for (k, (kernel, bytes)) in timed.iter().enumerate() {
-                let t = ms(ticks[2 * k], ticks[2 * k + 1]);
-                match kernels.iter_mut().find(|x| x.kernel == kernel.name()) {
-                    Some(x) => {
-                        x.ms += t;
-                        x.bytes += bytes;
-                        x.dispatches += 1;
-                    }
-                    None => kernels.push(KernelTime { kernel: kernel.name(), ms: t, bytes: *bytes, dispatches: 1 }),
+        let ms = |a: u64, b: u64| b.saturating_sub(a) as f64 * ctx.queue.get_timestamp_period() as f64 / 1e6;
+        if !self.per_pass {
+            return (Some(ms(ticks[0], ticks[1])), vec![]);
+        }
+        let mut kernels: Vec<KernelTime> = vec![];
+        for (k, (kernel, bytes)) in timed.iter().enumerate() {
+            let t = ms(ticks[2 * k], ticks[2 * k + 1]);
+            match kernels.iter_mut().find(|x| x.kernel == kernel.name()) {
+                Some(x) => {
+                    x.ms += t;
+                    x.bytes += bytes;
+                    x.dispatches += 1;
                 }
+                None => kernels.push(KernelTime { kernel: kernel.name(), ms: t, bytes: *bytes, dispatches: 1 }),
             }
-            (Some(ms(ticks[0], ticks[2 * timed.len() - 1])), kernels)
         }
-        Some(_) => {
-            data.pop();
-            (Some(0.0), vec![])
-        }
-        None => (None, vec![]),
-    };
-    let mut out = HashMap::new();
-    for (w, all) in windows.into_iter().zip(data) {
-        for (name, shape) in w.computed {
-            let off = w.arena.offset[&name] - w.computed_start;
-            let n: usize = shape.iter().product();
-            out.insert(name, Tensor::from_parts(shape, all[off..off + n].to_vec()));
-        }
+        (Some(ms(ticks[0], ticks[2 * timed.len() - 1])), kernels)
     }
-    plan.check_outputs(&out)?;
-    Ok((out, GpuTiming { wall_ms: started.elapsed().as_secs_f64() * 1e3, compute_ms, kernels }))
 }
 
 /// The kernel that runs a step.
