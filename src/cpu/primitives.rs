@@ -39,6 +39,13 @@ fn want_len(name: &str, t: &Tensor, n: usize) -> Result<()> {
     }
 }
 
+/// One channel's batch norm as `y = s * x + t`: `s = gamma / sqrt(var + eps)`,
+/// `t = beta - mean * s`, in f64 (the one place this arithmetic is written).
+pub fn bn_affine(gamma: f32, beta: f32, mean: f32, var: f32, eps: f32) -> (f64, f64) {
+    let s = gamma as f64 / (var as f64 + eps as f64).sqrt();
+    (s, beta as f64 - mean as f64 * s)
+}
+
 /// Per-channel `s = gamma / sqrt(var + eps)` and shift `beta - mean * s`, rejecting
 /// statistics that make the fold meaningless instead of propagating NaN.
 pub fn bn_scale_shift(bn: &BnTensors, channels: usize) -> Result<(Vec<f64>, Vec<f64>)> {
@@ -56,9 +63,9 @@ pub fn bn_scale_shift(bn: &BnTensors, channels: usize) -> Result<(Vec<f64>, Vec<
         if var < 0.0 || denom <= 0.0 {
             return Err(Error::tensor("var", format!("batch-norm running_var[{}] = {} with eps {}: var must be >= 0 and var + eps > 0", c, var, bn.eps)));
         }
-        let s = bn.gamma.data()[c] as f64 / denom.sqrt();
+        let (s, t) = bn_affine(bn.gamma.data()[c], bn.beta.data()[c], bn.mean.data()[c], bn.var.data()[c], bn.eps);
         scale.push(s);
-        shift.push(bn.beta.data()[c] as f64 - bn.mean.data()[c] as f64 * s);
+        shift.push(t);
     }
     Ok((scale, shift))
 }

@@ -52,12 +52,7 @@ impl BatchNorm {
     /// Per channel `(s, t)` with `y = s * x + t`, in f64.
     pub fn scale_shift(&self, w: &Weights) -> Result<Vec<(f64, f64)>> {
         let (g, be, m, v) = (w.get(&self.gamma)?.data(), w.get(&self.beta)?.data(), w.get(&self.mean)?.data(), w.get(&self.var)?.data());
-        Ok((0..self.channels)
-            .map(|c| {
-                let s = g[c] as f64 / (v[c] as f64 + self.eps as f64).sqrt();
-                (s, be[c] as f64 - m[c] as f64 * s)
-            })
-            .collect())
+        Ok((0..self.channels).map(|c| crate::cpu::primitives::bn_affine(g[c], be[c], m[c], v[c], self.eps)).collect())
     }
 }
 
