@@ -35,6 +35,8 @@ fn layout_of(k: KernelId) -> &'static [Bind] {
 }
 
 pub struct Kernel {
+    /// Which kernel (labels its bind groups).
+    pub id: KernelId,
     pub pipeline: wgpu::ComputePipeline,
     pub layout: wgpu::BindGroupLayout,
 }
@@ -156,7 +158,7 @@ impl GpuContext {
             compilation_options: Default::default(),
             cache: None,
         });
-        let k = Arc::new(Kernel { pipeline, layout });
+        let k = Arc::new(Kernel { id, pipeline, layout });
         cache.insert(id, k.clone());
         Ok(k)
     }
@@ -165,7 +167,7 @@ impl GpuContext {
     pub fn bind_group(&self, kernel: &Kernel, buffers: &[wgpu::BindingResource]) -> wgpu::BindGroup {
         let entries: Vec<wgpu::BindGroupEntry> =
             buffers.iter().enumerate().map(|(i, r)| wgpu::BindGroupEntry { binding: i as u32, resource: r.clone() }).collect();
-        self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &kernel.layout, entries: &entries })
+        self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(kernel.id.name()), layout: &kernel.layout, entries: &entries })
     }
 
     /// A storage buffer holding `data` (at least 4 bytes: empty bindings are invalid).
