@@ -19,9 +19,14 @@ fn bn_at<'a>(ctx: &'a Ctx, i: usize) -> Option<&'a BatchNorm> {
 
 /// conv -> BN  =>  conv with scaled kernel and shifted bias.
 pub fn fold_bn_into_conv(ctx: &mut Ctx, i: usize) -> Option<Patch> {
+    // Every BN is looked at every wave: rule out the common misses before cloning.
+    bn_at(ctx, i)?;
+    let p = ctx.producer(&ctx.node(i).inputs[0])?;
+    if !matches!(ctx.node(p).op, Op::Conv2d(_) | Op::Linear(_)) {
+        return None;
+    }
     let bn = bn_at(ctx, i)?.clone();
     let n = ctx.node(i).clone();
-    let p = ctx.producer(&n.inputs[0])?;
     let prod = ctx.node(p).clone();
     let conv = ConvLike::from_op(&prod.op)?;
     if conv.out_channels != bn.channels {
@@ -51,9 +56,13 @@ pub fn fold_bn_into_conv(ctx: &mut Ctx, i: usize) -> Option<Patch> {
 /// BN -> conv  =>  conv reading the BN's input. Exact only without padding: a
 /// zero-padded border would see 0 where the BN would have produced its shift.
 pub fn fold_bn_into_next(ctx: &mut Ctx, i: usize) -> Option<Patch> {
+    bn_at(ctx, i)?;
+    let c = ctx.index.sole_consumer(&ctx.node(i).outputs[0])?;
+    if !matches!(ctx.node(c).op, Op::Conv2d(_) | Op::Linear(_)) {
+        return None;
+    }
     let bn = bn_at(ctx, i)?.clone();
     let n = ctx.node(i).clone();
-    let c = ctx.index.sole_consumer(&n.outputs[0])?;
     let next = ctx.node(c).clone();
     let conv = ConvLike::from_op(&next.op)?;
     if conv.in_channels != bn.channels {

@@ -2,6 +2,7 @@
 //! the graph validated after every patch. Output: the deploy graph, the FusionPlan
 //! that computes its new weights, and the FusionReport.
 
+mod apply;
 mod branch;
 mod conv_bn;
 pub mod conv_like;
@@ -91,6 +92,7 @@ pub fn fuse(graph: &Graph, opts: &FuseOptions) -> Result<Fusion> {
     // bound only guards against a rule bug turning into an endless loop.
     let max_patches = 16 * graph.nodes.len() + 16;
     let mut shapes = shapes_before.clone();
+    let mut names: std::collections::HashSet<String> = g.nodes.iter().map(|n| n.name.clone()).collect();
     for _ in 0..max_patches {
         let index = GraphIndex::new(&g);
         let mut ctx = Ctx {
@@ -105,10 +107,14 @@ pub fn fuse(graph: &Graph, opts: &FuseOptions) -> Result<Fusion> {
         };
         let wave = next_wave(&mut ctx);
         if wave.is_empty() {
-            return finish(g, plan, report, refusals, origins, &graph.params);
+            return finish(g, plan, report, refusals, origins, &graph.params, &shapes);
         }
         tracing::debug!(rule = wave[0].rule, patches = wave.len(), "rewrite wave");
-        shapes = apply(&mut g, &mut plan, &mut report, &mut origins, wave)?;
+        let rule = wave[0].rule;
+        let layout = apply::check_wave(&g, &index, &wave, &names, rule)?;
+        let (nodes, params) = record(&g, &mut plan, &mut report, &mut origins, wave);
+        g.params.extend(params);
+        apply::commit(&mut g, nodes, layout, &mut names, &mut shapes, rule)?;
     }
     Err(Error::Graph(format!("rewrite did not reach a fixpoint after {} patches (a rule bug)", max_patches)))
 }
@@ -119,26 +125,35 @@ pub fn fuse(graph: &Graph, opts: &FuseOptions) -> Result<Fusion> {
 /// consumers). Applying such a wave at once is the same as applying its patches one
 /// by one, without re-indexing the graph between them.
 fn next_wave(ctx: &mut Ctx) -> Vec<Patch> {
+    // Tensors are remembered by hash: a collision can only make two independent
+    // patches look dependent, which defers one to the next wave, never the reverse.
+    let key = |t: &String| {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().build_hasher();
+        h.write(t.as_bytes());
+        h.finish()
+    };
+    let graph = ctx.graph;
     for (_, rule) in RULES {
         let mut wave: Vec<Patch> = vec![];
-        let mut nodes = BTreeSet::new();
-        let mut tensors: BTreeSet<String> = BTreeSet::new();
-        for i in 0..ctx.graph.nodes.len() {
-            if nodes.contains(&i) {
+        let mut nodes = vec![false; graph.nodes.len()];
+        let mut tensors: std::collections::HashSet<u64> = std::collections::HashSet::new();
+        for i in 0..graph.nodes.len() {
+            if nodes[i] {
                 continue;
             }
             let Some(p) = rule(ctx, i) else { continue };
-            let touched: BTreeSet<String> = p
+            let touched: Vec<u64> = p
                 .remove
                 .iter()
-                .flat_map(|&k| ctx.graph.nodes[k].inputs.iter().chain(&ctx.graph.nodes[k].outputs))
+                .flat_map(|&k| graph.nodes[k].inputs.iter().chain(&graph.nodes[k].outputs))
                 .chain(p.add.iter().flat_map(|n| n.inputs.iter().chain(&n.outputs)))
-                .cloned()
+                .map(key)
                 .collect();
-            if p.remove.iter().any(|k| nodes.contains(k)) || touched.iter().any(|t| tensors.contains(t)) {
+            if p.remove.iter().any(|&k| nodes[k]) || touched.iter().any(|t| tensors.contains(t)) {
                 continue;
             }
-            nodes.extend(p.remove.iter().copied());
+            p.remove.iter().for_each(|&k| nodes[k] = true);
             tensors.extend(touched);
             wave.push(p);
         }
@@ -149,17 +164,14 @@ fn next_wave(ctx: &mut Ctx) -> Vec<Patch> {
     vec![]
 }
 
-/// Applies a wave and returns the new graph's shapes.
-fn apply(
-    g: &mut Graph,
-    plan: &mut FusionPlan,
-    report: &mut FusionReport,
-    origins: &mut HashMap<String, BTreeSet<String>>,
-    wave: Vec<Patch>,
-) -> Result<crate::graph::Shapes> {
-    let mut remove: Vec<usize> = vec![];
-    let mut add = vec![];
-    let rules: Vec<&'static str> = wave.iter().map(|p| p.rule).collect();
+/// A wave's new nodes, per patch, and its new parameters.
+type Recorded = (Vec<Vec<crate::graph::Node>>, Vec<(String, Vec<usize>)>);
+
+/// Records a wave in the plan, the report and the origins; returns each patch's new
+/// nodes (placed by `apply::commit`) and the new parameters.
+fn record(g: &Graph, plan: &mut FusionPlan, report: &mut FusionReport, origins: &mut HashMap<String, BTreeSet<String>>, wave: Vec<Patch>) -> Recorded {
+    let mut params = vec![];
+    let mut nodes = Vec::with_capacity(wave.len());
     for patch in wave {
         let mut from: Vec<String> = patch.remove.iter().map(|&i| g.nodes[i].name.clone()).collect();
         from.sort();
@@ -169,28 +181,11 @@ fn apply(
             origins.insert(n.name.clone(), union.clone());
         }
         report.fused.push(FusedRegion { rule: patch.rule.to_string(), from, into: patch.into });
-        remove.extend(patch.remove);
-        add.extend(patch.add);
-        for (name, shape) in patch.params {
-            g.params.insert(name, shape);
-        }
+        params.extend(patch.params);
         plan.steps.extend(patch.steps);
+        nodes.push(patch.add);
     }
-    // One pass, not a `Vec::remove` per node (that made a wave quadratic).
-    let mut gone = vec![false; g.nodes.len()];
-    remove.iter().for_each(|&i| gone[i] = true);
-    let mut k = 0;
-    g.nodes.retain(|_| {
-        k += 1;
-        !gone[k - 1]
-    });
-    let changed: Vec<String> = add.iter().map(|n| n.name.clone()).collect();
-    g.nodes.extend(add);
-    g.sort_topologically()?;
-    // The invariant after every wave of independent patches: a valid graph whose
-    // shapes still infer (unchanged nodes were validated already).
-    let changed: std::collections::HashSet<&str> = changed.iter().map(String::as_str).collect();
-    g.validate_changed(&changed).map_err(|e| Error::Graph(format!("rule `{}` produced an invalid graph: {}", rules[0], e)))
+    (nodes, params)
 }
 
 /// Names computed parameters after the deploy node that uses them (`<node>.weight`,
@@ -235,7 +230,16 @@ fn finish(
     refusals: Vec<Refusal>,
     origins: HashMap<String, BTreeSet<String>>,
     source_params: &BTreeMap<String, Vec<usize>>,
+    kept: &crate::graph::Shapes,
 ) -> Result<Fusion> {
+    // The shapes the waves kept up to date are those of a full inference.
+    let full = g.validate()?;
+    if let Some((t, s)) = full.iter().find(|(t, s)| kept.get(*t) != Some(s)) {
+        return Err(Error::Graph(format!("internal error: the rewrite kept shape {:?} for `{}`, inference gives {:?}", kept.get(t), t, s)));
+    }
+    if kept.len() != full.len() {
+        return Err(Error::Graph(format!("internal error: the rewrite kept {} tensor shapes, inference gives {}", kept.len(), full.len())));
+    }
     let origins: BTreeMap<String, Vec<String>> = g
         .nodes
         .iter()

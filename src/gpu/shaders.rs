@@ -13,9 +13,11 @@ pub const PLACE: &str = concat!(include_str!("../../shaders/jobs_common.wgsl"), 
 /// Composes two convs into one kernel (1x1/KxK sequences).
 pub const COMPOSE: &str = concat!(include_str!("../../shaders/jobs_common.wgsl"), include_str!("../../shaders/compose.wgsl"));
 /// Direct conv forward with a fused activation.
-pub const CONV2D: &str = concat!(include_str!("../../shaders/activation.wgsl"), include_str!("../../shaders/conv_common.wgsl"), include_str!("../../shaders/conv2d.wgsl"));
+pub const CONV2D: &str =
+    concat!(include_str!("../../shaders/activation.wgsl"), include_str!("../../shaders/conv_common.wgsl"), include_str!("../../shaders/conv2d.wgsl"));
 /// Workgroup-tiled conv forward with a fused activation, for larger layers.
-pub const CONV2D_TILED: &str = concat!(include_str!("../../shaders/activation.wgsl"), include_str!("../../shaders/conv_common.wgsl"), include_str!("../../shaders/conv2d_tiled.wgsl"));
+pub const CONV2D_TILED: &str =
+    concat!(include_str!("../../shaders/activation.wgsl"), include_str!("../../shaders/conv_common.wgsl"), include_str!("../../shaders/conv2d_tiled.wgsl"));
 /// Batch norm, activation and add in the forward pass.
 pub const ELEMENTWISE: &str = concat!(include_str!("../../shaders/activation.wgsl"), include_str!("../../shaders/elementwise.wgsl"));
 /// Average pooling in the forward pass.

@@ -1,0 +1,258 @@
+//! Applying a wave of independent patches in time proportional to the wave, not the
+//! graph: the checks `Graph::validate` makes of a whole graph, made of what changed
+//! (new nodes, removed tensors), with the previous wave's index and shapes. Nodes go
+//! in where their patch's last removed node was, which keeps the order topological
+//! for every rule's region (its sink is its last node); a wave that would not is
+//! re-sorted whole. `fuse` validates the whole result once at the end, and checks
+//! there that the shapes kept here equal a full inference.
+
+use std::collections::{HashMap, HashSet};
+
+use super::rule::Patch;
+use crate::error::{Error, Result};
+use crate::graph::{Graph, GraphIndex, Node, Shapes};
+
+/// Where a wave's new nodes go and what it removes, checked against the graph
+/// before the wave (see `check_wave`).
+pub struct Layout {
+    /// Old position of each patch's last removed node -> that patch's number.
+    insert_at: HashMap<usize, usize>,
+    /// Removed node positions.
+    removed: Vec<bool>,
+    /// Tensors the wave stops producing.
+    dropped: Vec<String>,
+    /// The positions do not give a topological order: sort the graph.
+    needs_sort: bool,
+}
+
+/// Checks that `wave` keeps `g` well formed (every read tensor produced, none twice,
+/// no reader left without its tensor, names unique) and lays it out. `names`: the
+/// node names of `g`, kept up to date by `commit`.
+pub fn check_wave(g: &Graph, index: &GraphIndex, wave: &[Patch], names: &HashSet<String>, rule: &str) -> Result<Layout> {
+    let bad = |why: String| Error::Graph(format!("rule `{}` produced an invalid graph: {}", rule, why));
+    let mut removed = vec![false; g.nodes.len()];
+    for p in wave {
+        p.remove.iter().for_each(|&i| removed[i] = true);
+    }
+    let removed_names: HashSet<&str> = wave.iter().flat_map(|p| p.remove.iter().map(|&i| g.nodes[i].name.as_str())).collect();
+    let graph_inputs: HashSet<&str> = g.inputs.iter().map(|v| v.name.as_str()).collect();
+    // Each new tensor, and the patch and place of the node producing it.
+    let mut new_out: HashMap<&str, (usize, usize)> = HashMap::new();
+    let mut new_names: HashSet<&str> = HashSet::new();
+    let mut insert_at = HashMap::new();
+    let mut needs_sort = false;
+    for (k, p) in wave.iter().enumerate() {
+        let last = *p.remove.iter().max().ok_or_else(|| bad("a patch removes no node".into()))?;
+        insert_at.insert(last, k);
+        for (j, n) in p.add.iter().enumerate() {
+            if !new_names.insert(&n.name) || (names.contains(&n.name) && !removed_names.contains(n.name.as_str())) {
+                return Err(bad(format!("node name `{}` is used twice", n.name)));
+            }
+            if n.outputs.is_empty() {
+                return Err(Error::shape(&n.name, "outputs", "node has no outputs"));
+            }
+            for o in &n.outputs {
+                let old = index.producer(o).filter(|&q| !removed[q]);
+                if old.is_some() || new_out.insert(o, (k, j)).is_some() || graph_inputs.contains(o.as_str()) {
+                    return Err(bad(format!("tensor `{}` is produced twice (node `{}`)", o, n.name)));
+                }
+            }
+        }
+    }
+    let params_added: HashSet<&str> = wave.iter().flat_map(|p| p.params.iter().map(|(n, _)| n.as_str())).collect();
+    let position = |k: usize| wave[k].remove.iter().max().copied().unwrap_or(0);
+    for (k, p) in wave.iter().enumerate() {
+        let at = position(k);
+        for (j, n) in p.add.iter().enumerate() {
+            for t in &n.inputs {
+                if g.params.contains_key(t) || params_added.contains(t.as_str()) || graph_inputs.contains(t.as_str()) {
+                    continue;
+                }
+                match (new_out.get(t.as_str()), index.producer(t)) {
+                    // Made earlier in the same patch, or by a patch placed before.
+                    (Some(&(k2, j2)), _) => needs_sort |= !((k2 == k && j2 < j) || (k2 != k && position(k2) < at)),
+                    (None, Some(q)) if !removed[q] => needs_sort |= q >= at,
+                    _ => return Err(bad(format!("node `{}` reads `{}`, which nothing produces (dangling input)", n.name, t))),
+                }
+            }
+            for o in &n.outputs {
+                for &c in index.consumers(o) {
+                    needs_sort |= !removed[c] && c <= at;
+                }
+            }
+        }
+    }
+    let mut dropped = vec![];
+    for (i, n) in g.nodes.iter().enumerate().filter(|(i, _)| removed[*i]) {
+        for o in n.outputs.iter().filter(|o| !new_out.contains_key(o.as_str())) {
+            if let Some(&c) = index.consumers(o).iter().find(|&&c| !removed[c]) {
+                return Err(bad(format!("node `{}` reads `{}`, which the rewrite of `{}` removes", g.nodes[c].name, o, g.nodes[i].name)));
+            }
+            if index.is_graph_output(o) {
+                return Err(bad(format!("graph output `{}` is not produced by any node", o)));
+            }
+            dropped.push(o.clone());
+        }
+    }
+    Ok(Layout { insert_at, removed, dropped, needs_sort })
+}
+
+/// Puts the wave's nodes in place, keeps `names` and `shapes` up to date, and checks
+/// each new node's attributes, parameters and output shape (a rewritten region must
+/// give its outputs the shapes they had).
+pub fn commit(g: &mut Graph, wave_nodes: Vec<Vec<Node>>, layout: Layout, names: &mut HashSet<String>, shapes: &mut Shapes, rule: &str) -> Result<()> {
+    let Layout { insert_at, removed, dropped, needs_sort } = layout;
+    let mut adds: Vec<Option<Vec<Node>>> = wave_nodes.into_iter().map(Some).collect();
+    let mut added: Vec<String> = vec![];
+    let old = std::mem::take(&mut g.nodes);
+    let mut nodes = Vec::with_capacity(old.len() + adds.iter().flatten().map(Vec::len).sum::<usize>());
+    for (i, n) in old.into_iter().enumerate() {
+        if removed[i] {
+            names.remove(&n.name);
+        } else {
+            nodes.push(n);
+        }
+        if let Some(&k) = insert_at.get(&i) {
+            for a in adds[k].take().expect("one place per patch") {
+                added.push(a.name.clone());
+                nodes.push(a);
+            }
+        }
+    }
+    g.nodes = nodes;
+    names.extend(added.iter().cloned());
+    if needs_sort {
+        g.sort_topologically()?;
+    }
+    for t in &dropped {
+        shapes.remove(t);
+    }
+    // New nodes in graph order, so each one's inputs have their shapes.
+    let added: HashSet<&str> = added.iter().map(String::as_str).collect();
+    for n in g.nodes.iter().filter(|n| added.contains(n.name.as_str())) {
+        let def = n.op.def();
+        def.check(n, &g.params).map_err(|e| Error::Graph(format!("rule `{}` produced an invalid graph: {}", rule, e)))?;
+        let ins: Option<Vec<&Vec<usize>>> = n.inputs.iter().map(|t| shapes.get(t).or_else(|| g.params.get(t))).collect();
+        let Some(ins) = ins else { continue };
+        let Some(out) = def.output_shape(n, &ins).map_err(|e| Error::Graph(format!("rule `{}` produced an invalid graph: {}", rule, e)))? else { continue };
+        match shapes.get(&n.outputs[0]) {
+            Some(before) if *before != out => {
+                return Err(Error::Graph(format!("rule `{}` changed the shape of `{}` from {:?} to {:?} (node `{}`)", rule, n.outputs[0], before, out, n.name)))
+            }
+            _ => {
+                shapes.insert(n.outputs[0].clone(), out);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(all(test, feature = "tools"))]
+mod tests {
+    use super::*;
+    use crate::graph::Op;
+    use crate::zoo::{ConvSpec, GraphBuilder};
+
+    /// x -> conv -> bn -> relu (output).
+    fn net() -> Graph {
+        let mut b = GraphBuilder::new(3);
+        let x = b.input("x", &[1, 4, 6, 6]);
+        let t = b.conv_bn(&x, ConvSpec::same(5, 3, 1, 1));
+        let y = b.relu(&t);
+        b.output(&y);
+        b.finish().0
+    }
+
+    /// The conv+BN pair replaced by one conv writing the BN's output, as
+    /// `fold_bn_into_conv` does; `out_channels` of the new conv as given.
+    fn fold(g: &Graph, out_channels: usize) -> Patch {
+        let Op::Conv2d(c) = &g.nodes[0].op else { unreachable!() };
+        let conv = crate::graph::Conv2d { weight: "w2".into(), bias: Some("b2".into()), out_channels, ..c.clone() };
+        Patch {
+            remove: vec![0, 1],
+            add: vec![Node { name: g.nodes[0].name.clone(), op: Op::Conv2d(conv), inputs: g.nodes[0].inputs.clone(), outputs: g.nodes[1].outputs.clone() }],
+            params: vec![("w2".into(), vec![out_channels, 4, 3, 3]), ("b2".into(), vec![out_channels])],
+            ..Default::default()
+        }
+    }
+
+    fn run(g: &mut Graph, wave: Vec<Patch>) -> Result<Shapes> {
+        let mut shapes = crate::graph::infer_shapes(g)?;
+        let mut names: HashSet<String> = g.nodes.iter().map(|n| n.name.clone()).collect();
+        let index = GraphIndex::new(g);
+        let layout = check_wave(g, &index, &wave, &names, "test")?;
+        let mut nodes = vec![];
+        for p in wave {
+            g.params.extend(p.params);
+            nodes.push(p.add);
+        }
+        commit(g, nodes, layout, &mut names, &mut shapes, "test")?;
+        Ok(shapes)
+    }
+
+    #[test]
+    fn a_valid_wave_keeps_the_shapes_a_full_inference_gives() {
+        let mut g = net();
+        let p = fold(&g, 5);
+        let shapes = run(&mut g, vec![p]).unwrap();
+        assert_eq!(shapes, g.validate().unwrap());
+        assert_eq!(g.nodes.len(), 2);
+    }
+
+    #[test]
+    fn a_wave_that_changes_a_kept_tensors_shape_is_refused() {
+        let mut g = net();
+        let mut p = fold(&g, 5);
+        // The new conv writes 7 channels to the BN output, which had 5.
+        let Op::Conv2d(c) = &mut p.add[0].op else { unreachable!() };
+        c.out_channels = 7;
+        p.params = vec![("w2".into(), vec![7, 4, 3, 3]), ("b2".into(), vec![7])];
+        let e = run(&mut g, vec![p]).unwrap_err().to_string();
+        assert!(e.contains("changed the shape"), "{}", e);
+    }
+
+    #[test]
+    fn a_wave_that_leaves_a_reader_without_its_tensor_is_refused() {
+        let mut g = net();
+        let mut p = fold(&g, 5);
+        // The new conv writes a new tensor: the ReLU would read the BN output nobody makes.
+        p.add[0].outputs = vec!["elsewhere".into()];
+        let e = run(&mut g, vec![p]).unwrap_err().to_string();
+        assert!(e.contains("which the rewrite of"), "{}", e);
+    }
+
+    #[test]
+    fn a_wave_that_produces_a_tensor_twice_is_refused() {
+        let mut g = net();
+        let mut p = fold(&g, 5);
+        // Only the BN goes; the new node writes the output of the conv, which stays.
+        p.remove = vec![1];
+        p.add[0].name = "another".into();
+        p.add[0].outputs = vec![g.nodes[0].outputs[0].clone()];
+        let e = run(&mut g, vec![p]).unwrap_err().to_string();
+        assert!(e.contains("produced twice"), "{}", e);
+    }
+
+    #[test]
+    fn a_new_node_placed_before_its_input_is_sorted_into_place() {
+        // a = relu(x) at 0, b = relu(x) at 1, y = a + b at 2; the patch rewrites node 0
+        // into a = relu(b), which must come after node 1.
+        let mut bld = GraphBuilder::new(4);
+        let x = bld.input("x", &[1, 4, 6, 6]);
+        let a = bld.relu(&x);
+        let b = bld.relu(&x);
+        let y = bld.add(&[a.clone(), b.clone()]);
+        bld.output(&y);
+        let mut g = bld.finish().0;
+        let relu = g.nodes[0].clone();
+        let b_producer = g.nodes[1].name.clone();
+        let p = Patch { remove: vec![0], add: vec![Node { name: "later".into(), inputs: vec![b], ..relu }], ..Default::default() };
+        let index = GraphIndex::new(&g);
+        let names: HashSet<String> = g.nodes.iter().map(|n| n.name.clone()).collect();
+        assert!(check_wave(&g, &index, std::slice::from_ref(&p), &names, "test").unwrap().needs_sort);
+        let shapes = run(&mut g, vec![p]).unwrap();
+        assert_eq!(shapes, g.validate().unwrap());
+        let pos = |name: &str| g.nodes.iter().position(|n| n.name == name).unwrap();
+        assert!(pos("later") > pos(&b_producer), "{:?}", g.nodes.iter().map(|n| &n.name).collect::<Vec<_>>());
+    }
+}
