@@ -5,6 +5,7 @@ onnxruntime, numpy and pytest. Fixtures: the small PyTorch exports in
 tests/data/fixtures, plus every model under $REPFUSE_MODELS when it is set.
 """
 
+import json
 import os
 import pathlib
 import subprocess
@@ -218,6 +219,17 @@ def test_the_gil_is_released_while_fusing():
     # Holding the GIL for the whole call would stall this loop for all of it.
     stall = float(np.diff(ticks).max())
     assert stall < alone / 3, f"this thread stalled {stall * 1e3:.0f} ms during a {alone * 1e3:.0f} ms fuse"
+
+
+def test_python_dash_m_runs_the_same_command(tmp_path):
+    src = REPO / "tests/data/fixtures/z08_acnet/train.onnx"
+    out = tmp_path / "d.onnx"
+    r = subprocess.run([sys.executable, "-m", "repfuse", "fuse", str(src), "-o", str(out), "--verify", "--json"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["passed"] is True
+    assert out.is_file()
+    r = subprocess.run([sys.executable, "-m", "repfuse", "fuse", str(src), "-o", str(out), "--inject-fault", "--verify", "-q"], capture_output=True, text=True)
+    assert r.returncode == 2, "over tolerance must exit 2"
 
 
 def test_the_console_script_is_the_same_command(tmp_path):
