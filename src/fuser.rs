@@ -104,4 +104,21 @@ impl Fuser {
         };
         Ok(Fused { graph: f.graph, weights, report: f.report, origins: f.origins, backend, backend_reason })
     }
+
+    /// [`Fuser::fuse`] for a caller that does not need the training weights
+    /// afterwards: on the CPU reference each source tensor leaves `weights` once the
+    /// plan has read it for the last time (those the deploy graph still names stay),
+    /// so the peak memory holds about one model, not the sources and the results
+    /// together. On the GPU it is `fuse`.
+    pub fn fuse_releasing(&self, graph: &Graph, weights: &mut Weights, opts: &FuseOptions) -> Result<Fused> {
+        let (backend, backend_reason) = self.resolve()?;
+        if backend == Backend::Gpu {
+            return self.fuse(graph, weights, opts);
+        }
+        let f = fuse(graph, opts)?;
+        tracing::info!(?backend, reason = %backend_reason, "weight arithmetic backend (releasing sources)");
+        let computed = crate::cpu::execute_plan_releasing(&f.plan, weights, &|t| f.graph.params.contains_key(t))?;
+        let weights = f.assemble_weights(weights, &computed)?;
+        Ok(Fused { graph: f.graph, weights, report: f.report, origins: f.origins, backend, backend_reason })
+    }
 }

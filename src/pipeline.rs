@@ -100,7 +100,16 @@ pub fn deploy(mut model: LoadedModel, source: Option<&OnnxSource>, fuser: &Fuser
         model.onnx = model.onnx.map(|m| m.as_f32()).transpose()?;
     }
     let t = Instant::now();
-    let mut fused = fuser.fuse(&model.graph, &model.weights, &opts.fuse)?;
+    let mut fused = if opts.verify {
+        fuser.fuse(&model.graph, &model.weights, &opts.fuse)?
+    } else {
+        // Nothing reads the training weights after fusion (the writer takes the
+        // deploy weights): let the plan give their memory back as it goes.
+        if let Some(m) = model.onnx.as_mut() {
+            m.weights = Weights::new();
+        }
+        fuser.fuse_releasing(&model.graph, &mut model.weights, &opts.fuse)?
+    };
     if opts.inject_fault {
         fused.weights = inject_fault(&fused);
     }

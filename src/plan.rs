@@ -311,8 +311,20 @@ impl FusionPlan {
     /// BN variance that makes `sqrt(var + eps)` meaningless, is an error naming the
     /// tensor, not a silently poisoned deploy model.
     pub fn check_sources(&self, weights: &Weights) -> Result<()> {
-        use rayon::prelude::*;
         let sources: Vec<(&str, &crate::tensor::Tensor)> = self.sources().into_iter().map(|n| Ok((n, weights.get(n)?))).collect::<Result<_>>()?;
+        Self::check_finite(&sources)?;
+        self.check_bn_variances(weights)
+    }
+
+    /// `check_sources` over the sources still in `weights` (a releasing executor
+    /// has dropped the others, checking each as it went).
+    pub fn check_present_sources(&self, weights: &Weights) -> Result<()> {
+        let sources: Vec<(&str, &crate::tensor::Tensor)> = self.sources().into_iter().filter_map(|n| weights.get(n).ok().map(|t| (n, t))).collect();
+        Self::check_finite(&sources)
+    }
+
+    fn check_finite(sources: &[(&str, &crate::tensor::Tensor)]) -> Result<()> {
+        use rayon::prelude::*;
         // A vectorisable all-finite scan per tensor, in parallel; the position is only
         // searched for in a tensor that fails.
         let bad = sources.par_iter().find_first(|(_, t)| !t.data().par_chunks(1 << 16).all(|c| c.iter().fold(true, |ok, v| ok & v.is_finite())));
@@ -320,7 +332,7 @@ impl FusionPlan {
             let (i, v) = t.first_non_finite().expect("a non-finite value was seen");
             return Err(Error::tensor(name, format!("holds {} at flat index {}", v, i)));
         }
-        self.check_bn_variances(weights)
+        Ok(())
     }
 
     /// The variance half of [`Self::check_sources`]: every BN's `var + eps` is

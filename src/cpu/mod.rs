@@ -10,4 +10,4 @@ pub mod primitives;
 pub use conv::conv2d;
 pub use error_scale::{sq, zip, ErrorScaleArgs};
 pub use forward::{forward, forward_with_error_scale};
-pub use plan_exec::execute_plan;
+pub use plan_exec::{execute_plan, execute_plan_releasing};

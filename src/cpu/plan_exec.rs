@@ -51,6 +51,61 @@ pub fn execute_plan(plan: &FusionPlan, weights: &Weights) -> Result<HashMap<Stri
     })
 }
 
+/// `execute_plan` that gives memory back as it goes: each source tensor leaves
+/// `weights` after the last dependency level that reads it, unless `keep` says the
+/// deploy graph still names it. For a caller that does not need the training weights
+/// afterwards (`repfuse fuse` without `--verify`): the peak then holds about one
+/// model's weights, not the sources and the results together. A released source is
+/// checked for NaN/Inf as it goes, so a failure can still name it.
+pub fn execute_plan_releasing(plan: &FusionPlan, weights: &mut Weights, keep: &dyn Fn(&str) -> bool) -> Result<HashMap<String, Tensor>> {
+    plan.check_bn_variances(weights)?;
+    plan.output_shapes(weights)?;
+    let levels = plan.levels();
+    let depth = levels.iter().max().map_or(0, |l| l + 1);
+    let sources: std::collections::HashSet<&str> = plan.sources().into_iter().collect();
+    let mut release: Vec<Vec<String>> = vec![vec![]; depth];
+    let mut last: HashMap<&str, usize> = HashMap::new();
+    for (s, &l) in plan.steps.iter().zip(&levels) {
+        for t in s.inputs().into_iter().filter(|t| sources.contains(t)) {
+            let e = last.entry(t).or_insert(l);
+            *e = (*e).max(l);
+        }
+    }
+    for (t, l) in last {
+        if !keep(t) {
+            release[l].push(t.to_string());
+        }
+    }
+    let mut computed = HashMap::new();
+    let mut non_finite: Option<Error> = None;
+    let run = |computed: &mut HashMap<String, Tensor>, weights: &Weights, level: usize| -> Result<()> {
+        let slots = Slots { source: weights, computed: std::mem::take(computed) };
+        let steps: Vec<&Step> = plan.steps.iter().zip(&levels).filter(|(_, l)| **l == level).map(|(s, _)| s).collect();
+        let outputs: Result<Vec<Vec<(String, Tensor)>>> = steps.par_iter().map(|s| run_step(s, &slots)).collect();
+        *computed = slots.computed;
+        computed.extend(outputs?.into_iter().flatten());
+        Ok(())
+    };
+    for (level, gone) in release.iter().enumerate() {
+        let ran = run(&mut computed, weights, level).and_then(|_| if level + 1 == depth { plan.check_outputs(&computed) } else { Ok(()) });
+        if let Err(failed) = ran {
+            return Err(non_finite.take().unwrap_or_else(|| plan.check_present_sources(weights).err().unwrap_or(failed)));
+        }
+        for t in gone {
+            if let Some(x) = weights.remove(t) {
+                if non_finite.is_none() && !x.data().iter().fold(true, |ok, v| ok & v.is_finite()) {
+                    let (i, v) = x.first_non_finite().expect("a non-finite value was seen");
+                    non_finite = Some(Error::tensor(t, format!("holds {} at flat index {}", v, i)));
+                }
+            }
+        }
+    }
+    if depth == 0 {
+        plan.check_outputs(&computed)?;
+    }
+    Ok(computed)
+}
+
 fn run_steps(plan: &FusionPlan, weights: &Weights) -> Result<HashMap<String, Tensor>> {
     let mut slots = Slots { source: weights, computed: HashMap::new() };
     // Steps of one dependency level are independent: run them in parallel (each

@@ -46,6 +46,24 @@ impl FileBytes {
     }
 }
 
+impl FileBytes {
+    /// Gives the pages wholly inside `range` back to the kernel (MADV_DONTNEED): their
+    /// bytes leave this process's resident memory, and a later read maps them again
+    /// from the page cache. The reader calls it on each weight it has decoded, so a
+    /// model is not held twice (mapped and decoded) while it is read.
+    pub fn release(&self, range: std::ops::Range<usize>) {
+        let FileBytes::Mapped(m) = self else { return };
+        let page = 4096;
+        let (start, end) = (range.start.div_ceil(page) * page, (range.end.min(m.len()) / page) * page);
+        if end > start {
+            // SAFETY: a read-only file mapping nobody writes: the pages come back with
+            // the same bytes (from the file) on the next read, so no borrow of the map
+            // can observe a change. A failure only means the pages stay resident.
+            let _ = unsafe { m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start) };
+        }
+    }
+}
+
 impl std::ops::Deref for FileBytes {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
@@ -90,7 +108,7 @@ pub fn load_model(path: &Path) -> Result<LoadedModel> {
 pub fn read_model(path: &Path) -> Result<(LoadedModel, Option<FileBytes>)> {
     if is_onnx(path) {
         let bytes = FileBytes::open(path)?;
-        let model = onnx::read_onnx_bytes(path, &bytes)?;
+        let model = onnx::read_onnx_mapped(path, &bytes)?;
         Ok((model.into(), Some(bytes)))
     } else if is_native(path) {
         let (graph, weights) = native::read_native(path)?;

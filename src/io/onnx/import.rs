@@ -44,12 +44,22 @@ type Decoded = (FloatType, Vec<usize>, Vec<f32>);
 
 /// Reads an ONNX file (and its external data) into the IR.
 pub fn read_onnx(path: &Path) -> Result<OnnxModel> {
-    read_onnx_bytes(path, &crate::io::FileBytes::open(path)?)
+    read_onnx_mapped(path, &crate::io::FileBytes::open(path)?)
+}
+
+/// `read_onnx_bytes` on a mapped file: each float weight's pages are released once
+/// decoded (`FileBytes::release`), so the file is not resident beside its weights.
+pub fn read_onnx_mapped(path: &Path, bytes: &crate::io::FileBytes) -> Result<OnnxModel> {
+    read(path, bytes, Some(bytes))
 }
 
 /// Same as `read_onnx` with the bytes already in memory (`path` locates external
 /// data and names the file in errors).
 pub fn read_onnx_bytes(path: &Path, bytes: &[u8]) -> Result<OnnxModel> {
+    read(path, bytes, None)
+}
+
+fn read(path: &Path, bytes: &[u8], mapped: Option<&crate::io::FileBytes>) -> Result<OnnxModel> {
     let file_err = |why: String| Error::File { path: path.to_path_buf(), why };
     // The weights stay in `bytes` (a mapped file): protobuf parses the rest.
     let stripped = super::wire::strip_initializer_data(bytes).map_err(|e| file_err(format!("not a valid ONNX model (protobuf: {})", e)))?;
@@ -83,8 +93,16 @@ pub fn read_onnx_bytes(path: &Path, bytes: &[u8]) -> Result<OnnxModel> {
         g.initializer
             .par_iter()
             .zip(&raws)
-            .map(|(t, raw)| {
-                (raw.is_some() && !is_external(t) && FloatType::from_onnx(t.data_type).is_some()).then(|| decode_with(t, *raw, &mut ExternalData::new(path)))
+            .enumerate()
+            .map(|(i, (t, raw))| {
+                (raw.is_some() && !is_external(t) && FloatType::from_onnx(t.data_type).is_some()).then(|| {
+                    let d = decode_with(t, *raw, &mut ExternalData::new(path));
+                    // Decoded: its bytes in the map are not needed again here.
+                    if let (Some(m), Some(Some(r))) = (mapped, stripped.raw.get(i)) {
+                        m.release(r.clone());
+                    }
+                    d
+                })
             })
             .collect()
     };

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 
 pub use check::check_written_model;
 pub use export::{onnx_bytes, op_counts, write_onnx, write_onnx_with, EXTERNAL_DATA_THRESHOLD};
-pub use import::{read_onnx, read_onnx_bytes, OnnxImport};
+pub use import::{read_onnx, read_onnx_bytes, read_onnx_mapped, OnnxImport};
 pub use tensor::FloatType;
 
 use crate::graph::Graph;
