@@ -78,16 +78,8 @@ pub fn execute_plan_releasing(plan: &FusionPlan, weights: &mut Weights, keep: &d
     }
     let mut computed = HashMap::new();
     let mut non_finite: Option<Error> = None;
-    let run = |computed: &mut HashMap<String, Tensor>, weights: &Weights, level: usize| -> Result<()> {
-        let slots = Slots { source: weights, computed: std::mem::take(computed) };
-        let steps: Vec<&Step> = plan.steps.iter().zip(&levels).filter(|(_, l)| **l == level).map(|(s, _)| s).collect();
-        let outputs: Result<Vec<Vec<(String, Tensor)>>> = steps.par_iter().map(|s| run_step(s, &slots)).collect();
-        *computed = slots.computed;
-        computed.extend(outputs?.into_iter().flatten());
-        Ok(())
-    };
     for (level, gone) in release.iter().enumerate() {
-        let ran = run(&mut computed, weights, level).and_then(|_| if level + 1 == depth { plan.check_outputs(&computed) } else { Ok(()) });
+        let ran = run_level(plan, &levels, level, weights, &mut computed).and_then(|_| if level + 1 == depth { plan.check_outputs(&computed) } else { Ok(()) });
         if let Err(failed) = ran {
             return Err(non_finite.take().unwrap_or_else(|| plan.check_present_sources(weights).err().unwrap_or(failed)));
         }
@@ -107,18 +99,26 @@ pub fn execute_plan_releasing(plan: &FusionPlan, weights: &mut Weights, keep: &d
 }
 
 fn run_steps(plan: &FusionPlan, weights: &Weights) -> Result<HashMap<String, Tensor>> {
-    let mut slots = Slots { source: weights, computed: HashMap::new() };
-    // Steps of one dependency level are independent: run them in parallel (each
-    // primitive is itself parallel over output channels).
     let levels = plan.levels();
     let depth = levels.iter().max().map_or(0, |l| l + 1);
+    let mut computed = HashMap::new();
     for level in 0..depth {
-        let steps: Vec<&Step> = plan.steps.iter().zip(&levels).filter(|(_, l)| **l == level).map(|(s, _)| s).collect();
-        let outputs: Vec<Vec<(String, Tensor)>> = steps.par_iter().map(|s| run_step(s, &slots)).collect::<Result<_>>()?;
-        slots.computed.extend(outputs.into_iter().flatten());
+        run_level(plan, &levels, level, weights, &mut computed)?;
     }
-    plan.check_outputs(&slots.computed)?;
-    Ok(slots.computed)
+    plan.check_outputs(&computed)?;
+    Ok(computed)
+}
+
+/// Runs the steps of one dependency level, adding their outputs to `computed`. Steps
+/// of one level are independent: they run in parallel (each primitive is itself
+/// parallel over output channels).
+fn run_level(plan: &FusionPlan, levels: &[usize], level: usize, weights: &Weights, computed: &mut HashMap<String, Tensor>) -> Result<()> {
+    let slots = Slots { source: weights, computed: std::mem::take(computed) };
+    let steps: Vec<&Step> = plan.steps.iter().zip(levels).filter(|(_, l)| **l == level).map(|(s, _)| s).collect();
+    let outputs: Result<Vec<Vec<(String, Tensor)>>> = steps.par_iter().map(|s| run_step(s, &slots)).collect();
+    *computed = slots.computed;
+    computed.extend(outputs?.into_iter().flatten());
+    Ok(())
 }
 
 fn run_step(step: &Step, slots: &Slots) -> Result<Vec<(String, Tensor)>> {

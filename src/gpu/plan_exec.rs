@@ -336,24 +336,17 @@ struct Timer {
     queries: Option<wgpu::QuerySet>,
     per_pass: bool,
     dispatches: usize,
+    /// Queries in the set: a pair per dispatch, or one pair for the whole plan.
+    count: u32,
 }
 
 impl Timer {
     fn new(ctx: &GpuContext, dispatches: usize) -> Timer {
         let per_pass = 2 * dispatches.max(1) <= 4096;
-        let queries = ctx.timestamps.then(|| {
-            let count = if per_pass { 2 * dispatches.max(1) } else { 2 };
-            ctx.device.create_query_set(&wgpu::QuerySetDescriptor { label: Some("plan time"), ty: wgpu::QueryType::Timestamp, count: count as u32 })
-        });
-        Timer { queries, per_pass, dispatches }
-    }
-
-    fn count(&self) -> u32 {
-        if self.per_pass {
-            2 * self.dispatches.max(1) as u32
-        } else {
-            2
-        }
+        let count = if per_pass { 2 * dispatches.max(1) as u32 } else { 2 };
+        let queries =
+            ctx.timestamps.then(|| ctx.device.create_query_set(&wgpu::QuerySetDescriptor { label: Some("plan time"), ty: wgpu::QueryType::Timestamp, count }));
+        Timer { queries, per_pass, dispatches, count }
     }
 
     /// The timestamp writes of dispatch `q`.
@@ -377,7 +370,7 @@ impl Timer {
     /// Resolves the queries into a buffer to read back (and its length in f32 words).
     fn resolve(&self, ctx: &GpuContext, encoder: &mut wgpu::CommandEncoder) -> Option<(wgpu::Buffer, u64)> {
         let q = self.queries.as_ref()?;
-        let n = self.count();
+        let n = self.count;
         let b = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("plan time"),
             size: n as u64 * 8,

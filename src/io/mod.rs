@@ -17,7 +17,7 @@ use crate::weights::Weights;
 
 /// A file's bytes, mapped (no copy: the weights are decoded from the page cache).
 ///
-/// The map is read-only and private; like every reader that maps files (safetensors,
+/// The map is read-only (a shared file mapping nobody writes); like every reader that maps files (safetensors,
 /// ONNX Runtime), it assumes the file is not truncated while it is being read.
 pub enum FileBytes {
     /// A mapped file.
@@ -38,7 +38,7 @@ impl FileBytes {
         if meta.len() == 0 {
             return Ok(FileBytes::Empty);
         }
-        // SAFETY: a read-only private map of a file we opened; see the type's doc.
+        // SAFETY: a read-only map of a file we opened; see the type's doc.
         // Populated: the kernel maps every page of the file in one pass instead of one
         // fault per few pages while the weights are decoded.
         let map = unsafe { memmap2::MmapOptions::new().populate().map(&f) }.map_err(io)?;
