@@ -6,7 +6,7 @@
 //! re-sorted whole. `fuse` validates the whole result once at the end, and checks
 //! there that the shapes kept here equal a full inference.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use super::rule::Patch;
 use crate::error::{Error, Result};

@@ -26,7 +26,7 @@ pub(super) fn has_conv_sibling(ctx: &Ctx, j: usize, tensor: &str, except: &str) 
 pub(super) fn join_after(ctx: &Ctx, tensor: &str) -> Option<(usize, String)> {
     let mut t = tensor.to_string();
     loop {
-        let c = ctx.index.sole_consumer(&t)?;
+        let c = ctx.sole_consumer(&t)?;
         match &ctx.node(c).op {
             op if is_join(op) => return Some((c, t)),
             Op::BatchNorm(_) => t = ctx.node(c).outputs[0].clone(),
@@ -113,7 +113,7 @@ pub fn avgpool_to_conv(ctx: &mut Ctx, i: usize) -> Option<Patch> {
     // Only a stride-1 1x1 conv before the pool composes with it (1x1 -> KxK).
     let after_conv = ctx
         .producer(input)
-        .is_some_and(|q| matches!(&ctx.node(q).op, Op::Conv2d(c) if c.is_pointwise() && c.stride == [1, 1]) && ctx.index.sole_consumer(input) == Some(i));
+        .is_some_and(|q| matches!(&ctx.node(q).op, Op::Conv2d(c) if c.is_pointwise() && c.stride == [1, 1]) && ctx.sole_consumer(input) == Some(i));
     let before_merge = join_after(ctx, &n.outputs[0]).is_some_and(|(j, t)| has_conv_sibling(ctx, j, input, &t));
     if !after_conv && !before_merge {
         return None;

@@ -32,7 +32,7 @@ pub fn fold_bn_into_conv(ctx: &mut Ctx, i: usize) -> Option<Patch> {
     if conv.out_channels != bn.channels {
         return None;
     }
-    if ctx.index.sole_consumer(&n.inputs[0]) != Some(i) {
+    if ctx.sole_consumer(&n.inputs[0]) != Some(i) {
         let reason = format!("`{}` output `{}` is also read elsewhere: folding the BN would change what the other readers see", prod.name, n.inputs[0]);
         ctx.refuse("fold_bn_into_conv", &[&prod.name, &n.name], reason);
         return None;
@@ -57,7 +57,7 @@ pub fn fold_bn_into_conv(ctx: &mut Ctx, i: usize) -> Option<Patch> {
 /// zero-padded border would see 0 where the BN would have produced its shift.
 pub fn fold_bn_into_next(ctx: &mut Ctx, i: usize) -> Option<Patch> {
     bn_at(ctx, i)?;
-    let c = ctx.index.sole_consumer(&ctx.node(i).outputs[0])?;
+    let c = ctx.sole_consumer(&ctx.node(i).outputs[0])?;
     if !matches!(ctx.node(c).op, Op::Conv2d(_) | Op::Linear(_)) {
         return None;
     }

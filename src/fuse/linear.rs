@@ -18,7 +18,7 @@ pub fn conv1x1_to_linear(ctx: &mut Ctx, i: usize) -> Option<Patch> {
     let p = ctx.producer(&flat.inputs[0])?;
     let conv_node = ctx.node(p).clone();
     let Op::Conv2d(c) = &conv_node.op else { return None };
-    if ctx.index.sole_consumer(&flat.inputs[0]) != Some(i) || !c.is_pointwise() || c.has_padding() {
+    if ctx.sole_consumer(&flat.inputs[0]) != Some(i) || !c.is_pointwise() || c.has_padding() {
         return None;
     }
     let s = &conv_node.inputs[0];
@@ -26,14 +26,14 @@ pub fn conv1x1_to_linear(ctx: &mut Ctx, i: usize) -> Option<Patch> {
         return None;
     }
     // Only where it lets a merge happen: the flattened output is summed with a Linear.
-    let j = ctx.index.sole_consumer(&flat.outputs[0])?;
+    let j = ctx.sole_consumer(&flat.outputs[0])?;
     let has_linear_sibling =
         ctx.node(j).op == Op::Add && ctx.node(j).inputs.iter().any(|t| ctx.producer(t).is_some_and(|q| matches!(ctx.node(q).op, Op::Linear(_))));
     if !has_linear_sibling {
         return None;
     }
     // Read an existing Flatten of `s` when there is one, so both Linears share it.
-    let existing = ctx.index.consumers(s).iter().copied().find(|&k| k != p && ctx.node(k).op == Op::Flatten);
+    let existing = ctx.consumers(s).iter().copied().find(|&k| k != p && ctx.node(k).op == Op::Flatten);
     let mut add = vec![];
     let flat_s = match existing {
         Some(k) => ctx.node(k).outputs[0].clone(),

@@ -12,22 +12,45 @@ use crate::graph::{Conv2d, Node, Op};
 use crate::plan::{PlaceSource, Step};
 
 /// `Add(Add(a, b), c)` => `Add(a, b, c)` when the inner sum has no other reader.
+/// The outermost sum of a tree takes the whole tree at once (a chain of k sums is one
+/// patch, not k-1 waves), keeping the order of the summands.
 pub fn flatten_add(ctx: &mut Ctx, i: usize) -> Option<Patch> {
     // Cheap kind check first: rules run on every node of every wave.
-    if !(ctx.node(i).op == Op::Add) {
+    if ctx.node(i).op != Op::Add {
         return None;
     }
-    let n = ctx.node(i).clone();
-    if n.op != Op::Add {
+    if absorbing_sum(ctx, &ctx.node(i).outputs[0]).is_some() {
+        return None; // the sum reading this one takes it
+    }
+    let mut remove = vec![i];
+    let mut inputs = vec![];
+    let mut todo: Vec<(usize, usize)> = vec![(i, 0)];
+    // Depth-first, in input order, without recursion: chains can be long.
+    while let Some((k, pos)) = todo.pop() {
+        let Some(t) = ctx.node(k).inputs.get(pos) else { continue };
+        todo.push((k, pos + 1));
+        match ctx.producer(t).filter(|&p| ctx.node(p).op == Op::Add && absorbing_sum(ctx, t) == Some(k)) {
+            Some(p) => {
+                remove.push(p);
+                todo.push((p, 0));
+            }
+            None => inputs.push(t.clone()),
+        }
+    }
+    if remove.len() == 1 {
         return None;
     }
-    let (pos, j) = n.inputs.iter().enumerate().find_map(|(k, t)| {
-        let p = ctx.producer(t)?;
-        (ctx.node(p).op == Op::Add && ctx.index.sole_consumer(t) == Some(i) && n.inputs.iter().filter(|x| *x == t).count() == 1).then_some((k, p))
-    })?;
-    let mut merged = n.clone();
-    merged.inputs.splice(pos..=pos, ctx.node(j).inputs.clone());
-    Some(Patch { remove: vec![i, j], into: n.name.clone(), add: vec![merged], rule: "flatten add", ..Default::default() })
+    let n = ctx.node(i);
+    let merged = Node { inputs, ..n.clone() };
+    Some(Patch { remove, into: n.name.clone(), add: vec![merged], rule: "flatten add", ..Default::default() })
+}
+
+/// The sum that can take in the sum writing `t`: the one reader of `t`, an Add that
+/// reads it once.
+fn absorbing_sum(ctx: &Ctx, t: &str) -> Option<usize> {
+    let c = ctx.sole_consumer(t)?;
+    let n = ctx.node(c);
+    (n.op == Op::Add && n.inputs.iter().filter(|x| *x == t).count() == 1).then_some(c)
 }
 
 /// A conv branch of a join: its node index, conv view and output tensor.
@@ -52,7 +75,7 @@ fn conv_branches(ctx: &mut Ctx, join: usize) -> BTreeMap<(u8, String), Vec<(usiz
         let Some(p) = ctx.producer(t) else { continue };
         let Some(conv) = ConvLike::from_op(&ctx.node(p).op) else { continue };
         let key = (if conv.kind == Kind::Conv { 0 } else { 1 }, ctx.node(p).inputs[0].clone());
-        let shared = ctx.index.sole_consumer(t) != Some(join);
+        let shared = ctx.sole_consumer(t) != Some(join);
         groups.entry(key).or_default().push((pos, Branch { node: p, conv }, shared));
     }
     let mut out = BTreeMap::new();

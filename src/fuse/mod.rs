@@ -15,10 +15,12 @@ mod rule;
 mod sequence;
 mod shortcut;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 pub use report::{FusedRegion, FusionReport, Left, Refusal};
-use rule::{Ctx, Patch, Rule};
+use rule::{tensor_key, Ctx, Patch, Rule};
 
 use crate::error::{Error, Result};
 use crate::graph::{Graph, GraphIndex};
@@ -92,12 +94,13 @@ pub fn fuse(graph: &Graph, opts: &FuseOptions) -> Result<Fusion> {
     // bound only guards against a rule bug turning into an endless loop.
     let max_patches = 16 * graph.nodes.len() + 16;
     let mut shapes = shapes_before.clone();
-    let mut names: std::collections::HashSet<String> = g.nodes.iter().map(|n| n.name.clone()).collect();
+    let mut names: HashSet<String> = g.nodes.iter().map(|n| n.name.clone()).collect();
     for _ in 0..max_patches {
         let index = GraphIndex::new(&g);
         let mut ctx = Ctx {
             graph: &g,
             index: &index,
+            queried: Default::default(),
             shapes: &shapes,
             counter: &mut counter,
             refusals: &mut refusals,
@@ -120,41 +123,45 @@ pub fn fuse(graph: &Graph, opts: &FuseOptions) -> Result<Fusion> {
 }
 
 /// Every patch the highest-priority rule that applies anywhere finds, as long as the
-/// patches are independent: no two remove the same node or touch the same tensor, so
-/// no patch can change what another one's decision was based on (its producers and
-/// consumers). Applying such a wave at once is the same as applying its patches one
-/// by one, without re-indexing the graph between them.
+/// patches are independent: applying such a wave at once is the same as applying its
+/// patches one by one, without re-indexing the graph between them. A patch's decision
+/// rests on the nodes it removes, on who produces the tensors it reads, and on who
+/// reads the tensors whose consumers it asked about; so two patches are independent
+/// when they remove different nodes and neither writes (or re-routes the readers of)
+/// a tensor the other touches. Two patches may both read one tensor: MobileOne's
+/// parallel conv+BN branches of one input fold in one wave, not one wave per branch.
 fn next_wave(ctx: &mut Ctx) -> Vec<Patch> {
-    // Tensors are remembered by hash: a collision can only make two independent
-    // patches look dependent, which defers one to the next wave, never the reverse.
-    let key = |t: &String| {
-        use std::hash::{BuildHasher, Hasher};
-        let mut h = std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().build_hasher();
-        h.write(t.as_bytes());
-        h.finish()
-    };
     let graph = ctx.graph;
     for (_, rule) in RULES {
         let mut wave: Vec<Patch> = vec![];
         let mut nodes = vec![false; graph.nodes.len()];
-        let mut tensors: std::collections::HashSet<u64> = std::collections::HashSet::new();
+        // Tensors a kept patch writes or asked the readers of (no other patch may
+        // touch them), and tensors kept patches only read (others may read them too).
+        let mut exclusive: HashSet<u64> = HashSet::new();
+        let mut shared: HashSet<u64> = HashSet::new();
         for i in 0..graph.nodes.len() {
             if nodes[i] {
                 continue;
             }
+            ctx.queried.borrow_mut().clear();
             let Some(p) = rule(ctx, i) else { continue };
-            let touched: Vec<u64> = p
-                .remove
-                .iter()
-                .flat_map(|&k| graph.nodes[k].inputs.iter().chain(&graph.nodes[k].outputs))
-                .chain(p.add.iter().flat_map(|n| n.inputs.iter().chain(&n.outputs)))
-                .map(key)
+            let removed = p.remove.iter().map(|&k| &graph.nodes[k]);
+            let owned: Vec<u64> = removed
+                .clone()
+                .chain(&p.add)
+                .flat_map(|n| n.outputs.iter().map(|t| tensor_key(t)))
+                .chain(ctx.queried.borrow().iter().copied())
                 .collect();
-            if p.remove.iter().any(|&k| nodes[k]) || touched.iter().any(|t| tensors.contains(t)) {
+            let read: Vec<u64> = removed.chain(&p.add).flat_map(|n| n.inputs.iter().map(|t| tensor_key(t))).collect();
+            if p.remove.iter().any(|&k| nodes[k])
+                || owned.iter().any(|t| exclusive.contains(t) || shared.contains(t))
+                || read.iter().any(|t| exclusive.contains(t))
+            {
                 continue;
             }
             p.remove.iter().for_each(|&k| nodes[k] = true);
-            tensors.extend(touched);
+            exclusive.extend(owned);
+            shared.extend(read);
             wave.push(p);
         }
         if !wave.is_empty() {
@@ -268,7 +275,7 @@ fn finish(
 impl Fusion {
     /// The deploy weights: untouched source tensors (shared, not copied) plus the
     /// tensors the plan computed, for exactly the parameters the deploy graph names.
-    pub fn assemble_weights(&self, source: &Weights, computed: &HashMap<String, Tensor>) -> Result<Weights> {
+    pub fn assemble_weights(&self, source: &Weights, computed: &std::collections::HashMap<String, Tensor>) -> Result<Weights> {
         let mut out = Weights::new();
         for name in self.graph.params.keys() {
             let t = match computed.get(name) {

@@ -24,7 +24,12 @@ pub struct Patch {
 /// refusals.
 pub struct Ctx<'a> {
     pub graph: &'a Graph,
-    pub index: &'a GraphIndex<'a>,
+    /// Producers and consumers; rules ask for consumers through [`Ctx::consumers`]
+    /// and [`Ctx::sole_consumer`], which note the tensor (see `queried`).
+    pub(super) index: &'a GraphIndex<'a>,
+    /// Tensors whose consumers the current rule call asked about: its decision
+    /// depends on who reads them, so no other patch of the wave may change that.
+    pub(super) queried: std::cell::RefCell<Vec<u64>>,
     pub shapes: &'a Shapes,
     pub counter: &'a mut usize,
     pub refusals: &'a mut Vec<Refusal>,
@@ -56,10 +61,30 @@ impl Ctx<'_> {
         self.index.producer(tensor)
     }
 
+    /// Nodes reading `tensor` (noted: the patch's decision now depends on them).
+    pub fn consumers(&self, tensor: &str) -> &[usize] {
+        self.queried.borrow_mut().push(tensor_key(tensor));
+        self.index.consumers(tensor)
+    }
+
+    /// The one node reading `tensor`, graph outputs included (noted, as `consumers`).
+    pub fn sole_consumer(&self, tensor: &str) -> Option<usize> {
+        self.queried.borrow_mut().push(tensor_key(tensor));
+        self.index.sole_consumer(tensor)
+    }
+
     /// Channel count of a tensor, when its shape is known.
     pub fn channels(&self, tensor: &str) -> Option<usize> {
         self.shapes.get(tensor).and_then(|s| s.get(1).copied())
     }
+}
+
+/// A tensor name remembered by hash while a wave is assembled: a collision can only
+/// make two independent patches look dependent, which defers one to the next wave,
+/// never the reverse.
+pub fn tensor_key(t: &str) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::with_seed(0x5eed).hash_one(t)
 }
 
 pub type Rule = fn(&mut Ctx, usize) -> Option<Patch>;

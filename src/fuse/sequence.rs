@@ -27,7 +27,7 @@ pub fn compose_sequence(ctx: &mut Ctx, i: usize) -> Option<Patch> {
         return None;
     }
     let names = [first_node.name.as_str(), second_node.name.as_str()];
-    if ctx.index.sole_consumer(t) != Some(i) {
+    if ctx.sole_consumer(t) != Some(i) {
         if a.is_pointwise() || b.is_pointwise() {
             let reason = format!("`{}` output `{}` is also read elsewhere: fusing it into `{}` would change the other readers", names[0], t, names[1]);
             ctx.refuse("compose_sequence", &names, reason);

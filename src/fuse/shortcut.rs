@@ -70,7 +70,7 @@ fn match_chain(ctx: &Ctx, i: usize) -> Option<Chain> {
     if add.op != Op::Add || add.inputs.len() != 2 {
         return None;
     }
-    let sole = |t: &str, by: usize| ctx.index.sole_consumer(t) == Some(by);
+    let sole = |t: &str, by: usize| ctx.sole_consumer(t) == Some(by);
     // Either order: (projection output, shortcut).
     let (pi, p, x) = [(0, 1), (1, 0)].iter().find_map(|&(a, b)| {
         let (pi, p) = conv_at(ctx, &add.inputs[a])?;

@@ -1,6 +1,6 @@
 //! Producer/consumer lookups the rewrite rules need, rebuilt after every patch.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet};
 
 use super::Graph;
 

@@ -95,7 +95,7 @@ impl Graph {
     }
 
     /// `validate` for a graph that was valid before `changed` nodes were added.
-    pub fn validate_changed(&self, changed: &std::collections::HashSet<&str>) -> crate::Result<Shapes> {
+    pub fn validate_changed(&self, changed: &foldhash::HashSet<&str>) -> crate::Result<Shapes> {
         validate::validate_changed(self, changed)
     }
 

@@ -1,7 +1,7 @@
 //! Shape inference. Known ops get exact shapes; outputs of Opaque nodes (and anything
 //! downstream of them) stay unknown, which the rewrite rules treat as "cannot prove".
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 use super::{Graph, Node, Op};
 use crate::error::Result;

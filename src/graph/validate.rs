@@ -1,7 +1,9 @@
 //! Structural validation: names, order, cycles, parameter shapes, op attributes.
 //! Runs on every graph a user hands us and after every rewrite patch.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+use foldhash::{HashMap, HashSet, HashSetExt};
 
 use super::{infer_shapes, Graph, Node, Shapes};
 use crate::error::{Error, Result};

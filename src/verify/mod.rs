@@ -376,7 +376,7 @@ pub fn check_regions_with(
 ) -> Result<Vec<RegionCheck>> {
     // Lenient, and with the shapes the reader's engine analysis proved past ops the
     // reference does not model (`Graph::known_shapes`), so regions there still run.
-    let shapes = crate::graph::infer_shapes_seeded(original, HashMap::new())?;
+    let shapes = crate::graph::infer_shapes_seeded(original, crate::graph::Shapes::default())?;
     let mut out = vec![];
     for (k, (name, from)) in origins.iter().enumerate() {
         let node = fused.node(name).expect("origins name deploy nodes");

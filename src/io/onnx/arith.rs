@@ -38,7 +38,7 @@ pub(super) fn lift_constant_arith(g: &mut Graph, w: &mut Weights, dtypes: &mut B
         // Lenient: a node whose shapes do not check (a broadcast Add, which this pass
         // hands back to ONNX; a bad file, which validation reports with the node at
         // fault when it is fused) just leaves its output unknown.
-        let shapes = crate::graph::infer_shapes_seeded(g, HashMap::new())?;
+        let shapes = crate::graph::infer_shapes_seeded(g, crate::graph::Shapes::default())?;
         let mut alias: HashMap<String, String> = HashMap::new();
         let mut changed = false;
         let mut nodes = Vec::with_capacity(g.nodes.len());
