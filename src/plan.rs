@@ -354,27 +354,28 @@ impl FusionPlan {
         Ok(())
     }
 
-    /// Merges each `FoldBn` whose outputs feed exactly one `Place` (and nothing in
-    /// `keep`, the tensors the deploy graph names) into that place as an on-the-fly
+    /// Merges each `FoldBn` whose outputs feed exactly one `Place` (and are not
+    /// parameters in `keep`, the deploy graph's) into that place as an on-the-fly
     /// BN: the folded kernel is never written and read back, which is most of the
     /// memory traffic of a RepVGG-style fusion. Same arithmetic, fewer steps.
-    pub fn fold_bn_into_place(&mut self, keep: &std::collections::BTreeSet<String>) {
-        let mut readers: HashMap<String, usize> = HashMap::new();
+    pub fn fold_bn_into_place(&mut self, keep: &BTreeMap<String, Vec<usize>>) {
+        let mut readers: foldhash::HashMap<&str, usize> = Default::default();
         for s in &self.steps {
             for t in s.inputs() {
-                *readers.entry(t.to_string()).or_default() += 1;
+                *readers.entry(t).or_default() += 1;
             }
         }
-        let mut folds: HashMap<String, (String, Option<String>, BnParams, String)> = HashMap::new();
+        let mut folds: foldhash::HashMap<String, (String, Option<String>, BnParams, String)> = Default::default();
         for s in &self.steps {
             if let Step::FoldBn { kernel, bias, bn, out_kernel, out_bias } = s {
-                let single = |t: &String| readers.get(t) == Some(&1) && !keep.contains(t);
+                let single = |t: &String| readers.get(t.as_str()) == Some(&1) && !keep.contains_key(t);
                 if single(out_kernel) && single(out_bias) {
                     folds.insert(out_kernel.clone(), (kernel.clone(), bias.clone(), bn.clone(), out_bias.clone()));
                 }
             }
         }
-        let mut used = HashSet::new();
+        drop(readers);
+        let mut used: foldhash::HashSet<String> = Default::default();
         for s in &mut self.steps {
             if let Step::Place { sources, .. } = s {
                 for src in sources.iter_mut() {

@@ -89,7 +89,8 @@ pub fn fuse(graph: &Graph, opts: &FuseOptions) -> Result<Fusion> {
     let mut counter = 0usize;
     let mut seen = BTreeSet::new();
     let mut refusals = Vec::new();
-    let mut origins: HashMap<String, BTreeSet<String>> = graph.nodes.iter().map(|n| (n.name.clone(), [n.name.clone()].into())).collect();
+    // Only nodes made by a rewrite have an entry; any other node stands for itself.
+    let mut origins: HashMap<String, BTreeSet<String>> = HashMap::new();
     // Each wave removes at least one node or replaces a pattern by a smaller one; the
     // bound only guards against a rule bug turning into an endless loop.
     let max_patches = 16 * graph.nodes.len() + 16;
@@ -113,6 +114,7 @@ pub fn fuse(graph: &Graph, opts: &FuseOptions) -> Result<Fusion> {
             return finish(g, plan, report, refusals, origins, &graph.params, &shapes);
         }
         tracing::debug!(rule = wave[0].rule, patches = wave.len(), "rewrite wave");
+        report.waves += 1;
         let rule = wave[0].rule;
         let layout = apply::check_wave(&g, &index, &wave, &names, rule)?;
         let (nodes, params) = record(&g, &mut plan, &mut report, &mut origins, wave);
@@ -146,12 +148,8 @@ fn next_wave(ctx: &mut Ctx) -> Vec<Patch> {
             ctx.queried.borrow_mut().clear();
             let Some(p) = rule(ctx, i) else { continue };
             let removed = p.remove.iter().map(|&k| &graph.nodes[k]);
-            let owned: Vec<u64> = removed
-                .clone()
-                .chain(&p.add)
-                .flat_map(|n| n.outputs.iter().map(|t| tensor_key(t)))
-                .chain(ctx.queried.borrow().iter().copied())
-                .collect();
+            let owned: Vec<u64> =
+                removed.clone().chain(&p.add).flat_map(|n| n.outputs.iter().map(|t| tensor_key(t))).chain(ctx.queried.borrow().iter().copied()).collect();
             let read: Vec<u64> = removed.chain(&p.add).flat_map(|n| n.inputs.iter().map(|t| tensor_key(t))).collect();
             if p.remove.iter().any(|&k| nodes[k])
                 || owned.iter().any(|t| exclusive.contains(t) || shared.contains(t))
@@ -183,7 +181,14 @@ fn record(g: &Graph, plan: &mut FusionPlan, report: &mut FusionReport, origins: 
         let mut from: Vec<String> = patch.remove.iter().map(|&i| g.nodes[i].name.clone()).collect();
         from.sort();
         // Every new node stands for the union of the original nodes it replaces.
-        let union: BTreeSet<String> = patch.remove.iter().flat_map(|&i| origins.get(&g.nodes[i].name).cloned().unwrap_or_default()).collect();
+        let union: BTreeSet<String> = patch
+            .remove
+            .iter()
+            .flat_map(|&i| {
+                let name = &g.nodes[i].name;
+                origins.get(name).map_or_else(|| vec![name.clone()], |o| o.iter().cloned().collect())
+            })
+            .collect();
         for n in &patch.add {
             origins.insert(n.name.clone(), union.clone());
         }
@@ -239,25 +244,27 @@ fn finish(
     source_params: &BTreeMap<String, Vec<usize>>,
     kept: &crate::graph::Shapes,
 ) -> Result<Fusion> {
-    // The shapes the waves kept up to date are those of a full inference.
-    let full = g.validate()?;
-    if let Some((t, s)) = full.iter().find(|(t, s)| kept.get(*t) != Some(s)) {
-        return Err(Error::Graph(format!("internal error: the rewrite kept shape {:?} for `{}`, inference gives {:?}", kept.get(t), t, s)));
-    }
-    if kept.len() != full.len() {
-        return Err(Error::Graph(format!("internal error: the rewrite kept {} tensor shapes, inference gives {}", kept.len(), full.len())));
-    }
     let origins: BTreeMap<String, Vec<String>> = g
         .nodes
         .iter()
         .filter_map(|n| origins.get(&n.name).filter(|o| o.len() > 1 || !o.contains(&n.name)).map(|o| (n.name.clone(), o.iter().cloned().collect())))
         .collect();
-    let used: BTreeSet<String> = g.nodes.iter().flat_map(|n| n.op.params().into_iter().map(str::to_string).chain(n.inputs.iter().cloned())).collect();
-    g.params.retain(|k, _| used.contains(k));
+    let used: HashSet<&str> = g.nodes.iter().flat_map(|n| n.op.params().into_iter().chain(n.inputs.iter().map(String::as_str))).collect();
+    g.params.retain(|k, _| used.contains(k.as_str()));
+    drop(used);
     let mut plan = plan;
-    plan.fold_bn_into_place(&g.params.keys().cloned().collect());
+    plan.fold_bn_into_place(&g.params);
     tidy_names(&mut g, &mut plan, source_params);
+    // One full validation of the result (the waves checked only what they changed);
+    // the shapes the waves kept up to date must be those of a full inference (the
+    // steps above rename and drop parameters only, never activations).
     let shapes = g.validate()?;
+    if let Some((t, s)) = shapes.iter().find(|(t, s)| kept.get(*t) != Some(s)) {
+        return Err(Error::Graph(format!("internal error: the rewrite kept shape {:?} for `{}`, inference gives {:?}", kept.get(t), t, s)));
+    }
+    if kept.len() != shapes.len() {
+        return Err(Error::Graph(format!("internal error: the rewrite kept {} tensor shapes, inference gives {}", kept.len(), shapes.len())));
+    }
     // A refusal stays in the report only while the nodes it names still exist: a
     // pattern refused one way and fused another way is not a refusal.
     let names: BTreeSet<&str> = g.nodes.iter().map(|n| n.name.as_str()).collect();

@@ -75,4 +75,7 @@ pub struct FusionReport {
     pub flops_after: u64,
     /// Number of steps in the [`crate::FusionPlan`].
     pub plan_steps: usize,
+    /// Rewrite waves (sets of independent patches of one rule applied together): a
+    /// count that grows with the graph means the rewrite is no longer linear.
+    pub waves: usize,
 }
