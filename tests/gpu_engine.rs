@@ -11,8 +11,12 @@ use repfuse::{fuse, FuseOptions};
 /// same few-term sums; the GPU sums in f32 and the CPU in f64, so the single-conv
 /// tolerance applies.
 fn assert_plan_matches(name: &str, g: &repfuse::Graph, w: &repfuse::Weights) {
+    assert_plan_matches_with(name, g, w, &FuseOptions::default())
+}
+
+fn assert_plan_matches_with(name: &str, g: &repfuse::Graph, w: &repfuse::Weights, opts: &FuseOptions) {
     let ctx = common::gpu();
-    let f = fuse(g, &FuseOptions::default()).unwrap();
+    let f = fuse(g, opts).unwrap();
     let cpu = repfuse::cpu::execute_plan(&f.plan, w).unwrap();
     let gpu = repfuse::gpu::execute_plan_gpu(ctx, &f.plan, w).unwrap();
     assert_eq!(cpu.len(), gpu.len(), "{}: same tensors computed", name);
@@ -61,6 +65,26 @@ fn gpu_plan_primitives_match_cpu_on_every_zoo_block() {
         let (g, w) = b.finish();
         assert_plan_matches(name, &g, &w);
     }
+}
+
+#[test]
+fn gpu_widened_shortcuts_place_with_channel_maps_like_the_cpu() {
+    // Widening interleaves and scales channels (`place` channel maps with strides
+    // other than 1), which no default-option block does.
+    let mut b = GraphBuilder::new(8);
+    let x = b.input("x", &[1, 8, 7, 7]);
+    let y = blocks::repnext_block(&mut b, &x);
+    b.output(&y);
+    let (g, w) = b.finish();
+    let opts = FuseOptions { widen_shortcuts: true, ..Default::default() };
+    let f = fuse(&g, &opts).unwrap();
+    let mapped = f
+        .plan
+        .steps
+        .iter()
+        .any(|s| matches!(s, repfuse::plan::Step::Place { sources, .. } if sources.iter().any(|p| p.map.in_stride != 1 || p.map.out_stride != 1)));
+    assert!(mapped, "the case must exercise channel maps: {:?}", f.report.fused);
+    assert_plan_matches_with("widened repnext", &g, &w, &opts);
 }
 
 #[test]
