@@ -42,7 +42,7 @@ struct PlaceSourceJob {
 @group(0) @binding(2) var<storage, read> sources: array<PlaceSourceJob>;
 
 // Elements an invocation's slice aims at: enough to amortise the per-source set-up.
-const RUN: u32 = 32u;
+const RUN: u32 = 128u;
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {

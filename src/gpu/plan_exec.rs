@@ -48,6 +48,9 @@ fn dims4(shape: &[usize]) -> Result<[usize; 4]> {
 /// Workgroups per job along x on a software adapter (lavapipe, llvmpipe, WARP).
 const SOFTWARE_WORKGROUPS: usize = 32;
 
+/// Elements one `place` invocation aims to write (`RUN` in place.wgsl).
+const PLACE_RUN: usize = 128;
+
 /// One step's job record (and, for `place`, its source records).
 enum Job {
     FoldBn(FoldBnJob),
@@ -315,7 +318,10 @@ fn record_dispatch(
     // each one more only costs start-up (measured on lavapipe: RepVGG-A0's plan
     // 1036 -> 638 ms, MobileOne-S0's 283 -> 183 ms).
     let cap = if ctx.is_software() { SOFTWARE_WORKGROUPS } else { 65535 };
-    let x = b.max_elems.div_ceil(256).clamp(1, cap) as u32;
+    // A `place` invocation writes a slice of up to PLACE_RUN elements (place.wgsl's
+    // RUN); the other kernels one element per invocation per pass.
+    let per_invocation = if kernel == KernelId::Place { PLACE_RUN } else { 1 };
+    let x = b.max_elems.div_ceil(256 * per_invocation).clamp(1, cap) as u32;
     let table = ctx.table(kernel.name(), &b.records);
     let sources = (kernel == KernelId::Place).then(|| ctx.table("place sources", bytemuck::cast_slice(&b.sources)));
     let mut bindings = vec![buf.as_entire_binding(), table.as_entire_binding()];
