@@ -92,6 +92,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             let base = (os / (src.out_channels / src.groups)) * si;
             let kh = src.kh;
             let kw = src.kw;
+            if (kh == kh_d && kw == kw_d && src.offset_h == 0u && src.offset_w == 0u && src.step_h == 1u && src.step_w == 1u && src.in_stride == 1u) {
+                // Same window, contiguous channels (3x3 into 3x3, 1x1 into 1x1): the
+                // source's part of the slice is one run of elements.
+                let lo = max(c0 + cl0, src.in_offset + base);
+                let hi = min(c0 + cl1, src.in_offset + base + si);
+                if (lo < hi) {
+                    let dst_at = row + (lo - c0) * taps;
+                    let src_at = src.kernel + (os * si + (lo - src.in_offset - base)) * taps;
+                    for (var e = 0u; e < (hi - lo) * taps; e++) {
+                        arena[dst_at + e] += mult * arena[src_at + e];
+                    }
+                }
+                continue;
+            }
             for (var cl = cl0; cl < cl1; cl++) {
                 // The destination input channel c, mapped back to the source's.
                 let c = c0 + cl;
