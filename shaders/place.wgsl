@@ -10,12 +10,13 @@
 // the destination, i.e. a contiguous slice of it (consecutive invocations,
 // consecutive slices), at least RUN elements long where the kernel allows: it zeroes
 // the slice, then adds each source's taps into it in source order (the same order
-// as the CPU reference). Nothing is shared
-// between invocations, so there are no atomics and no barriers, and the index
-// arithmetic that needs a division (which channel of which source, the BN scale with
-// its square root) is done once per slice and source, not once per element: the
-// earlier gather, one invocation per destination element re-reading every source
-// record and dividing a dozen times, ran at ~1% of a device copy on lavapipe.
+// as the CPU reference). Nothing is shared between invocations, so there are no
+// atomics and no barriers, and the index arithmetic that needs a division (which
+// channel of which source, the BN scale with its square root) is done once per slice
+// and source, not once per element: the earlier gather, one invocation per
+// destination element re-reading every source record and dividing a dozen times,
+// ran at ~1% of a device copy on lavapipe. The host sizes the grid by RUN
+// (`PLACE_RUN`, checked equal by a unit test).
 
 // Per-output-channel BN scale of source `src` for its output os (1 without BN).
 fn bn_scale(src: PlaceSourceJob, os: u32) -> f32 {

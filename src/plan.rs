@@ -374,7 +374,6 @@ impl FusionPlan {
                 }
             }
         }
-        drop(readers);
         let mut used: foldhash::HashSet<String> = Default::default();
         for s in &mut self.steps {
             if let Step::Place { sources, .. } = s {

@@ -251,7 +251,6 @@ fn finish(
         .collect();
     let used: HashSet<&str> = g.nodes.iter().flat_map(|n| n.op.params().into_iter().chain(n.inputs.iter().map(String::as_str))).collect();
     g.params.retain(|k, _| used.contains(k.as_str()));
-    drop(used);
     let mut plan = plan;
     plan.fold_bn_into_place(&g.params);
     tidy_names(&mut g, &mut plan, source_params);

@@ -575,3 +575,16 @@ fn encode(step: &Step, arena: &Arena, shape_of: &dyn Fn(&str) -> Result<Vec<usiz
 fn fill_no_bn() -> FillJob {
     FillJob { gamma: NONE, beta: NONE, mean: NONE, variance: NONE, ..FillJob::default() }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The dispatch sizes `place` by the elements one invocation writes; that number
+    /// is the shader's `RUN`, so the two must not drift apart.
+    #[test]
+    fn place_run_matches_the_shader() {
+        let module = super::super::shaders::validate("place", super::super::shaders::PLACE).unwrap();
+        let run = module.constants.iter().find(|(_, c)| c.name.as_deref() == Some("RUN")).expect("place.wgsl declares RUN").1;
+        let naga::Expression::Literal(naga::Literal::U32(v)) = module.global_expressions[run.init] else { panic!("RUN is a u32 literal") };
+        assert_eq!(v as usize, super::PLACE_RUN);
+    }
+}

@@ -94,11 +94,6 @@ impl Graph {
         validate::validate(self)
     }
 
-    /// `validate` for a graph that was valid before `changed` nodes were added.
-    pub fn validate_changed(&self, changed: &foldhash::HashSet<&str>) -> crate::Result<Shapes> {
-        validate::validate_changed(self, changed)
-    }
-
     /// Reorders nodes topologically (stable for already-ordered graphs).
     pub fn sort_topologically(&mut self) -> crate::Result<()> {
         validate::sort_topologically(self)

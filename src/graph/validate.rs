@@ -16,17 +16,6 @@ pub fn validate(g: &Graph) -> Result<Shapes> {
     infer_shapes(g)
 }
 
-/// `validate` after a rewrite of an already valid graph: names, order and shapes of
-/// the whole graph, attributes and parameters of the `changed` nodes only (the others
-/// were checked before and did not change).
-pub fn validate_changed(g: &Graph, changed: &HashSet<&str>) -> Result<Shapes> {
-    check_names_and_order(g)?;
-    for n in g.nodes.iter().filter(|n| changed.contains(n.name.as_str())) {
-        check_op(n, &g.params)?;
-    }
-    infer_shapes(g)
-}
-
 fn check_names_and_order(g: &Graph) -> Result<()> {
     let mut node_names = HashSet::new();
     let mut defined: HashSet<&str> = HashSet::new();
