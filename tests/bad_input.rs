@@ -704,6 +704,33 @@ fn fused_weights_that_overflow_f32_are_an_error_not_a_silent_inf() {
 }
 
 #[test]
+fn a_branch_sum_that_overflows_f32_is_an_error_naming_the_fused_kernel() {
+    // The same overflow inside a multi-branch merge: the 1x1 branch's BN (gamma 1e30
+    // over sqrt(1e-40)) is folded on the fly by the place kernel, whose f64 sum only
+    // overflows when rounded to f32. The place kernel checks as it rounds (the output
+    // scan skips it), so this is the test that the check is there.
+    let dir = tmp();
+    let mut m = proto("z13_repvgg_bn_branch");
+    for n in graph_mut(&mut m).node.iter_mut().filter(|n| n.op_type == "BatchNormalization") {
+        attr(n, "epsilon").f = 0.0;
+    }
+    set_f32(init(&mut m, "0.branches.1.bn.weight"), 0, 1e30);
+    set_f32(init(&mut m, "0.branches.1.bn.running_var"), 0, 1e-40);
+    // Mean 0: the folded bias (beta - mean * scale) stays finite, so only the kernel
+    // overflows and only the place kernel's own check can catch it.
+    set_f32(init(&mut m, "0.branches.1.bn.running_mean"), 0, 0.0);
+    let path = write_proto(dir.path(), "overflow_merge.onnx", &m);
+    let msg = pipeline_err("overflowing merge", &path);
+    // The fused kernel is named after a node of the merged region.
+    let region = ["/0/Add_1", "/0/Add", "/0/branches.0/conv/Conv", "/0/branches.1/conv/Conv"];
+    assert!(
+        msg.contains("overflows f32") && region.iter().any(|n| msg.contains(n)),
+        "overflowing merge: error does not name the overflowing fused kernel: {}",
+        msg
+    );
+}
+
+#[test]
 fn unsupported_initializer_dtype_is_carried_as_opaque() {
     let dir = tmp();
     for (dt, size) in [(DataType::INT8, 1usize), (DataType::DOUBLE, 8)] {

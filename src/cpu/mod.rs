@@ -4,6 +4,7 @@
 mod conv;
 mod error_scale;
 mod forward;
+mod out_buffer;
 pub mod plan_exec;
 pub mod primitives;
 

@@ -207,13 +207,17 @@ pub fn place(out_shape: &[usize], groups: usize, in_channels: usize, sources: &[
         dims.push([so, si, sh, sw]);
     }
     let row = per * kh_out * kw_out;
-    let mut out = vec![0f32; o_total * row];
     let failed = std::sync::atomic::AtomicBool::new(false);
+    let overflow_row = std::sync::atomic::AtomicUsize::new(usize::MAX);
     // One output row (output channel) per task, summed in an f64 row buffer and
-    // rounded once: no whole-kernel f64 temporary, no second pass.
-    out.par_chunks_mut(row).enumerate().for_each_init(
+    // rounded once: no whole-kernel f64 temporary, no second pass, no zero fill. The
+    // f32 rounding is also where a sum can overflow, so finiteness is checked there
+    // (the executors' separate output scan skips place kernels).
+    let out = super::out_buffer::fill_rows(
+        o_total,
+        row,
         || vec![0f64; row],
-        |acc, (o, dst)| {
+        |acc, o, dst| {
             acc.iter_mut().for_each(|a| *a = 0.0);
             let base = (o / (o_total / groups)) * per;
             for (s, &[so, si, sh, sw]) in sources.iter().zip(&dims) {
@@ -250,11 +254,22 @@ pub fn place(out_shape: &[usize], groups: usize, in_channels: usize, sources: &[
                     }
                 }
             }
+            let mut finite = true;
             for (d, a) in dst.iter_mut().zip(acc.iter()) {
-                *d = *a as f32;
+                let v = *a as f32;
+                finite &= v.is_finite();
+                d.write(v);
+            }
+            if !finite {
+                overflow_row.fetch_min(o, std::sync::atomic::Ordering::Relaxed);
             }
         },
     );
+    let o = overflow_row.into_inner();
+    if o < o_total {
+        let (i, v) = out[o * row..].iter().enumerate().find(|(_, v)| !v.is_finite()).expect("a non-finite value was seen");
+        return Err(Error::tensor("place", format!("fused value overflows f32: {} at flat index {}; check the BN statistics and weights", v, o * row + i)));
+    }
     if failed.into_inner() {
         return Err(Error::tensor("place", format!("a source's groups do not fit the destination's {} groups", groups)));
     }
