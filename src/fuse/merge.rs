@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use super::conv_like::{ConvLike, Kind};
-use super::geometry::{coarsest_groups, merge_windows, Window};
+use super::geometry::{coarsest_groups, merge_windows, summed_groups, Window};
 use super::rule::{Ctx, Patch};
 use crate::graph::{Conv2d, Node, Op};
 use crate::plan::{PlaceSource, Step};
@@ -117,8 +117,12 @@ fn merge_branches(ctx: &mut Ctx, branches: &[&Branch], stack: bool, name: &str) 
         out_offsets.push(if stack { out_channels } else { 0 });
         out_channels = if stack { out_channels + b.conv.out_channels } else { b.conv.out_channels };
     }
-    let ranges: Vec<_> = branches.iter().zip(&out_offsets).flat_map(|(b, &off)| b.conv.input_ranges(off)).collect();
-    let groups = coarsest_groups(out_channels, in_channels, &ranges);
+    let groups = if stack {
+        let ranges: Vec<_> = branches.iter().zip(&out_offsets).flat_map(|(b, &off)| b.conv.input_ranges(off)).collect();
+        coarsest_groups(out_channels, in_channels, &ranges)
+    } else {
+        summed_groups(branches.iter().map(|b| b.conv.groups))
+    };
     let w = ctx.fresh(name, "weight");
     let bias = branches.iter().any(|b| b.conv.bias.is_some()).then(|| ctx.fresh(name, "bias"));
     let conv = ConvLike {
