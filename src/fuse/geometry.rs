@@ -136,7 +136,7 @@ mod tests {
         // over channel counts with many divisors: the closed form and the general
         // per-channel check give the same coarsest group count.
         for (out, inp) in [(12, 12), (24, 36), (8, 16), (30, 30), (7, 7)] {
-            let divisors: Vec<usize> = (1..=gcd(out, inp)).filter(|d| gcd(out, inp) % d == 0).collect();
+            let divisors: Vec<usize> = (1..=gcd(out, inp)).filter(|d| gcd(out, inp).is_multiple_of(*d)).collect();
             for &a in &divisors {
                 for &b in &divisors {
                     for &c in &divisors {
