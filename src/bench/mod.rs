@@ -41,6 +41,16 @@ pub struct GpuPlanBench {
     /// device copy time / compute time (wall time without timestamps): the fraction
     /// of copy bandwidth the plan's compute reaches.
     pub bandwidth_fraction: f64,
+    /// Median time of `copy.wgsl` moving the same bytes, at its best dispatch size:
+    /// what a compute kernel that only moves data reaches on this adapter (the
+    /// roofline for the weight kernels; on lavapipe far below the buffer copy).
+    pub shader_copy_ms: f64,
+    /// Workgroups of the best shader-copy dispatch.
+    pub shader_copy_workgroups: u32,
+    /// device copy time / shader copy time: the most any compute kernel showed here.
+    pub shader_copy_fraction: f64,
+    /// shader copy time / plan compute time: the plan's fraction of the roofline.
+    pub fraction_of_shader_copy: f64,
     /// Queue submissions one plan execution takes.
     pub submissions: usize,
     /// Each kernel's achieved bandwidth next to the same-run device copy's (from the
@@ -61,6 +71,8 @@ pub struct KernelBench {
     pub gb_per_s: f64,
     /// Its GB/s over the same-run device copy's.
     pub fraction_of_copy: f64,
+    /// Its GB/s over the same-run shader copy's (`copy.wgsl`).
+    pub fraction_of_shader_copy: f64,
 }
 
 /// CPU forward pass of the training form against the deploy form on one input.
@@ -141,6 +153,39 @@ fn device_copy_ms(ctx: &GpuContext, bytes: usize, reps: usize) -> Result<f64> {
     })
 }
 
+/// `copy.wgsl` moving `bytes` (half read, half written), the compute roofline:
+/// (median ms, workgroups) of the fastest of a few dispatch sizes, since the best
+/// grid differs between adapters (lavapipe pays for every idle invocation).
+fn shader_copy_ms(ctx: &GpuContext, bytes: usize, reps: usize) -> Result<(f64, u32)> {
+    use crate::gpu::shaders::KernelId;
+    let vec4s = (bytes / 32).max(1);
+    let half = vec4s as u64 * 16;
+    ctx.check_binding(half)?;
+    let buf = |label, usage| ctx.device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size: half, usage, mapped_at_creation: false });
+    let src = buf("shader_copy_src", wgpu::BufferUsages::STORAGE);
+    let dst = buf("shader_copy_dst", wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC);
+    let kernel = ctx.kernel(KernelId::Copy)?;
+    let group = ctx.bind_group(&kernel, &[src.as_entire_binding(), dst.as_entire_binding()]);
+    let mut best = (f64::INFINITY, 0);
+    for per_invocation in [1usize, 4, 16, 64] {
+        let groups = vec4s.div_ceil(256 * per_invocation).clamp(1, 65535) as u32;
+        let ms = median_ms(reps, || {
+            let mut e = ctx.device.create_command_encoder(&Default::default());
+            {
+                let mut p = e.begin_compute_pass(&Default::default());
+                p.set_pipeline(&kernel.pipeline);
+                p.set_bind_group(0, &group, &[]);
+                p.dispatch_workgroups(groups, 1, 1);
+            }
+            ctx.submit_and_read(e, &[(&dst, 0, 1)])
+        })?;
+        if ms < best.0 {
+            best = (ms, groups);
+        }
+    }
+    Ok(best)
+}
+
 /// What `bench_model` measures and how often.
 pub struct BenchOptions {
     /// Timed runs per measurement; the median is reported (forward passes cap at 3).
@@ -178,12 +223,21 @@ pub fn bench_model(name: &str, gpu: Option<&GpuContext>, o: &BenchOptions) -> Re
             let compute_ms = median.map(|r| r.0);
             let device_copy_ms = device_copy_ms(ctx, bytes_read + bytes_written, o.reps)?;
             let copy_gbs = (bytes_read + bytes_written) as f64 / (device_copy_ms * 1e6);
+            let (shader_copy_ms, shader_copy_workgroups) = shader_copy_ms(ctx, bytes_read + bytes_written, o.reps)?;
+            let shader_gbs = (bytes_read + bytes_written) as f64 / (shader_copy_ms * 1e6);
             let kernels = median
                 .map(|r| {
                     r.1.iter()
                         .map(|k| {
                             let gbs = k.bytes as f64 / (k.ms.max(1e-9) * 1e6);
-                            KernelBench { kernel: k.kernel.to_string(), ms: k.ms, bytes: k.bytes, gb_per_s: gbs, fraction_of_copy: gbs / copy_gbs }
+                            KernelBench {
+                                kernel: k.kernel.to_string(),
+                                ms: k.ms,
+                                bytes: k.bytes,
+                                gb_per_s: gbs,
+                                fraction_of_copy: gbs / copy_gbs,
+                                fraction_of_shader_copy: gbs / shader_gbs,
+                            }
                         })
                         .collect()
                 })
@@ -197,6 +251,10 @@ pub fn bench_model(name: &str, gpu: Option<&GpuContext>, o: &BenchOptions) -> Re
                 transfer_and_host_ms: compute_ms.map(|c| plan_ms - c),
                 device_copy_ms,
                 bandwidth_fraction: fraction,
+                shader_copy_ms,
+                shader_copy_workgroups,
+                shader_copy_fraction: device_copy_ms / shader_copy_ms,
+                fraction_of_shader_copy: shader_copy_ms / compute_ms.unwrap_or(plan_ms),
                 submissions,
                 kernels,
             })

@@ -344,6 +344,7 @@ pub fn bench(a: &BenchArgs) -> Result<i32> {
                         format!("{:.1}", k.bytes as f64 / 1e6),
                         format!("{:.2}", k.gb_per_s),
                         format!("{:.1}%", k.fraction_of_copy * 100.0),
+                        format!("{:.1}%", k.fraction_of_shader_copy * 100.0),
                     ]
                 })
             })
@@ -351,7 +352,18 @@ pub fn bench(a: &BenchArgs) -> Result<i32> {
         .collect();
     if !kernel_rows.is_empty() {
         crate::say!("");
-        table::print(&["model", "kernel", "ms", "MB r+w", "GB/s", "of device copy"], &kernel_rows);
+        table::print(&["model", "kernel", "ms", "MB r+w", "GB/s", "of device copy", "of shader copy"], &kernel_rows);
+        for r in &results {
+            if let Some(g) = &r.gpu {
+                crate::say!(
+                    "  {}: copy.wgsl (the compute roofline) {:.2} ms at {} workgroups = {:.0}% of the device copy",
+                    r.model,
+                    g.shader_copy_ms,
+                    g.shader_copy_workgroups,
+                    g.shader_copy_fraction * 100.0
+                );
+            }
+        }
     }
     if let Some(c) = conv {
         crate::say!("\n  {}: WGSL {:.2} GFLOP/s ({:.0} ms), CPU reference {:.2} GFLOP/s ({:.0} ms)", c.shape, c.gpu_gflops, c.gpu_ms, c.cpu_gflops, c.cpu_ms);

@@ -31,6 +31,7 @@ fn layout_of(k: KernelId) -> &'static [Bind] {
         KernelId::Place => &[ReadWrite, Read, Read],
         KernelId::Conv2d | KernelId::Conv2dTiled | KernelId::Linear | KernelId::Elementwise => &[Uniform, Read, Read, Read, ReadWrite],
         KernelId::Pool => &[Uniform, Read, ReadWrite],
+        KernelId::Copy => &[Read, ReadWrite],
     }
 }
 

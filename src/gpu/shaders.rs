@@ -24,6 +24,8 @@ pub const ELEMENTWISE: &str = concat!(include_str!("../../shaders/activation.wgs
 pub const POOL: &str = include_str!("../../shaders/pool.wgsl");
 /// Fully connected layer in the forward pass.
 pub const LINEAR: &str = include_str!("../../shaders/linear.wgsl");
+/// A plain copy: the compute roofline `repfuse bench` measures kernels against.
+pub const COPY: &str = include_str!("../../shaders/copy.wgsl");
 
 /// Every kernel, by name in code: the pipeline cache, the binding layouts and the
 /// dispatches all take one of these, so a kernel cannot be misspelt or forgotten (a
@@ -48,11 +50,13 @@ pub enum KernelId {
     Pool,
     /// `linear.wgsl`.
     Linear,
+    /// `copy.wgsl`.
+    Copy,
 }
 
 impl KernelId {
     /// Every kernel.
-    pub const ALL: [KernelId; 9] = [
+    pub const ALL: [KernelId; 10] = [
         KernelId::FoldBn,
         KernelId::Fill,
         KernelId::Place,
@@ -62,6 +66,7 @@ impl KernelId {
         KernelId::Elementwise,
         KernelId::Pool,
         KernelId::Linear,
+        KernelId::Copy,
     ];
 
     /// Its name (labels, errors), the file name without `.wgsl`.
@@ -76,6 +81,7 @@ impl KernelId {
             KernelId::Elementwise => "elementwise",
             KernelId::Pool => "pool",
             KernelId::Linear => "linear",
+            KernelId::Copy => "copy",
         }
     }
 
@@ -91,6 +97,7 @@ impl KernelId {
             KernelId::Elementwise => ELEMENTWISE,
             KernelId::Pool => POOL,
             KernelId::Linear => LINEAR,
+            KernelId::Copy => COPY,
         }
     }
 }
@@ -106,6 +113,7 @@ pub const ALL: &[(&str, &str)] = &[
     ("elementwise", ELEMENTWISE),
     ("pool", POOL),
     ("linear", LINEAR),
+    ("copy", COPY),
 ];
 
 /// Parses and validates one WGSL source with naga (no GPU needed).
