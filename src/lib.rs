@@ -14,6 +14,7 @@
 
 #![warn(missing_docs)]
 
+pub mod arena;
 #[cfg(feature = "tools")]
 pub mod bench;
 #[cfg(feature = "tools")]

@@ -1,19 +1,48 @@
 //! A dense f32 tensor with shared, immutable storage.
 //!
-//! Storage is `Arc<Vec<f32>>` (wrapping a computed Vec costs no copy): cloning a
-//! tensor never copies data and nothing can write
+//! Storage is an `Arc` of either a `Vec<f32>` (wrapping a computed Vec costs no
+//! copy) or a slice of an `Arena` (a model's weights read in one huge-page mapping):
+//! cloning a tensor never copies data and nothing can write
 //! through a shared tensor, so "fusion never mutates its inputs" holds by construction
 //! (the seed code's `branch_add` destroyed a branch by adding into it in place).
 
 use std::sync::Arc;
 
+use crate::arena::{Arena, ArenaSlice};
 use crate::error::{Error, Result};
 
+/// Where a tensor's values live.
+enum Storage {
+    Owned(Vec<f32>),
+    InArena(ArenaSlice),
+}
+
+impl Storage {
+    fn floats(&self) -> &[f32] {
+        match self {
+            Storage::Owned(v) => v,
+            Storage::InArena(s) => s.floats(),
+        }
+    }
+}
+
 /// A dense row-major f32 tensor; clones share storage.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone)]
 pub struct Tensor {
     shape: Vec<usize>,
-    data: Arc<Vec<f32>>,
+    data: Arc<Storage>,
+}
+
+impl PartialEq for Tensor {
+    fn eq(&self, other: &Tensor) -> bool {
+        self.shape == other.shape && self.data() == other.data()
+    }
+}
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tensor").field("shape", &self.shape).field("data", &self.data()).finish()
+    }
 }
 
 impl Tensor {
@@ -23,13 +52,21 @@ impl Tensor {
         if n != data.len() {
             return Err(Error::tensor(name, format!("shape {:?} needs {} values, got {}", shape, n, data.len())));
         }
-        Ok(Tensor { shape, data: Arc::new(data) })
+        Ok(Tensor { shape, data: Arc::new(Storage::Owned(data)) })
     }
 
     /// Builds a tensor from data already known to match the shape (internal callers).
     pub(crate) fn from_parts(shape: Vec<usize>, data: Vec<f32>) -> Self {
         debug_assert_eq!(shape.iter().product::<usize>(), data.len());
-        Tensor { shape, data: Arc::new(data) }
+        Tensor { shape, data: Arc::new(Storage::Owned(data)) }
+    }
+
+    /// The tensor of `shape` whose values are `arena[start..start + numel]`; the
+    /// caller makes it the only tensor over that range (clones aside), since the
+    /// range's pages are given back when its last clone goes.
+    pub(crate) fn in_arena(arena: &Arc<Arena>, start: usize, shape: Vec<usize>) -> Self {
+        let n = shape.iter().product();
+        Tensor { shape, data: Arc::new(Storage::InArena(ArenaSlice::new(arena, start, n))) }
     }
 
     /// A tensor of `shape` filled with 0.
@@ -44,11 +81,11 @@ impl Tensor {
     }
     /// Elements in row-major order.
     pub fn data(&self) -> &[f32] {
-        &self.data
+        self.data.floats()
     }
     /// Element count, the product of the shape.
     pub fn numel(&self) -> usize {
-        self.data.len()
+        self.data().len()
     }
 
     /// True when two tensors share the same storage (used to prove no copy was made).
@@ -64,7 +101,7 @@ impl Tensor {
 
     /// First non-finite value, if any, as (flat index, value).
     pub fn first_non_finite(&self) -> Option<(usize, f32)> {
-        self.data.iter().enumerate().find(|(_, v)| !v.is_finite()).map(|(i, v)| (i, *v))
+        self.data().iter().enumerate().find(|(_, v)| !v.is_finite()).map(|(i, v)| (i, *v))
     }
 }
 

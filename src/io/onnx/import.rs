@@ -8,7 +8,7 @@ use std::path::Path;
 use onnx_protobuf::{Message, ModelProto, NodeProto, TensorProto};
 
 use super::attrs;
-use super::tensor::{decode_with, dims, ExternalData, FloatType};
+use super::tensor::{decode_into, decode_with, dims, float_header, ExternalData, FloatType};
 use super::OnnxModel;
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Node, Op, Opaque, ValueInfo};
@@ -40,7 +40,10 @@ pub(super) fn carried_why(n: &NodeProto) -> String {
 }
 
 /// A float initializer's type, shape and values.
-type Decoded = (FloatType, Vec<usize>, Vec<f32>);
+/// A float initializer decoded into the arena: its file type and tensor.
+type Decoded = (FloatType, Tensor);
+/// A float initializer's file type and shape.
+type Header = (FloatType, Vec<usize>);
 
 /// Reads an ONNX file (and its external data) into the IR.
 pub fn read_onnx(path: &Path) -> Result<OnnxModel> {
@@ -86,25 +89,50 @@ fn read(path: &Path, bytes: &[u8], mapped: Option<&crate::io::FileBytes>) -> Res
         }
     };
     let raws: Vec<Option<&[u8]>> = (0..g.initializer.len()).map(|i| stripped.raw.get(i).cloned().flatten().map(|r| &bytes[r])).collect();
-    // Float weights in the file decode on every core: the copies and the page faults
-    // of their new memory are most of reading a model.
-    let decoded: Vec<Option<Result<Decoded>>> = {
-        use rayon::prelude::*;
-        g.initializer
-            .par_iter()
-            .zip(&raws)
-            .enumerate()
-            .map(|(i, (t, raw))| {
-                (raw.is_some() && !is_external(t) && FloatType::from_onnx(t.data_type).is_some()).then(|| {
-                    let d = decode_with(t, *raw, &mut ExternalData::new(path));
-                    // Decoded: its bytes in the map are not needed again here.
-                    if let (Some(m), Some(Some(r))) = (mapped, stripped.raw.get(i)) {
-                        m.release(r.clone());
-                    }
-                    d
+    // Float weights in the file decode on every core, into one arena (one mapping
+    // with huge pages, see `arena`): the copies and the page faults of their new
+    // memory are most of reading a model. A tensor whose header is bad keeps no slot
+    // and is decoded (and its error reported) on its own below.
+    let in_arena = |t: &TensorProto, raw: &Option<&[u8]>| raw.is_some() && !is_external(t) && FloatType::from_onnx(t.data_type).is_some();
+    // Only a tensor whose stored bytes match its header gets a slot: a header that
+    // claims more values than the file holds must not size the arena.
+    let lens: Vec<Option<usize>> = g
+        .initializer
+        .iter()
+        .zip(&raws)
+        .map(|(t, raw)| match (in_arena(t, raw), float_header(t), raw) {
+            (true, Ok((ft, _, n)), Some(r)) => (n.checked_mul(ft.size()) == Some(r.len())).then_some(n),
+            _ => None,
+        })
+        .collect();
+    let decoded: Vec<Option<Result<Decoded>>> = match crate::arena::Arena::layout(&lens) {
+        Some((mut fill, starts)) => {
+            use rayon::prelude::*;
+            let slots = fill.slices(&starts, &lens);
+            let done: Vec<Option<Result<Header>>> = g
+                .initializer
+                .par_iter()
+                .zip(&raws)
+                .zip(slots)
+                .enumerate()
+                .map(|(i, ((t, raw), slot))| {
+                    slot.map(|out| {
+                        let d = decode_into(t, *raw, &mut ExternalData::new(path), out).and_then(|_| float_header(t)).map(|(ft, shape, _)| (ft, shape));
+                        // Decoded: its bytes in the map are not needed again here.
+                        if let (Some(m), Some(Some(r))) = (mapped, stripped.raw.get(i)) {
+                            m.release(r.clone());
+                        }
+                        d
+                    })
                 })
-            })
-            .collect()
+                .collect();
+            let arena = fill.finish();
+            done.into_iter()
+                .zip(&starts)
+                .map(|(d, start)| d.map(|r| r.map(|(ft, shape)| (ft, Tensor::in_arena(&arena, start.expect("a decoded tensor has a slot"), shape)))))
+                .collect()
+        }
+        None => (0..g.initializer.len()).map(|_| None).collect(),
     };
     for ((t, raw), d) in g.initializer.iter().zip(raws).zip(decoded) {
         st.add_initializer(t, raw, d.transpose().map_err(&in_file)?, &mut ext).map_err(&in_file)?;
@@ -247,12 +275,15 @@ impl State {
             return Err(Error::tensor(&t.name, "initializer defined twice"));
         }
         if FloatType::from_onnx(t.data_type).is_some() {
-            let (ft, shape, data) = match decoded {
+            let (ft, tensor) = match decoded {
                 Some(d) => d,
-                None => decode_with(t, raw, ext)?,
+                None => {
+                    let (ft, shape, data) = decode_with(t, raw, ext)?;
+                    (ft, Tensor::from_parts(shape, data))
+                }
             };
-            self.graph.params.insert(t.name.clone(), shape.clone());
-            self.weights.insert(t.name.clone(), Tensor::from_parts(shape, data));
+            self.graph.params.insert(t.name.clone(), tensor.shape().to_vec());
+            self.weights.insert(t.name.clone(), tensor);
             self.dtypes.insert(t.name.clone(), ft);
         } else {
             self.graph.params.insert(t.name.clone(), dims(t)?);

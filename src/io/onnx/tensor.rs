@@ -49,7 +49,8 @@ impl FloatType {
         }
     }
 
-    fn size(self) -> usize {
+    /// Bytes per stored value.
+    pub fn size(self) -> usize {
         match self {
             FloatType::F32 => 4,
             _ => 2,
@@ -113,12 +114,46 @@ pub fn decode(t: &TensorProto, ext: &mut ExternalData) -> Result<(FloatType, Vec
 /// `decode` of a tensor whose `raw_data` was left in the file (`raw`, see
 /// `wire::strip_initializer_data`): the weights are decoded from the mapped file.
 pub fn decode_with(t: &TensorProto, raw: Option<&[u8]>, ext: &mut ExternalData) -> Result<(FloatType, Vec<usize>, Vec<f32>)> {
+    let (ft, shape, n) = float_header(t)?;
+    // Checked before allocating: a header that claims 2^60 values with 40 stored
+    // bytes is an error, not an allocation failure.
+    let stored = stored(t, raw, ext, ft, &shape, n)?;
+    let mut data = vec![0f32; n];
+    fill(t, ft, stored, &mut data);
+    Ok((ft, shape, data))
+}
+
+/// A float initializer's type, shape and element count, checked (no data read).
+pub fn float_header(t: &TensorProto) -> Result<(FloatType, Vec<usize>, usize)> {
     let ft =
         FloatType::from_onnx(t.data_type).ok_or_else(|| Error::tensor(&t.name, format!("data type {} is not a float type repfuse can fuse", t.data_type)))?;
     let shape = dims(t)?;
     let n = checked_numel(&shape).ok_or_else(|| Error::tensor(&t.name, format!("dimensions {:?} overflow", shape)))?;
-    let external = t.data_location.enum_value() == Ok(DataLocation::EXTERNAL);
-    let raw: Option<&[u8]> = if external {
+    Ok((ft, shape, n))
+}
+
+/// Decodes a float initializer's values into `out`, which holds exactly its
+/// element count (see `float_header`); checks the stored byte or value count.
+pub fn decode_into(t: &TensorProto, raw: Option<&[u8]>, ext: &mut ExternalData, out: &mut [f32]) -> Result<()> {
+    let (ft, shape, n) = float_header(t)?;
+    if out.len() != n {
+        return Err(Error::tensor(&t.name, format!("internal error: {} slots for {} values", out.len(), n)));
+    }
+    let stored = stored(t, raw, ext, ft, &shape, n)?;
+    fill(t, ft, stored, out);
+    Ok(())
+}
+
+/// Where an initializer's values are: little-endian bytes (`raw_data`, in the
+/// mapped file or external data) or the typed value fields.
+enum Stored<'a> {
+    Raw(&'a [u8]),
+    Fields,
+}
+
+/// Finds the stored values and checks they are exactly `n`.
+fn stored<'a>(t: &'a TensorProto, raw: Option<&'a [u8]>, ext: &'a mut ExternalData, ft: FloatType, shape: &[usize], n: usize) -> Result<Stored<'a>> {
+    let raw: Option<&[u8]> = if t.data_location.enum_value() == Ok(DataLocation::EXTERNAL) {
         Some(ext.bytes(t)?)
     } else if raw.is_some() {
         raw
@@ -127,32 +162,36 @@ pub fn decode_with(t: &TensorProto, raw: Option<&[u8]>, ext: &mut ExternalData) 
     } else {
         None
     };
-    let data = match (raw, ft) {
-        (Some(raw), ft) => {
+    match raw {
+        Some(raw) => {
             let want = n.checked_mul(ft.size()).ok_or_else(|| Error::tensor(&t.name, "byte count overflows"))?;
             if raw.len() != want {
                 return Err(Error::tensor(&t.name, format!("holds {} bytes, shape {:?} of {:?} needs {}", raw.len(), shape, ft, want)));
             }
-            match ft {
-                FloatType::F32 if cfg!(target_endian = "little") => {
-                    // A plain copy: raw_data is little-endian f32, at any alignment.
-                    let mut v = vec![0f32; n];
-                    bytemuck::cast_slice_mut::<f32, u8>(&mut v).copy_from_slice(raw);
-                    v
-                }
-                FloatType::F32 => raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-                FloatType::F16 => raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-                FloatType::BF16 => raw.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            }
+            Ok(Stored::Raw(raw))
         }
-        (None, FloatType::F32) => t.float_data.clone(),
-        (None, FloatType::F16) => t.int32_data.iter().map(|&v| half::f16::from_bits(v as u16).to_f32()).collect(),
-        (None, FloatType::BF16) => t.int32_data.iter().map(|&v| half::bf16::from_bits(v as u16).to_f32()).collect::<Vec<f32>>(),
-    };
-    if data.len() != n {
-        return Err(Error::tensor(&t.name, format!("holds {} values, shape {:?} needs {}", data.len(), shape, n)));
+        None => {
+            let count = if ft == FloatType::F32 { t.float_data.len() } else { t.int32_data.len() };
+            if count != n {
+                return Err(Error::tensor(&t.name, format!("holds {} values, shape {:?} needs {}", count, shape, n)));
+            }
+            Ok(Stored::Fields)
+        }
     }
-    Ok((ft, shape, data))
+}
+
+/// Converts checked stored values into `out` (as many as `stored` holds).
+fn fill(t: &TensorProto, ft: FloatType, stored: Stored, out: &mut [f32]) {
+    match (stored, ft) {
+        // A plain copy: raw_data is little-endian f32, at any alignment.
+        (Stored::Raw(raw), FloatType::F32) if cfg!(target_endian = "little") => bytemuck::cast_slice_mut::<f32, u8>(out).copy_from_slice(raw),
+        (Stored::Raw(raw), FloatType::F32) => out.iter_mut().zip(raw.chunks_exact(4)).for_each(|(o, b)| *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        (Stored::Raw(raw), FloatType::F16) => out.iter_mut().zip(raw.chunks_exact(2)).for_each(|(o, b)| *o = half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
+        (Stored::Raw(raw), FloatType::BF16) => out.iter_mut().zip(raw.chunks_exact(2)).for_each(|(o, b)| *o = half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
+        (Stored::Fields, FloatType::F32) => out.copy_from_slice(&t.float_data),
+        (Stored::Fields, FloatType::F16) => out.iter_mut().zip(&t.int32_data).for_each(|(o, &v)| *o = half::f16::from_bits(v as u16).to_f32()),
+        (Stored::Fields, FloatType::BF16) => out.iter_mut().zip(&t.int32_data).for_each(|(o, &v)| *o = half::bf16::from_bits(v as u16).to_f32()),
+    }
 }
 
 /// An initializer without its data: name, dims and element type `ft`.
