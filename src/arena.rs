@@ -7,24 +7,68 @@
 //! 2.7-3.1 ms as huge pages). Each tensor is a slice of it (`tensor::Tensor` views
 //! it); when the last clone of a tensor goes, the pages wholly inside its slice are
 //! given back (MADV_DONTNEED), so releasing a weight still lowers resident memory.
+//!
+//! The mapping of a dropped arena is kept (two at most, 256 MiB in all) for the next
+//! arena of about its size: a process that fuses again (a benchmark loop, a server,
+//! `--verify`) then writes into memory already mapped instead of faulting it in again.
+//! Kernel outputs (`Pages::Keep`) leave their pages mapped when their tensor goes, so
+//! they can be reused; read weights (`Pages::GiveBack`) return them.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Values are placed at multiples of this many f32 (one 64-byte cache line).
 const ALIGN: usize = 16;
 const PAGE: usize = 4096;
 
+/// What happens to a slice's pages when its tensor goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pages {
+    /// Returned to the kernel (MADV_DONTNEED): resident memory falls as tensors are
+    /// released (the read weights, which the releasing executor drops as it goes).
+    GiveBack,
+    /// Left mapped, so the arena's mapping can be reused whole (kernel outputs,
+    /// which live until the model is written).
+    Keep,
+}
+
 /// A read-only block of f32 values that tensors view (see the module doc).
 pub struct Arena {
-    map: memmap2::MmapMut,
+    /// `Some` until the arena is dropped (its mapping then goes to `SPARE`).
+    map: Option<memmap2::MmapMut>,
+    pages: Pages,
+}
+
+/// Mappings of dropped arenas, for reuse (see the module doc).
+static SPARE: Mutex<Vec<memmap2::MmapMut>> = Mutex::new(Vec::new());
+const SPARE_MAPS: usize = 2;
+const SPARE_BYTES: usize = 256 << 20;
+
+/// A spare mapping of at least `bytes` and at most twice that, if one is kept.
+fn take_spare(bytes: usize) -> Option<memmap2::MmapMut> {
+    let mut spare = SPARE.lock().ok()?;
+    let i = spare.iter().position(|m| m.len() >= bytes && m.len() <= bytes.saturating_mul(2))?;
+    Some(spare.swap_remove(i))
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        let Some(map) = self.map.take() else { return };
+        if let Ok(mut spare) = SPARE.lock() {
+            let held: usize = spare.iter().map(|m| m.len()).sum();
+            if spare.len() < SPARE_MAPS && held + map.len() <= SPARE_BYTES {
+                spare.push(map);
+            }
+        }
+    }
 }
 
 impl Arena {
-    /// Lays out slices of `lens` values (`None`: no slice) in one new mapping and
-    /// returns their start offsets with the mutable slices to fill, or `None` when
-    /// there is nothing to place or the mapping fails (callers then allocate per
-    /// tensor).
-    pub fn layout(lens: &[Option<usize>]) -> Option<(ArenaFill, Vec<Option<usize>>)> {
+    /// Lays out slices of `lens` values (`None`: no slice) in one mapping (a spare
+    /// one, or new) and returns their start offsets with the slices to fill, or
+    /// `None` when there is nothing to place or the mapping fails (callers then
+    /// allocate per tensor). The slices are not zeroed: their filler writes every
+    /// value.
+    pub fn layout(lens: &[Option<usize>], pages: Pages) -> Option<(ArenaFill, Vec<Option<usize>>)> {
         let mut starts = Vec::with_capacity(lens.len());
         let mut total = 0usize;
         for len in lens {
@@ -37,17 +81,25 @@ impl Arena {
         if total == 0 {
             return None;
         }
-        let map = memmap2::MmapMut::map_anon(total.checked_mul(4)?).ok()?;
-        // Only advice: where transparent huge pages are off nothing changes.
-        #[cfg(target_os = "linux")]
-        let _ = map.advise(memmap2::Advice::HugePage);
-        Some((ArenaFill { map }, starts))
+        let bytes = total.checked_mul(4)?;
+        let map = match take_spare(bytes) {
+            Some(m) => m,
+            None => {
+                let map = memmap2::MmapMut::map_anon(bytes).ok()?;
+                // Only advice: where transparent huge pages are off nothing changes.
+                #[cfg(target_os = "linux")]
+                let _ = map.advise(memmap2::Advice::HugePage);
+                map
+            }
+        };
+        Some((ArenaFill { map, pages }, starts))
     }
 }
 
 /// An arena being filled: the one time its values are written.
 pub struct ArenaFill {
     map: memmap2::MmapMut,
+    pages: Pages,
 }
 
 impl ArenaFill {
@@ -75,14 +127,18 @@ impl ArenaFill {
 
     /// The filled arena, shared by the tensors that view it.
     pub fn finish(self) -> Arc<Arena> {
-        Arc::new(Arena { map: self.map })
+        Arc::new(Arena { map: Some(self.map), pages: self.pages })
     }
 }
 
 impl Arena {
+    fn map(&self) -> &memmap2::MmapMut {
+        self.map.as_ref().expect("an arena's mapping is only taken when it is dropped")
+    }
+
     /// Number of f32 values it holds.
     fn len(&self) -> usize {
-        self.map.len() / 4
+        self.map().len() / 4
     }
 
     /// Gives back the pages wholly inside `[start, start + len)` (in f32).
@@ -91,10 +147,13 @@ impl Arena {
     /// No reference into that range may be used afterwards: its pages read as zeros
     /// from now on. `ArenaSlice`'s drop calls it for the slice it alone viewed.
     unsafe fn release(&self, start: usize, len: usize) {
+        if self.pages == Pages::Keep {
+            return;
+        }
         let (from, to) = ((start * 4).next_multiple_of(PAGE), ((start + len) * 4) / PAGE * PAGE);
         if to > from {
             // SAFETY: the caller's contract; a failure only leaves the pages resident.
-            let _ = unsafe { self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, from, to - from) };
+            let _ = unsafe { self.map().unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, from, to - from) };
         }
     }
 }
@@ -120,7 +179,7 @@ impl ArenaSlice {
         // SAFETY: `new` checked the range lies in the mapping (4-byte aligned: a
         // mapping is page aligned); it was filled before the arena was shared, is
         // never written again, and is only released when `self` is dropped.
-        unsafe { std::slice::from_raw_parts((self.arena.map.as_ptr() as *const f32).add(self.start), self.len) }
+        unsafe { std::slice::from_raw_parts((self.arena.map().as_ptr() as *const f32).add(self.start), self.len) }
     }
 }
 
@@ -142,7 +201,7 @@ mod tests {
         // Slices that share pages with each other: releasing one gives back only the
         // pages wholly inside it, so the others (and clones) still read their values.
         let lens = [Some(5000), None, Some(3), Some(10_000), Some(1)];
-        let (mut fill, starts) = Arena::layout(&lens).expect("an arena");
+        let (mut fill, starts) = Arena::layout(&lens, Pages::GiveBack).expect("an arena");
         for (k, slot) in fill.slices(&starts, &lens).into_iter().enumerate() {
             if let Some(s) = slot {
                 s.iter_mut().enumerate().for_each(|(i, v)| *v = (k * 100_000 + i) as f32);
@@ -166,6 +225,6 @@ mod tests {
 
     #[test]
     fn nothing_to_place_makes_no_arena() {
-        assert!(Arena::layout(&[None, Some(0)]).is_none());
+        assert!(Arena::layout(&[None, Some(0)], Pages::Keep).is_none());
     }
 }

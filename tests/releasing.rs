@@ -99,3 +99,25 @@ fn a_nan_in_a_source_released_before_the_failure_is_still_named() {
     let e = Fuser::new(Backend::Cpu).fuse_releasing(&g, &mut poisoned, &FuseOptions::default()).unwrap_err().to_string();
     assert!(e.contains(early) && e.contains("NaN"), "the error does not name `{}`: {}", early, e);
 }
+
+#[test]
+fn a_plan_run_again_in_reused_arena_memory_gives_the_same_bits() {
+    // Kernel outputs are written into arenas whose mappings are reused by the next
+    // plan without zeroing (every value is written): runs on different weights,
+    // interleaved, must each give exactly what a run on their own gives.
+    let (g, w1, _) = repfuse::zoo::build("repvgg_a0", 1, 32, 5).unwrap();
+    let (_, w2, _) = repfuse::zoo::build("repvgg_a0", 1, 32, 6).unwrap();
+    let f = repfuse::fuse(&g, &FuseOptions::default()).unwrap();
+    let bits = |m: &std::collections::HashMap<String, repfuse::Tensor>| {
+        let mut v: Vec<(String, Vec<u32>)> = m.iter().map(|(n, t)| (n.clone(), t.data().iter().map(|x| x.to_bits()).collect())).collect();
+        v.sort();
+        v
+    };
+    let first = bits(&repfuse::cpu::execute_plan(&f.plan, &w1).unwrap());
+    let other = bits(&repfuse::cpu::execute_plan(&f.plan, &w2).unwrap());
+    assert_ne!(first, other, "different weights should fuse to different values");
+    for _ in 0..3 {
+        assert_eq!(bits(&repfuse::cpu::execute_plan(&f.plan, &w1).unwrap()), first, "a rerun on reused arena memory differs");
+        assert_eq!(bits(&repfuse::cpu::execute_plan(&f.plan, &w2).unwrap()), other, "a rerun on reused arena memory differs");
+    }
+}

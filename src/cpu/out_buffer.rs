@@ -10,22 +10,23 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-/// A vector of `rows * row` values where `fill(scratch, r, dst)` writes row `r`
-/// (every element of `dst`, also when it reports a failure by other means); rows are
-/// filled in parallel, each worker with its own scratch from `init`.
-pub fn fill_rows<T>(
-    rows: usize,
+/// Fills `dst` row by row: `fill(scratch, r, row_r)` writes every element of row
+/// `r` (also when it reports a failure by other means); rows are filled in
+/// parallel, each worker with its own scratch from `init`.
+pub fn fill_rows_into<T>(
+    dst: &mut [MaybeUninit<f32>],
     row: usize,
     init: impl Fn() -> T + Sync + Send,
     fill: impl Fn(&mut T, usize, &mut [MaybeUninit<f32>]) + Sync + Send,
-) -> Vec<f32> {
-    let n = rows * row;
-    let mut out: Vec<f32> = Vec::with_capacity(n);
+) {
     if row > 0 {
-        out.spare_capacity_mut()[..n].par_chunks_mut(row).enumerate().for_each_init(init, |t, (r, dst)| fill(t, r, dst));
+        dst.par_chunks_mut(row).enumerate().for_each_init(init, |t, (r, d)| fill(t, r, d));
     }
-    // SAFETY: the first `n` elements were each written by `fill` (its contract: every
-    // element of its row), and `n` is within the capacity reserved above.
-    unsafe { out.set_len(n) };
-    out
+}
+
+/// `dst` (an arena slice) as slots to write.
+pub fn as_slots(dst: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: same layout; the writers only ever store initialised f32 values, so
+    // `dst` stays initialised.
+    unsafe { &mut *(dst as *mut [f32] as *mut [MaybeUninit<f32>]) }
 }

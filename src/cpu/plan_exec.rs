@@ -126,18 +126,56 @@ fn check_outputs(plan: &FusionPlan, computed: &HashMap<String, Tensor>) -> Resul
 
 /// Runs the steps of one dependency level, adding their outputs to `computed`. Steps
 /// of one level are independent: they run in parallel (each primitive is itself
-/// parallel over output channels).
+/// parallel over output channels). The level's place kernels, most of a fused
+/// model's bytes, are written straight into one arena (huge pages, see `arena`).
 fn run_level(plan: &FusionPlan, levels: &[usize], level: usize, weights: &Weights, computed: &mut HashMap<String, Tensor>) -> Result<()> {
     let slots = Slots { source: weights, computed: std::mem::take(computed) };
     let steps: Vec<&Step> = plan.steps.iter().zip(levels).filter(|(_, l)| **l == level).map(|(s, _)| s).collect();
-    let outputs: Result<Vec<Vec<(String, Tensor)>>> = steps.par_iter().map(|s| run_step(s, &slots)).collect();
+    let lens: Vec<Option<usize>> = steps
+        .iter()
+        .map(|s| match s {
+            Step::Place { out_shape, .. } => crate::tensor::checked_numel(out_shape),
+            _ => None,
+        })
+        .collect();
+    let outputs: Result<Vec<Vec<(String, Tensor)>>> = match crate::arena::Arena::layout(&lens, crate::arena::Pages::Keep) {
+        Some((mut fill, starts)) => {
+            let ran: Result<Vec<StepOut>> = {
+                let dsts = fill.slices(&starts, &lens);
+                steps.par_iter().zip(dsts).map(|(s, dst)| run_step(s, &slots, dst)).collect()
+            };
+            let arena = fill.finish();
+            ran.map(|outs| {
+                outs.into_iter()
+                    .zip(&starts)
+                    .map(|(mut o, start)| {
+                        if let (Some((name, shape)), Some(start)) = (o.in_arena.take(), start) {
+                            o.tensors.push((name, Tensor::in_arena(&arena, *start, shape)));
+                        }
+                        o.tensors
+                    })
+                    .collect()
+            })
+        }
+        None => steps.par_iter().map(|s| run_step(s, &slots, None).map(|o| o.tensors)).collect(),
+    };
     *computed = slots.computed;
     computed.extend(outputs?.into_iter().flatten());
     Ok(())
 }
 
-fn run_step(step: &Step, slots: &Slots) -> Result<Vec<(String, Tensor)>> {
+/// What one step computed: tensors it allocated, and the name and shape of the one
+/// it wrote into the level's arena, if any.
+struct StepOut {
+    tensors: Vec<(String, Tensor)>,
+    in_arena: Option<(String, Vec<usize>)>,
+}
+
+/// Runs one step; a place writes its kernel into `dst` when given one (its arena
+/// slice, exactly the kernel's size).
+fn run_step(step: &Step, slots: &Slots, dst: Option<&mut [f32]>) -> Result<StepOut> {
     let mut out = Vec::with_capacity(2);
+    let mut in_arena = None;
     match step {
         Step::FoldBn { kernel, bias, bn, out_kernel, out_bias } => {
             let k = slots.get(kernel)?.clone();
@@ -191,8 +229,18 @@ fn run_step(step: &Step, slots: &Slots) -> Result<Vec<(String, Tensor)>> {
                     bn: f.as_ref().map(|(scale, shift)| BnFold { scale, shift }),
                 })
                 .collect();
-            let (k, b) = primitives::place(out_shape, *groups, *in_channels, &inputs).map_err(|e| in_step(e, out_kernel))?;
-            out.push((out_kernel.to_string(), k));
+            let b = match dst {
+                Some(dst) => {
+                    let b = primitives::place_into(super::out_buffer::as_slots(dst), out_shape, *groups, *in_channels, &inputs);
+                    in_arena = Some((out_kernel.to_string(), out_shape.clone()));
+                    b
+                }
+                None => primitives::place(out_shape, *groups, *in_channels, &inputs).map(|(k, b)| {
+                    out.push((out_kernel.to_string(), k));
+                    b
+                }),
+            }
+            .map_err(|e| in_step(e, out_kernel))?;
             put_bias(&mut out, out_bias, b, out_shape[0]);
         }
         Step::Compose { first, second, in_channels, out_shape, groups, out_kernel, out_bias } => {
@@ -209,7 +257,7 @@ fn run_step(step: &Step, slots: &Slots) -> Result<Vec<(String, Tensor)>> {
             put_bias(&mut out, out_bias, b, out_shape[0]);
         }
     }
-    Ok(out)
+    Ok(StepOut { tensors: out, in_arena })
 }
 
 /// Writes the bias a step computed; a step that names a bias output always gets one

@@ -2,6 +2,8 @@
 //! shared reference and return new ones (and `Tensor` storage is immutable), so no
 //! primitive can mutate its inputs. Arithmetic is done in f64 and rounded once.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
@@ -164,6 +166,19 @@ pub struct BnFold<'a> {
 /// at its spatial offset (centring or asymmetric 1xK/Kx1 alignment), tap step
 /// (dilation ratio), output-channel offset (concat) and with group expansion.
 pub fn place(out_shape: &[usize], groups: usize, in_channels: usize, sources: &[PlaceInput]) -> Result<(Tensor, Option<Tensor>)> {
+    let n = crate::tensor::checked_numel(out_shape).ok_or_else(|| Error::tensor("place", format!("destination {:?} overflows", out_shape)))?;
+    let mut out: Vec<f32> = Vec::with_capacity(n);
+    let bias = place_into(&mut out.spare_capacity_mut()[..n], out_shape, groups, in_channels, sources)?;
+    // SAFETY: `place_into` returned Ok, so it wrote every one of the `n` elements,
+    // and `n` is within the capacity reserved above.
+    unsafe { out.set_len(n) };
+    Ok((Tensor::from_parts(out_shape.to_vec(), out), bias))
+}
+
+/// `place` writing the kernel into `dst` (its element count long: a fresh buffer
+/// or an arena slice, not zeroed first) and returning the bias. On `Ok` every
+/// element of `dst` has been written.
+pub fn place_into(dst: &mut [MaybeUninit<f32>], out_shape: &[usize], groups: usize, in_channels: usize, sources: &[PlaceInput]) -> Result<Option<Tensor>> {
     let [o_total, per, kh_out, kw_out] = match *out_shape {
         [o, i, h, w] => [o, i, h, w],
         [o, i] => [o, i, 1, 1],
@@ -207,14 +222,17 @@ pub fn place(out_shape: &[usize], groups: usize, in_channels: usize, sources: &[
         dims.push([so, si, sh, sw]);
     }
     let row = per * kh_out * kw_out;
+    if dst.len() != o_total * row {
+        return Err(Error::tensor("place", format!("internal error: {} slots for destination {:?}", dst.len(), out_shape)));
+    }
     let failed = std::sync::atomic::AtomicBool::new(false);
-    let overflow_row = std::sync::atomic::AtomicUsize::new(usize::MAX);
+    let overflow_at = std::sync::atomic::AtomicUsize::new(usize::MAX);
     // One output row (output channel) per task, summed in an f64 row buffer and
     // rounded once: no whole-kernel f64 temporary, no second pass, no zero fill. The
     // f32 rounding is also where a sum can overflow, so finiteness is checked there
     // (the executors' separate output scan skips place kernels).
-    let out = super::out_buffer::fill_rows(
-        o_total,
+    super::out_buffer::fill_rows_into(
+        dst,
         row,
         || vec![0f64; row],
         |acc, o, dst| {
@@ -261,14 +279,16 @@ pub fn place(out_shape: &[usize], groups: usize, in_channels: usize, sources: &[
                 d.write(v);
             }
             if !finite {
-                overflow_row.fetch_min(o, std::sync::atomic::Ordering::Relaxed);
+                let i = acc.iter().position(|a| !(*a as f32).is_finite()).expect("a non-finite value was seen");
+                overflow_at.fetch_min(o * row + i, std::sync::atomic::Ordering::Relaxed);
             }
         },
     );
-    let o = overflow_row.into_inner();
-    if o < o_total {
-        let (i, v) = out[o * row..].iter().enumerate().find(|(_, v)| !v.is_finite()).expect("a non-finite value was seen");
-        return Err(Error::tensor("place", format!("fused value overflows f32: {} at flat index {}; check the BN statistics and weights", v, o * row + i)));
+    let at = overflow_at.into_inner();
+    if at < o_total * row {
+        // SAFETY: every row has been written by now (`fill_rows_into` returned).
+        let v = unsafe { dst[at].assume_init() };
+        return Err(Error::tensor("place", format!("fused value overflows f32: {} at flat index {}; check the BN statistics and weights", v, at)));
     }
     if failed.into_inner() {
         return Err(Error::tensor("place", format!("a source's groups do not fit the destination's {} groups", groups)));
@@ -287,7 +307,7 @@ pub fn place(out_shape: &[usize], groups: usize, in_channels: usize, sources: &[
         }
         Tensor::from_parts(vec![o_total], b.into_iter().map(|v| v as f32).collect())
     });
-    Ok((Tensor::from_parts(out_shape.to_vec(), out), bias))
+    Ok(bias)
 }
 
 /// One operand of `compose`.

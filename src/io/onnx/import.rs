@@ -105,7 +105,7 @@ fn read(path: &Path, bytes: &[u8], mapped: Option<&crate::io::FileBytes>) -> Res
             _ => None,
         })
         .collect();
-    let decoded: Vec<Option<Result<Decoded>>> = match crate::arena::Arena::layout(&lens) {
+    let decoded: Vec<Option<Result<Decoded>>> = match crate::arena::Arena::layout(&lens, crate::arena::Pages::GiveBack) {
         Some((mut fill, starts)) => {
             use rayon::prelude::*;
             let slots = fill.slices(&starts, &lens);
