@@ -19,6 +19,8 @@ use std::sync::{Arc, Mutex};
 /// Values are placed at multiples of this many f32 (one 64-byte cache line).
 const ALIGN: usize = 16;
 const PAGE: usize = 4096;
+/// The smallest arena worth a mapping of its own: two huge pages.
+const MIN_BYTES: usize = 4 << 20;
 
 /// What happens to a slice's pages when its tensor goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,7 +80,9 @@ impl Arena {
                 at
             }));
         }
-        if total == 0 {
+        // Below a few huge pages a mapping of its own gains nothing over the heap
+        // (which reuses freed memory without a system call).
+        if total * 4 < MIN_BYTES {
             return None;
         }
         let bytes = total.checked_mul(4)?;
@@ -200,7 +204,7 @@ mod tests {
     fn tensors_in_an_arena_keep_their_values_as_their_neighbours_are_released() {
         // Slices that share pages with each other: releasing one gives back only the
         // pages wholly inside it, so the others (and clones) still read their values.
-        let lens = [Some(5000), None, Some(3), Some(10_000), Some(1)];
+        let lens = [Some(5000), None, Some(3), Some(1 << 20), Some(1)];
         let (mut fill, starts) = Arena::layout(&lens, Pages::GiveBack).expect("an arena");
         for (k, slot) in fill.slices(&starts, &lens).into_iter().enumerate() {
             if let Some(s) = slot {
@@ -224,7 +228,8 @@ mod tests {
     }
 
     #[test]
-    fn nothing_to_place_makes_no_arena() {
+    fn nothing_or_little_to_place_makes_no_arena() {
         assert!(Arena::layout(&[None, Some(0)], Pages::Keep).is_none());
+        assert!(Arena::layout(&[Some(1000), Some(1000)], Pages::Keep).is_none());
     }
 }
