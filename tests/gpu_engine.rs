@@ -156,10 +156,19 @@ fn gpu_a_plan_larger_than_one_storage_binding_fuses_on_the_gpu() {
     assert!(bytes > 128 << 20);
     let before = ctx.submissions();
     let gpu = repfuse::gpu::execute_plan_gpu(ctx, &f.plan, &w).unwrap();
-    assert_eq!(ctx.submissions() - before, 1, "one submission however many windows");
+    assert_eq!(ctx.submissions() - before, 1, "one submission however many windows (below 1 GiB)");
     for (k, t) in &cpu {
         let s = compare(&gpu[k], t, Tolerance::f32_sums(16)).unwrap();
         assert!(s.passed(), "tensor {} differs: {:?}", k, s);
+    }
+    // Bounded to one window per submission (as a model of several GiB is): the same
+    // tensors, bit for bit, from more submissions.
+    let before = ctx.submissions();
+    let (bounded, _) = repfuse::gpu::execute_plan_gpu_bounded(ctx, &f.plan, &w, 1).unwrap();
+    assert!(ctx.submissions() - before >= 2, "a 1-byte bound should split the windows into submissions");
+    assert_eq!(bounded.len(), gpu.len(), "a submission's tensors were lost");
+    for (k, t) in &gpu {
+        assert_eq!(bounded[k].data(), t.data(), "tensor {} differs between one and several submissions", k);
     }
 }
 

@@ -9,5 +9,5 @@ pub mod shaders;
 
 pub use context::{grid, GpuContext, POLL_TIMEOUT};
 pub use forward::{act_code, forward_gpu, ConvParams, ElementwiseParams, GpuStep, GpuValue, LinearParams, PoolParams};
-pub use plan_exec::{execute_plan_gpu, execute_plan_gpu_timed, GpuTiming, KernelTime};
+pub use plan_exec::{execute_plan_gpu, execute_plan_gpu_bounded, execute_plan_gpu_timed, GpuTiming, KernelTime};
 pub use shaders::KernelId;

@@ -45,6 +45,9 @@ fn dims4(shape: &[usize]) -> Result<[usize; 4]> {
     }
 }
 
+/// Arena bytes per queue submission (see `execute_plan_gpu_timed`).
+const SUBMISSION_BYTES: u64 = 1 << 30;
+
 /// Workgroups per job along x on a software adapter (lavapipe, llvmpipe, WARP).
 const SOFTWARE_WORKGROUPS: usize = 32;
 
@@ -133,7 +136,7 @@ struct Window {
 ///
 /// Independent fused regions are packed into windows of at most one storage binding
 /// (`max_storage_buffer_binding_size`, 128 MiB on lavapipe), each its own buffer, so
-/// models of any size fuse; all windows still go in one submission.
+/// models of any size fuse; windows share a submission up to 1 GiB of arenas.
 pub fn execute_plan_gpu(ctx: &GpuContext, plan: &FusionPlan, weights: &Weights) -> Result<HashMap<String, Tensor>> {
     execute_plan_gpu_timed(ctx, plan, weights).map(|(out, _)| out)
 }
@@ -166,6 +169,13 @@ pub struct KernelTime {
 
 /// `execute_plan_gpu`, also returning wall and timestamp-measured compute time.
 pub fn execute_plan_gpu_timed(ctx: &GpuContext, plan: &FusionPlan, weights: &Weights) -> Result<(HashMap<String, Tensor>, GpuTiming)> {
+    execute_plan_gpu_bounded(ctx, plan, weights, SUBMISSION_BYTES)
+}
+
+/// `execute_plan_gpu_timed` with at most `submission_bytes` of arena windows per
+/// queue submission (at least one window each): for callers that bound device and
+/// staging memory more tightly than the default 1 GiB.
+pub fn execute_plan_gpu_bounded(ctx: &GpuContext, plan: &FusionPlan, weights: &Weights, submission_bytes: u64) -> Result<(HashMap<String, Tensor>, GpuTiming)> {
     let started = std::time::Instant::now();
     plan.check_sources(weights)?;
     let out_shapes = plan.output_shapes(weights)?;
@@ -173,12 +183,58 @@ pub fn execute_plan_gpu_timed(ctx: &GpuContext, plan: &FusionPlan, weights: &Wei
     let windows = pack_windows(ctx, plan, &out_shapes, &shape_of)?;
     let batches = batch_jobs(plan, &windows, &shape_of)?;
     tracing::debug!(windows = windows.len(), steps = plan.steps.len(), "GPU plan");
+    // Windows go in submissions of at most SUBMISSION_BYTES of arena each (one, for
+    // any model that size): device buffers, their upload staging and the readback
+    // are then bounded by the submission, not the model (a 1e9-parameter model's
+    // 7.6 GB of arenas in one submission exhausted a 24 GB host on lavapipe).
+    let mut groups: Vec<Vec<(Window, BTreeMap<(usize, KernelId), Batch>)>> = vec![];
+    let mut group_bytes = 0u64;
+    for (w, b) in windows.into_iter().zip(batches) {
+        let bytes = w.arena.len as u64 * 4;
+        if groups.is_empty() || group_bytes + bytes > submission_bytes {
+            groups.push(vec![]);
+            group_bytes = 0;
+        }
+        group_bytes += bytes;
+        groups.last_mut().expect("pushed").push((w, b));
+    }
+    let mut out = HashMap::new();
+    let mut compute_ms: Option<f64> = Some(0.0);
+    let mut kernels: Vec<KernelTime> = vec![];
+    for group in groups {
+        let (ms, ks) = run_submission(ctx, weights, &out_shapes, group, &mut out)?;
+        compute_ms = compute_ms.zip(ms).map(|(a, b)| a + b);
+        for k in ks {
+            match kernels.iter_mut().find(|x| x.kernel == k.kernel) {
+                Some(x) => {
+                    x.ms += k.ms;
+                    x.bytes += k.bytes;
+                    x.dispatches += k.dispatches;
+                }
+                None => kernels.push(k),
+            }
+        }
+    }
+    plan.check_outputs(&out)?;
+    Ok((out, GpuTiming { wall_ms: started.elapsed().as_secs_f64() * 1e3, compute_ms, kernels }))
+}
+
+/// Uploads, computes and reads back one submission's windows, adding their computed
+/// tensors to `out`; returns the compute time and per-kernel times from timestamps.
+fn run_submission(
+    ctx: &GpuContext,
+    weights: &Weights,
+    out_shapes: &BTreeMap<String, Vec<usize>>,
+    group: Vec<(Window, BTreeMap<(usize, KernelId), Batch>)>,
+    out: &mut HashMap<String, Tensor>,
+) -> Result<(Option<f64>, Vec<KernelTime>)> {
     let mut encoder = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("plan") });
-    let dispatches: usize = batches.iter().map(BTreeMap::len).sum();
+    let dispatches: usize = group.iter().map(|(_, b)| b.len()).sum();
     let timer = Timer::new(ctx, dispatches);
-    let mut buffers = Vec::with_capacity(windows.len());
+    let mut buffers = Vec::with_capacity(group.len());
     let mut timed: Vec<(KernelId, u64)> = vec![];
-    for (wi, (w, batches)) in windows.iter().zip(batches).enumerate() {
+    let mut windows = Vec::with_capacity(group.len());
+    for (wi, (w, batches)) in group.into_iter().enumerate() {
         let buf = ctx.empty(&format!("arena{}", wi), w.arena.len)?;
         for (t, &off) in &w.arena.offset {
             if !out_shapes.contains_key(t) {
@@ -191,6 +247,7 @@ pub fn execute_plan_gpu_timed(ctx: &GpuContext, plan: &FusionPlan, weights: &Wei
             record_dispatch(ctx, &mut encoder, &buf, kernel, &b, timestamp_writes)?;
         }
         buffers.push(buf);
+        windows.push(w);
     }
     let mut ranges: Vec<(&wgpu::Buffer, u64, u64)> =
         windows.iter().zip(&buffers).map(|(w, b)| (b, w.computed_start as u64, (w.arena.len - w.computed_start) as u64)).collect();
@@ -200,9 +257,9 @@ pub fn execute_plan_gpu_timed(ctx: &GpuContext, plan: &FusionPlan, weights: &Wei
         ranges.push((b, 0, *words));
     }
     let mut data = ctx.submit_and_read(encoder, &ranges)?;
+    drop(buffers);
     let ticks: Option<Vec<u64>> = resolved.map(|_| bytemuck::cast_slice(&data.pop().expect("pushed the timestamp range")).to_vec());
-    let (compute_ms, kernels) = timer.times(ctx, ticks.as_deref(), &timed);
-    let mut out = HashMap::new();
+    let times = timer.times(ctx, ticks.as_deref(), &timed);
     for (w, all) in windows.into_iter().zip(data) {
         for (name, shape) in w.computed {
             let off = w.arena.offset[&name] - w.computed_start;
@@ -210,8 +267,7 @@ pub fn execute_plan_gpu_timed(ctx: &GpuContext, plan: &FusionPlan, weights: &Wei
             out.insert(name, Tensor::from_parts(shape, all[off..off + n].to_vec()));
         }
     }
-    plan.check_outputs(&out)?;
-    Ok((out, GpuTiming { wall_ms: started.elapsed().as_secs_f64() * 1e3, compute_ms, kernels }))
+    Ok(times)
 }
 
 /// Packs the plan's independent regions (`components`) into windows of at most one
