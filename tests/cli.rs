@@ -384,3 +384,25 @@ fn gpu_no_spurious_driver_error_without_a_runtime_dir() {
     let adapters: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(!adapters.as_array().unwrap().is_empty(), "no adapter without XDG_RUNTIME_DIR");
 }
+
+#[test]
+fn a_missing_input_is_named_once_with_its_os_error_once() {
+    // The reader's error already names the file and the OS error; the command must
+    // not repeat either (it once printed "reading X: X: No such file (os error 2):
+    // No such file (os error 2)").
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("absent.onnx");
+    for cmd in ["fuse", "inspect"] {
+        let mut args = vec![os(cmd), missing.as_os_str()];
+        let out = dir.path().join("out.onnx");
+        if cmd == "fuse" {
+            args.extend([os("-o"), out.as_os_str()]);
+        }
+        let o = run(&args);
+        assert_exit(&o, 1, cmd);
+        let err = String::from_utf8_lossy(&o.stderr);
+        let name = missing.display().to_string();
+        assert_eq!(err.matches(&name).count(), 1, "{}: the path should appear once: {}", cmd, err);
+        assert_eq!(err.matches("os error").count(), 1, "{}: the OS error should appear once: {}", cmd, err);
+    }
+}

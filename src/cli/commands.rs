@@ -83,7 +83,8 @@ pub struct FuseArgs {
 /// Reads a model file: the IR and, for ONNX, the bytes as read.
 fn load(path: &Path) -> Result<(crate::io::LoadedModel, Option<crate::io::FileBytes>)> {
     let t = Instant::now();
-    let read = crate::io::read_model(path).with_context(|| format!("reading {}", path.display()))?;
+    // read_model's errors name the file already.
+    let read = crate::io::read_model(path)?;
     tracing::info!(ms = t.elapsed().as_secs_f64() * 1e3, "read {}", path.display());
     Ok(read)
 }
@@ -191,7 +192,7 @@ pub fn verify(original: &Path, fused: &Path, seed: u64, json_out: bool) -> Resul
 }
 
 pub fn inspect(input: &Path, json_out: bool) -> Result<i32> {
-    let model = crate::io::load_model(input).with_context(|| format!("reading {}", input.display()))?;
+    let model = crate::io::load_model(input)?;
     let (report, mut doc) = crate::pipeline::inspect(&model)?;
     if json_out {
         doc["input"] = json!(input);

@@ -209,8 +209,26 @@ where
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {:#}", e);
+            eprintln!("error: {}", error_chain(&e));
             1
         }
     }
+}
+
+/// The error and its causes joined by ": ", leaving out a cause whose text the
+/// message already holds (an I/O error names its path and OS error, and a context
+/// that names the same file would otherwise repeat both).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let c = cause.to_string();
+        if text.contains(&c) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&c);
+    }
+    text
 }
