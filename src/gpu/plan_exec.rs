@@ -121,6 +121,9 @@ fn components(plan: &FusionPlan) -> Vec<usize> {
     (0..n).map(|i| find(&mut parent, i)).collect()
 }
 
+/// A window with its dispatches by (dependency level, kernel).
+type WindowJobs = (Window, BTreeMap<(usize, KernelId), Batch>);
+
 /// One arena buffer, at most one storage binding large, holding whole components.
 struct Window {
     arena: Arena,
@@ -187,7 +190,7 @@ pub fn execute_plan_gpu_bounded(ctx: &GpuContext, plan: &FusionPlan, weights: &W
     // any model that size): device buffers, their upload staging and the readback
     // are then bounded by the submission, not the model (a 1e9-parameter model's
     // 7.6 GB of arenas in one submission exhausted a 24 GB host on lavapipe).
-    let mut groups: Vec<Vec<(Window, BTreeMap<(usize, KernelId), Batch>)>> = vec![];
+    let mut groups: Vec<Vec<WindowJobs>> = vec![];
     let mut group_bytes = 0u64;
     for (w, b) in windows.into_iter().zip(batches) {
         let bytes = w.arena.len as u64 * 4;
@@ -225,7 +228,7 @@ fn run_submission(
     ctx: &GpuContext,
     weights: &Weights,
     out_shapes: &BTreeMap<String, Vec<usize>>,
-    group: Vec<(Window, BTreeMap<(usize, KernelId), Batch>)>,
+    group: Vec<WindowJobs>,
     out: &mut HashMap<String, Tensor>,
 ) -> Result<(Option<f64>, Vec<KernelTime>)> {
     let mut encoder = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("plan") });
