@@ -8,7 +8,7 @@
 //! it); when the last clone of a tensor goes, the pages wholly inside its slice are
 //! given back (MADV_DONTNEED), so releasing a weight still lowers resident memory.
 //!
-//! The mapping of a dropped arena is kept (two at most, 256 MiB in all) for the next
+//! The mappings of the last dropped arenas are kept (four at most, 256 MiB in all) for the next
 //! arena of about its size: a process that fuses again (a benchmark loop, a server,
 //! `--verify`) then writes into memory already mapped instead of faulting it in again.
 //! Kernel outputs (`Pages::Keep`) leave their pages mapped when their tensor goes, so
@@ -42,7 +42,7 @@ pub struct Arena {
 
 /// Mappings of dropped arenas, for reuse (see the module doc).
 static SPARE: Mutex<Vec<memmap2::MmapMut>> = Mutex::new(Vec::new());
-const SPARE_MAPS: usize = 2;
+const SPARE_MAPS: usize = 4;
 const SPARE_BYTES: usize = 256 << 20;
 
 /// A spare mapping of at least `bytes` and at most twice that, if one is kept.
@@ -56,9 +56,11 @@ impl Drop for Arena {
     fn drop(&mut self) {
         let Some(map) = self.map.take() else { return };
         if let Ok(mut spare) = SPARE.lock() {
-            let held: usize = spare.iter().map(|m| m.len()).sum();
-            if spare.len() < SPARE_MAPS && held + map.len() <= SPARE_BYTES {
-                spare.push(map);
+            // The most recently dropped are kept: the next plan most likely repeats
+            // the last one's sizes (older spares of another model would block them).
+            spare.push(map);
+            while spare.len() > SPARE_MAPS || spare.iter().map(|m| m.len()).sum::<usize>() > SPARE_BYTES {
+                spare.remove(0);
             }
         }
     }
