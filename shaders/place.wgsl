@@ -8,9 +8,9 @@
 //
 // Work mapping: an invocation owns a run of input channels of one output channel of
 // the destination, i.e. a contiguous slice of it (consecutive invocations,
-// consecutive slices), at least RUN elements long where the kernel allows: it zeroes
-// the slice, then adds each source's taps into it in source order (the same order
-// as the CPU reference). Nothing is shared between invocations, so there are no
+// consecutive slices), at least RUN elements long where the kernel allows: it writes
+// the first source that covers the whole slice (zeroes it otherwise), then adds each
+// other source's taps into it in source order (the same order as the CPU reference). Nothing is shared between invocations, so there are no
 // atomics and no barriers, and the index arithmetic that needs a division (which
 // channel of which source, the BN scale with its square root) is done once per slice
 // and source, not once per element: the earlier gather, one invocation per
@@ -25,6 +25,12 @@ fn bn_scale(src: PlaceSourceJob, os: u32) -> f32 {
         return 1.0;
     }
     return arena[gamma + os] / sqrt(arena[src.variance + os] + src.eps);
+}
+
+fn zero_slice(row: u32, first: u32, end: u32) {
+    for (var e = first; e < end; e++) {
+        arena[row + e] = 0.0;
+    }
 }
 
 struct PlaceJob {
@@ -63,9 +69,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         let cl1 = min(cl0 + run, per);
         let c0 = (o / o_per_group) * per;
         let row = job.out_kernel + o * per * taps;
-        for (var e = cl0 * taps; e < cl1 * taps; e++) {
-            arena[row + e] = 0.0;
-        }
+        // The slice is not zeroed up front: the first source that covers all of it
+        // with a contiguous run stores instead of adding (0 + x is x, so the sum is
+        // the same), saving a pass and a read per element; any other first source
+        // zeroes the slice before adding.
+        var written = false;
         var bias = 0.0;
         for (var s = 0u; s < job.sources; s++) {
             let src = sources[job.first_source + s];
@@ -101,11 +109,26 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                 if (lo < hi) {
                     let dst_at = row + (lo - c0) * taps;
                     let src_at = src.kernel + (os * si + (lo - src.in_offset - base)) * taps;
+                    if (!written && lo == c0 + cl0 && hi == c0 + cl1) {
+                        for (var e = 0u; e < (hi - lo) * taps; e++) {
+                            arena[dst_at + e] = mult * arena[src_at + e];
+                        }
+                        written = true;
+                        continue;
+                    }
+                    if (!written) {
+                        zero_slice(row, cl0 * taps, cl1 * taps);
+                        written = true;
+                    }
                     for (var e = 0u; e < (hi - lo) * taps; e++) {
                         arena[dst_at + e] += mult * arena[src_at + e];
                     }
                 }
                 continue;
+            }
+            if (!written) {
+                zero_slice(row, cl0 * taps, cl1 * taps);
+                written = true;
             }
             for (var cl = cl0; cl < cl1; cl++) {
                 // The destination input channel c, mapped back to the source's.
@@ -132,6 +155,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                     }
                 }
             }
+        }
+        if (!written) {
+            zero_slice(row, cl0 * taps, cl1 * taps);
         }
         if (cl0 == 0u && job.out_bias != NONE) {
             arena[job.out_bias + o] = bias;
