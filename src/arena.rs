@@ -19,6 +19,8 @@ use std::sync::{Arc, Mutex};
 /// Values are placed at multiples of this many f32 (one 64-byte cache line).
 const ALIGN: usize = 16;
 const PAGE: usize = 4096;
+/// The smallest range worth giving back on its own.
+const MIN_RELEASE_BYTES: usize = 256 << 10;
 /// The smallest arena worth a mapping of its own: two huge pages.
 const MIN_BYTES: usize = 4 << 20;
 
@@ -157,7 +159,9 @@ impl Arena {
             return;
         }
         let (from, to) = ((start * 4).next_multiple_of(PAGE), ((start + len) * 4) / PAGE * PAGE);
-        if to > from {
+        // Each release is a system call and a TLB shoot-down on every core running
+        // the process: only worth it for a sizeable range.
+        if to >= from + MIN_RELEASE_BYTES {
             // SAFETY: the caller's contract; a failure only leaves the pages resident.
             let _ = unsafe { self.map().unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, from, to - from) };
         }
