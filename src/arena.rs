@@ -210,27 +210,33 @@ mod tests {
     fn tensors_in_an_arena_keep_their_values_as_their_neighbours_are_released() {
         // Slices that share pages with each other: releasing one gives back only the
         // pages wholly inside it, so the others (and clones) still read their values.
-        let lens = [Some(5000), None, Some(3), Some(1 << 20), Some(1)];
+        let lens = [Some(1 << 17), None, Some(3), Some(1 << 20), Some(1)];
         let (mut fill, starts) = Arena::layout(&lens, Pages::GiveBack).expect("an arena");
         for (k, slot) in fill.slices(&starts, &lens).into_iter().enumerate() {
             if let Some(s) = slot {
-                s.iter_mut().enumerate().for_each(|(i, v)| *v = (k * 100_000 + i) as f32);
+                s.iter_mut().enumerate().for_each(|(i, v)| *v = (k * 10_000_000 + i) as f32);
             }
         }
         let arena = fill.finish();
         let mut tensors: Vec<Option<Tensor>> =
             starts.iter().zip(&lens).map(|(s, n)| s.map(|s| Tensor::in_arena(&arena, s, vec![n.expect("a length with each start")]))).collect();
-        let kept_clone = tensors[3].clone().expect("tensor 3");
-        let expect = |k: usize, t: &Tensor| {
-            assert!(t.data().iter().enumerate().all(|(i, v)| *v == (k * 100_000 + i) as f32), "tensor {} changed", k);
+        let expect = |k: usize, t: &Option<Tensor>| {
+            let t = t.as_ref().expect("a live tensor");
+            assert!(t.data().iter().enumerate().all(|(i, v)| *v == (k * 10_000_000 + i) as f32), "tensor {} changed", k);
         };
+        // Tensor 0 (512 KiB) is released: tensor 2 shares its last page.
         tensors[0] = None;
-        tensors[2] = None;
-        expect(3, tensors[3].as_ref().expect("tensor 3"));
-        expect(4, tensors[4].as_ref().expect("tensor 4"));
+        for k in [2, 3, 4] {
+            expect(k, &tensors[k]);
+        }
+        // Tensor 3 (4 MiB) has a clone: nothing is released while the clone lives.
+        let kept = tensors[3].clone();
         tensors[3] = None;
-        expect(3, &kept_clone);
-        expect(4, tensors[4].as_ref().expect("tensor 4"));
+        expect(3, &kept);
+        expect(4, &tensors[4]);
+        // The last clone goes: tensor 4 shares its first page.
+        drop(kept);
+        expect(4, &tensors[4]);
     }
 
     #[test]
