@@ -2,9 +2,10 @@
 //!
 //! A fused model's weights are fresh memory: zero-filling a kernel (a `memset` pass
 //! over every byte) only to overwrite it is a tenth of RepVGG-A0's CPU plan.
-//! `fill_rows` skips the zeroing: every element is written exactly once by the
-//! caller's row function. (Transparent huge pages for these buffers were tried: on
-//! this VM they raised the page-fault count and gave no measurable gain.)
+//! `fill_rows_into` skips the zeroing: every element is written exactly once by the
+//! caller's row function, into a fresh `Vec`'s spare capacity or an arena slice
+//! (`crate::arena`, where the plan executor puts each level's place kernels so that
+//! they are faulted in as huge pages).
 
 use std::mem::MaybeUninit;
 
