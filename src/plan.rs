@@ -10,7 +10,7 @@ use crate::weights::Weights;
 use serde::{Deserialize, Serialize};
 
 /// Names of the four batch-norm parameter tensors and its epsilon.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct BnParams {
     /// Scale tensor `[C]`.
     pub gamma: String,
@@ -359,37 +359,56 @@ impl FusionPlan {
     /// BN: the folded kernel is never written and read back, which is most of the
     /// memory traffic of a RepVGG-style fusion. Same arithmetic, fewer steps.
     pub fn fold_bn_into_place(&mut self, keep: &BTreeMap<String, Vec<usize>>) {
-        let mut readers: foldhash::HashMap<&str, usize> = Default::default();
-        for s in &self.steps {
-            for t in s.inputs() {
-                *readers.entry(t).or_default() += 1;
-            }
-        }
-        let mut folds: foldhash::HashMap<String, (String, Option<String>, BnParams, String)> = Default::default();
-        for s in &self.steps {
-            if let Step::FoldBn { kernel, bias, bn, out_kernel, out_bias } = s {
-                let single = |t: &String| readers.get(t.as_str()) == Some(&1) && !keep.contains_key(t);
-                if single(out_kernel) && single(out_bias) {
-                    folds.insert(out_kernel.clone(), (kernel.clone(), bias.clone(), bn.clone(), out_bias.clone()));
+        // (place step, its source, fold step) of each merge, found by index over
+        // borrowed names; the fold's names are then moved into the source, not cloned.
+        let merges: Vec<(usize, usize, usize)> = {
+            let mut readers: foldhash::HashMap<&str, usize> = foldhash::HashMap::with_capacity_and_hasher(4 * self.steps.len(), Default::default());
+            for s in &self.steps {
+                for t in s.inputs() {
+                    *readers.entry(t).or_default() += 1;
                 }
             }
-        }
-        let mut used: foldhash::HashSet<String> = Default::default();
-        for s in &mut self.steps {
-            if let Step::Place { sources, .. } = s {
-                for src in sources.iter_mut() {
-                    if let Some((kernel, bias, bn, out_bias)) = folds.get(&src.kernel) {
+            let mut folds: foldhash::HashMap<&str, usize> = Default::default();
+            for (i, s) in self.steps.iter().enumerate() {
+                if let Step::FoldBn { out_kernel, out_bias, .. } = s {
+                    let single = |t: &String| readers.get(t.as_str()) == Some(&1) && !keep.contains_key(t);
+                    if single(out_kernel) && single(out_bias) {
+                        folds.insert(out_kernel, i);
+                    }
+                }
+            }
+            let mut merges = vec![];
+            for (pi, s) in self.steps.iter().enumerate() {
+                let Step::Place { sources, .. } = s else { continue };
+                for (sj, src) in sources.iter().enumerate() {
+                    let Some(&fi) = folds.get(src.kernel.as_str()) else { continue };
+                    if let Step::FoldBn { out_bias, .. } = &self.steps[fi] {
                         if src.bias.as_ref() == Some(out_bias) && src.bn.is_none() {
-                            used.insert(src.kernel.clone());
-                            src.kernel = kernel.clone();
-                            src.bias = bias.clone();
-                            src.bn = Some(bn.clone());
+                            merges.push((pi, sj, fi));
                         }
                     }
                 }
             }
+            merges
+        };
+        // Each fold has one reader, so each is moved at most once.
+        let mut folded = vec![false; self.steps.len()];
+        for (pi, sj, fi) in merges {
+            let Step::FoldBn { kernel, bias, bn, .. } = &mut self.steps[fi] else { continue };
+            let (kernel, bias, bn) = (std::mem::take(kernel), bias.take(), std::mem::take(bn));
+            folded[fi] = true;
+            if let Step::Place { sources, .. } = &mut self.steps[pi] {
+                let src = &mut sources[sj];
+                src.kernel = kernel;
+                src.bias = bias;
+                src.bn = Some(bn);
+            }
         }
-        self.steps.retain(|s| !matches!(s, Step::FoldBn { out_kernel, .. } if used.contains(out_kernel)));
+        let mut i = 0;
+        self.steps.retain(|_| {
+            i += 1;
+            !folded[i - 1]
+        });
     }
 
     /// Checks every computed tensor: finite inputs can still fold into a non-finite

@@ -121,3 +121,29 @@ fn a_plan_run_again_in_reused_arena_memory_gives_the_same_bits() {
         assert_eq!(bits(&repfuse::cpu::execute_plan(&f.plan, &w2).unwrap()), other, "a rerun on reused arena memory differs");
     }
 }
+
+#[test]
+fn every_conv_bn_branch_is_folded_inside_its_merge_not_written_first() {
+    // A RepVGG or MobileOne branch's conv+BN feeds one merge: the plan folds the BN on
+    // the fly in `place` (no FoldBn step, whose folded kernel would be written and
+    // read back), and the fused weights are still what the training graph computes.
+    for name in ["repvgg_a0", "mobileone_s0"] {
+        let (g, w, _) = repfuse::zoo::build(name, 1, 32, 5).unwrap();
+        let f = repfuse::fuse(&g, &FuseOptions::default()).unwrap();
+        let folds = f.plan.steps.iter().filter(|s| s.primitive() == "fold_bn").count();
+        let on_the_fly: usize = f
+            .plan
+            .steps
+            .iter()
+            .map(|s| match s {
+                repfuse::plan::Step::Place { sources, .. } => sources.iter().filter(|s| s.bn.is_some()).count(),
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(folds, 0, "{}: {} FoldBn steps left beside the merges", name, folds);
+        assert!(on_the_fly > 0, "{}: no batch norm folded inside a merge", name);
+        let fw = f.weights_cpu(&w).unwrap();
+        let eq = repfuse::verify::check_equivalence(&g, &w, &f.graph, &fw, 2).unwrap();
+        assert!(eq.passed(), "{}: fused model differs: {:?}", name, eq.outputs);
+    }
+}
