@@ -78,18 +78,22 @@ impl Arena {
         let mut starts = Vec::with_capacity(lens.len());
         let mut total = 0usize;
         for len in lens {
-            starts.push(len.map(|n| {
-                let at = total;
-                total = (total + n).next_multiple_of(ALIGN);
-                at
-            }));
-        }
-        // Below a few huge pages a mapping of its own gains nothing over the heap
-        // (which reuses freed memory without a system call).
-        if total * 4 < MIN_BYTES {
-            return None;
+            match len {
+                Some(n) => {
+                    starts.push(Some(total));
+                    // Sizes a caller could not allocate either: no arena (the caller's
+                    // own allocation then reports it).
+                    total = total.checked_add(*n)?.checked_next_multiple_of(ALIGN)?;
+                }
+                None => starts.push(None),
+            }
         }
         let bytes = total.checked_mul(4)?;
+        // Below a few huge pages a mapping of its own gains nothing over the heap
+        // (which reuses freed memory without a system call).
+        if bytes < MIN_BYTES {
+            return None;
+        }
         let map = match take_spare(bytes) {
             Some(m) => m,
             None => {
@@ -240,8 +244,10 @@ mod tests {
     }
 
     #[test]
-    fn nothing_or_little_to_place_makes_no_arena() {
+    fn nothing_little_or_impossible_to_place_makes_no_arena() {
         assert!(Arena::layout(&[None, Some(0)], Pages::Keep).is_none());
         assert!(Arena::layout(&[Some(1000), Some(1000)], Pages::Keep).is_none());
+        assert!(Arena::layout(&[Some(usize::MAX / 2), Some(usize::MAX / 2 + 8)], Pages::Keep).is_none());
+        assert!(Arena::layout(&[Some(usize::MAX / 3)], Pages::Keep).is_none());
     }
 }
