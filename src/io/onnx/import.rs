@@ -105,6 +105,12 @@ fn read(path: &Path, bytes: &[u8], mapped: Option<&crate::io::FileBytes>) -> Res
             _ => None,
         })
         .collect();
+    // Decoded: a weight's bytes in the map are not needed again here.
+    let release = |i: usize| {
+        if let (Some(m), Some(Some(r))) = (mapped, stripped.raw.get(i)) {
+            m.release(r.clone());
+        }
+    };
     let decoded: Vec<Option<Result<Decoded>>> = match crate::arena::Arena::layout(&lens, crate::arena::Pages::GiveBack) {
         Some((mut fill, starts)) => {
             use rayon::prelude::*;
@@ -118,10 +124,7 @@ fn read(path: &Path, bytes: &[u8], mapped: Option<&crate::io::FileBytes>) -> Res
                 .map(|(i, ((t, raw), slot))| {
                     slot.map(|out| {
                         let d = decode_into(t, *raw, &mut ExternalData::new(path), out).and_then(|_| float_header(t)).map(|(ft, shape, _)| (ft, shape));
-                        // Decoded: its bytes in the map are not needed again here.
-                        if let (Some(m), Some(Some(r))) = (mapped, stripped.raw.get(i)) {
-                            m.release(r.clone());
-                        }
+                        release(i);
                         d
                     })
                 })
@@ -132,7 +135,23 @@ fn read(path: &Path, bytes: &[u8], mapped: Option<&crate::io::FileBytes>) -> Res
                 .map(|(d, start)| d.map(|r| r.map(|(ft, shape)| (ft, Tensor::in_arena(&arena, start.expect("a decoded tensor has a slot"), shape)))))
                 .collect()
         }
-        None => (0..g.initializer.len()).map(|_| None).collect(),
+        // Too small for an arena: each weight in its own Vec, still decoded on every
+        // core with its map pages released.
+        None => {
+            use rayon::prelude::*;
+            g.initializer
+                .par_iter()
+                .zip(&raws)
+                .enumerate()
+                .map(|(i, (t, raw))| {
+                    in_arena(t, raw).then(|| {
+                        let d = decode_with(t, *raw, &mut ExternalData::new(path)).map(|(ft, shape, data)| (ft, Tensor::from_parts(shape, data)));
+                        release(i);
+                        d
+                    })
+                })
+                .collect()
+        }
     };
     for ((t, raw), d) in g.initializer.iter().zip(raws).zip(decoded) {
         st.add_initializer(t, raw, d.transpose().map_err(&in_file)?, &mut ext).map_err(&in_file)?;
