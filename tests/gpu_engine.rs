@@ -3,6 +3,7 @@
 
 mod common;
 
+use repfuse::gpu::{ConvKernel, GpuContext};
 use repfuse::verify::{compare, random_inputs, Tolerance};
 use repfuse::zoo::{blocks, ConvSpec, GraphBuilder};
 use repfuse::{fuse, FuseOptions};
@@ -174,10 +175,12 @@ fn gpu_a_plan_larger_than_one_storage_binding_fuses_on_the_gpu() {
 
 #[test]
 fn gpu_conv_forward_shaders_match_the_reference_on_awkward_shapes() {
-    let ctx = common::gpu();
+    // Fails loudly without an adapter; each conv kernel then gets its own context.
+    common::gpu();
     // (in, out, kernel, stride, groups, dilation, h, w, batch): sizes that do not
-    // divide the 64x64 tile or the 256-wide workgroup, grouped, strided, dilated,
-    // depthwise (naive path) and wide (tiled path).
+    // divide the 64x64 tile, the 8x4 register block or the 256-wide workgroup,
+    // grouped (with and without whole 8-channel blocks per group), strided, dilated,
+    // depthwise (naive path), padded wider than the image, and wide.
     let cases = [
         (3, 5, 3, 1, 1, 1, 7, 9, 1),
         (16, 40, 3, 2, 1, 1, 15, 13, 2),
@@ -186,20 +189,25 @@ fn gpu_conv_forward_shaders_match_the_reference_on_awkward_shapes() {
         (20, 70, 1, 1, 1, 1, 17, 5, 3),
         (16, 32, 3, 1, 1, 2, 12, 12, 1),
         (8, 64, 7, 2, 1, 1, 23, 19, 1),
+        (12, 18, 3, 1, 3, 1, 6, 7, 2),
+        (4, 9, 7, 1, 1, 1, 2, 3, 1),
     ];
-    for (cin, cout, k, s, g, d, h, w, n) in cases {
-        let mut b = GraphBuilder::new(cin as u64);
-        let x = b.input("x", &[n, cin, h, w]);
-        let y = b.conv(&x, ConvSpec::same(cout, k, s, g).with_bias().dilated(d));
-        let y = b.relu(&y);
-        b.output(&y);
-        let (g2, w2) = b.finish();
-        let inputs = random_inputs(&g2, 3);
-        let r = repfuse::cpu::forward(&g2, &w2, &inputs).unwrap();
-        let out = repfuse::gpu::forward_gpu(ctx, &g2, &w2, &inputs).unwrap();
-        for (name, t) in &r {
-            let st = compare(&out[name], t, Tolerance::for_graph(&g2)).unwrap();
-            assert!(st.passed(), "conv {}->{} k{} s{} g{} d{} {}x{} n{}: {:?}", cin, cout, k, s, g, d, h, w, n, st);
+    for kernel in [ConvKernel::Tiled, ConvKernel::Blocked] {
+        let ctx = GpuContext::new().unwrap().with_conv_kernel(kernel);
+        for (cin, cout, k, s, g, d, h, w, n) in cases {
+            let mut b = GraphBuilder::new(cin as u64);
+            let x = b.input("x", &[n, cin, h, w]);
+            let y = b.conv(&x, ConvSpec::same(cout, k, s, g).with_bias().dilated(d));
+            let y = b.relu(&y);
+            b.output(&y);
+            let (g2, w2) = b.finish();
+            let inputs = random_inputs(&g2, 3);
+            let r = repfuse::cpu::forward(&g2, &w2, &inputs).unwrap();
+            let out = repfuse::gpu::forward_gpu(&ctx, &g2, &w2, &inputs).unwrap();
+            for (name, t) in &r {
+                let st = compare(&out[name], t, Tolerance::for_graph(&g2)).unwrap();
+                assert!(st.passed(), "{:?} conv {}->{} k{} s{} g{} d{} {}x{} n{}: {:?}", kernel, cin, cout, k, s, g, d, h, w, n, st);
+            }
         }
     }
 }

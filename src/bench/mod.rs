@@ -304,6 +304,8 @@ pub fn bench_model(name: &str, gpu: Option<&GpuContext>, o: &BenchOptions) -> Re
 pub struct ConvBench {
     /// Layer shape, human-readable, as printed in the bench table.
     pub shape: String,
+    /// The WGSL kernel that ran it (the adapter's choice, or `REPFUSE_CONV_KERNEL`).
+    pub kernel: crate::gpu::ConvKernel,
     /// Work of the layer in GFLOP (one multiply-add counted as 2).
     pub gflop: f64,
     /// Median GPU time, in ms.
@@ -330,6 +332,7 @@ pub fn bench_conv(ctx: &GpuContext, c: usize, hw: usize, reps: usize) -> Result<
     let cpu_ms = median_ms(reps, || crate::cpu::forward(&g, &w, &inputs))?;
     Ok(ConvBench {
         shape: format!("1x{}x{}x{} conv3x3 {}->{}", c, hw, hw, c, c),
+        kernel: ctx.conv_kernel,
         gflop,
         gpu_ms,
         gpu_gflops: gflop / (gpu_ms / 1e3),

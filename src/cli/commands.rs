@@ -293,7 +293,7 @@ pub fn bench(a: &BenchArgs) -> Result<i32> {
         pb.inc(1);
     }
     pb.finish_and_clear();
-    let conv = gpu.as_ref().map(|c| crate::bench::bench_conv(c, 64, 56, reps.min(3))).transpose()?;
+    let conv = gpu.as_ref().map(|c| crate::bench::bench_conv(c, 64, 56, reps.clamp(3, 7))).transpose()?;
     let adapter = gpu.as_ref().map(|c| json!({"name": c.info.name, "backend": format!("{:?}", c.info.backend), "device_type": format!("{:?}", c.info.device_type), "driver": c.info.driver, "driver_info": c.info.driver_info}));
     let doc = json!({"adapter": adapter, "cpu_threads": rayon::current_num_threads(), "models": results, "conv3x3": conv, "files": files, "rewrite_scaling": scaling});
     if save {
@@ -367,7 +367,16 @@ pub fn bench(a: &BenchArgs) -> Result<i32> {
         }
     }
     if let Some(c) = conv {
-        crate::say!("\n  {}: WGSL {:.2} GFLOP/s ({:.0} ms), CPU reference {:.2} GFLOP/s ({:.0} ms)", c.shape, c.gpu_gflops, c.gpu_ms, c.cpu_gflops, c.cpu_ms);
+        crate::say!(
+            "\n  {}: WGSL ({:?} kernel) {:.2} GFLOP/s ({:.0} ms), CPU reference {:.2} GFLOP/s ({:.0} ms): {:.0}% of the CPU",
+            c.shape,
+            c.kernel,
+            c.gpu_gflops,
+            c.gpu_ms,
+            c.cpu_gflops,
+            c.cpu_ms,
+            100.0 * c.gpu_gflops / c.cpu_gflops
+        );
     }
     Ok(EXIT_OK)
 }

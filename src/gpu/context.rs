@@ -29,9 +29,35 @@ fn layout_of(k: KernelId) -> &'static [Bind] {
     match k {
         KernelId::FoldBn | KernelId::Fill | KernelId::Compose => &[ReadWrite, Read],
         KernelId::Place => &[ReadWrite, Read, Read],
-        KernelId::Conv2d | KernelId::Conv2dTiled | KernelId::Linear | KernelId::Elementwise => &[Uniform, Read, Read, Read, ReadWrite],
+        KernelId::Conv2d | KernelId::Conv2dTiled | KernelId::Conv2dBlocked | KernelId::Linear | KernelId::Elementwise => {
+            &[Uniform, Read, Read, Read, ReadWrite]
+        }
         KernelId::Pool => &[Uniform, Read, ReadWrite],
         KernelId::Copy => &[Read, ReadWrite],
+    }
+}
+
+/// The conv forward kernel for convs with several output channels per group; the
+/// others (depthwise, tiny) always take the one-output-per-invocation kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum ConvKernel {
+    /// `conv2d_tiled.wgsl`: workgroup-memory tiles and barriers, for hardware GPUs.
+    Tiled,
+    /// `conv2d_blocked.wgsl`: register blocks, no barriers, for CPU adapters.
+    Blocked,
+}
+
+impl ConvKernel {
+    /// `REPFUSE_CONV_KERNEL` (`tiled` or `blocked`) when set, so both can be measured
+    /// on one adapter; otherwise blocked on a CPU adapter, tiled on a GPU.
+    fn for_adapter(info: &wgpu::AdapterInfo) -> Result<Self> {
+        match std::env::var("REPFUSE_CONV_KERNEL").ok().as_deref() {
+            Some("tiled") => Ok(ConvKernel::Tiled),
+            Some("blocked") => Ok(ConvKernel::Blocked),
+            Some(other) => Err(Error::Gpu(format!("REPFUSE_CONV_KERNEL is `{}`; expected `tiled` or `blocked`", other))),
+            None if info.device_type == wgpu::DeviceType::Cpu => Ok(ConvKernel::Blocked),
+            None => Ok(ConvKernel::Tiled),
+        }
     }
 }
 
@@ -54,6 +80,8 @@ pub struct GpuContext {
     pub limits: wgpu::Limits,
     /// Timestamp queries are supported, so compute time can be measured apart from transfers.
     pub timestamps: bool,
+    /// Which kernel runs convs with several output channels per group.
+    pub conv_kernel: ConvKernel,
     submissions: AtomicUsize,
     kernels: Mutex<HashMap<KernelId, Arc<Kernel>>>,
     /// Validation/out-of-memory errors and device loss, recorded instead of wgpu's
@@ -90,7 +118,15 @@ impl GpuContext {
                 v.push(format!("device lost ({:?}): {}", reason, msg));
             }
         });
-        Ok(GpuContext { device, queue, info, limits, timestamps, submissions: AtomicUsize::new(0), kernels: Mutex::new(HashMap::new()), errors })
+        let conv_kernel = ConvKernel::for_adapter(&info)?;
+        Ok(GpuContext { device, queue, info, limits, timestamps, conv_kernel, submissions: AtomicUsize::new(0), kernels: Mutex::new(HashMap::new()), errors })
+    }
+
+    /// This context with `kernel` running the convs (tests and benchmarks measure
+    /// both kernels on one adapter).
+    pub fn with_conv_kernel(mut self, kernel: ConvKernel) -> Self {
+        self.conv_kernel = kernel;
+        self
     }
 
     /// The first GPU error recorded since the last call, as an `Error`.

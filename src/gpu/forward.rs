@@ -202,6 +202,11 @@ impl GpuStep<'_, '_> {
         self.bufs.get(t).cloned().ok_or_else(|| Error::Graph(format!("`{}` not computed", t)))
     }
 
+    /// The conv kernel this adapter runs (see [`crate::gpu::ConvKernel`]).
+    pub fn conv_kernel(&self) -> crate::gpu::ConvKernel {
+        self.rec.ctx.conv_kernel
+    }
+
     /// The weights of the graph.
     pub fn weights(&self) -> &Weights {
         self.rec.weights

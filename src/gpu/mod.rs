@@ -7,7 +7,7 @@ mod plan_exec;
 pub mod records;
 pub mod shaders;
 
-pub use context::{grid, GpuContext, POLL_TIMEOUT};
+pub use context::{grid, ConvKernel, GpuContext, POLL_TIMEOUT};
 pub use forward::{act_code, forward_gpu, ConvParams, ElementwiseParams, GpuStep, GpuValue, LinearParams, PoolParams};
 pub use plan_exec::{execute_plan_gpu, execute_plan_gpu_bounded, execute_plan_gpu_timed, GpuTiming, KernelTime};
 pub use shaders::KernelId;

@@ -18,6 +18,9 @@ pub const CONV2D: &str =
 /// Workgroup-tiled conv forward with a fused activation, for larger layers.
 pub const CONV2D_TILED: &str =
     concat!(include_str!("../../shaders/activation.wgsl"), include_str!("../../shaders/conv_common.wgsl"), include_str!("../../shaders/conv2d_tiled.wgsl"));
+/// Register-blocked conv forward without workgroup memory, for CPU adapters.
+pub const CONV2D_BLOCKED: &str =
+    concat!(include_str!("../../shaders/activation.wgsl"), include_str!("../../shaders/conv_common.wgsl"), include_str!("../../shaders/conv2d_blocked.wgsl"));
 /// Batch norm, activation and add in the forward pass.
 pub const ELEMENTWISE: &str = concat!(include_str!("../../shaders/activation.wgsl"), include_str!("../../shaders/elementwise.wgsl"));
 /// Average pooling in the forward pass.
@@ -44,6 +47,8 @@ pub enum KernelId {
     Conv2d,
     /// `conv2d_tiled.wgsl`.
     Conv2dTiled,
+    /// `conv2d_blocked.wgsl`.
+    Conv2dBlocked,
     /// `elementwise.wgsl`.
     Elementwise,
     /// `pool.wgsl`.
@@ -56,13 +61,14 @@ pub enum KernelId {
 
 impl KernelId {
     /// Every kernel.
-    pub const ALL: [KernelId; 10] = [
+    pub const ALL: [KernelId; 11] = [
         KernelId::FoldBn,
         KernelId::Fill,
         KernelId::Place,
         KernelId::Compose,
         KernelId::Conv2d,
         KernelId::Conv2dTiled,
+        KernelId::Conv2dBlocked,
         KernelId::Elementwise,
         KernelId::Pool,
         KernelId::Linear,
@@ -78,6 +84,7 @@ impl KernelId {
             KernelId::Compose => "compose",
             KernelId::Conv2d => "conv2d",
             KernelId::Conv2dTiled => "conv2d_tiled",
+            KernelId::Conv2dBlocked => "conv2d_blocked",
             KernelId::Elementwise => "elementwise",
             KernelId::Pool => "pool",
             KernelId::Linear => "linear",
@@ -94,6 +101,7 @@ impl KernelId {
             KernelId::Compose => COMPOSE,
             KernelId::Conv2d => CONV2D,
             KernelId::Conv2dTiled => CONV2D_TILED,
+            KernelId::Conv2dBlocked => CONV2D_BLOCKED,
             KernelId::Elementwise => ELEMENTWISE,
             KernelId::Pool => POOL,
             KernelId::Linear => LINEAR,
@@ -110,6 +118,7 @@ pub const ALL: &[(&str, &str)] = &[
     ("compose", COMPOSE),
     ("conv2d", CONV2D),
     ("conv2d_tiled", CONV2D_TILED),
+    ("conv2d_blocked", CONV2D_BLOCKED),
     ("elementwise", ELEMENTWISE),
     ("pool", POOL),
     ("linear", LINEAR),

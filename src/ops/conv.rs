@@ -172,11 +172,18 @@ impl OpDef for Conv2d {
         let dummy = step.dummy();
         let bufs = [&*x, &*w, b.as_deref().unwrap_or(&*dummy), &y];
         // The tiled implicit GEMM needs enough output channels per group and reduction
-        // length to fill its 64-wide tiles; depthwise and tiny convs run one output per
-        // invocation.
+        // length to fill its 64-wide tiles; on a CPU adapter, where barriers are costly
+        // and memory is cached, the register-blocked kernel (8 output channels per
+        // workgroup row) takes its place, for any conv with 4+ outputs per group.
+        // Depthwise and tiny convs run one output per invocation.
         let (per_out, k_len) = (self.out_channels / self.groups, (self.in_channels / self.groups) * self.kernel[0] * self.kernel[1]);
         let pixels = xs[0] * out[2] * out[3];
-        if per_out >= 16 && k_len >= 8 && pixels.div_ceil(64) <= 65535 && self.groups <= 65535 {
+        let oc_blocks = per_out.div_ceil(8) * self.groups;
+        if step.conv_kernel() == crate::gpu::ConvKernel::Blocked && per_out >= 4 && oc_blocks <= 65535 {
+            let blocks = out[3].div_ceil(4) * xs[0] * out[2];
+            let gx = blocks.div_ceil(256).min(65535) as u32;
+            step.dispatch_grid(KernelId::Conv2dBlocked, &p, &bufs, [gx, oc_blocks as u32, 1])?;
+        } else if per_out >= 16 && k_len >= 8 && pixels.div_ceil(64) <= 65535 && self.groups <= 65535 {
             step.dispatch_grid(KernelId::Conv2dTiled, &p, &bufs, [pixels.div_ceil(64) as u32, per_out.div_ceil(64) as u32, self.groups as u32])?;
         } else {
             step.dispatch(KernelId::Conv2d, &p, &bufs)?;
