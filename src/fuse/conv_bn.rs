@@ -25,20 +25,22 @@ pub fn fold_bn_into_conv(ctx: &mut Ctx, i: usize) -> Option<Patch> {
     if !matches!(ctx.node(p).op, Op::Conv2d(_) | Op::Linear(_)) {
         return None;
     }
-    let bn = bn_at(ctx, i)?.clone();
-    let n = ctx.node(i).clone();
-    let prod = ctx.node(p).clone();
+    let bn = bn_params(bn_at(ctx, i)?);
+    let (n, prod) = (ctx.node(i), ctx.node(p));
     let conv = ConvLike::from_op(&prod.op)?;
-    if conv.out_channels != bn.channels {
+    if conv.out_channels != bn_at(ctx, i)?.channels {
         return None;
     }
-    if ctx.sole_consumer(&n.inputs[0]) != Some(i) {
-        let reason = format!("`{}` output `{}` is also read elsewhere: folding the BN would change what the other readers see", prod.name, n.inputs[0]);
-        ctx.refuse("fold_bn_into_conv", &[&prod.name, &n.name], reason);
+    // Only the fields the patch keeps are copied (each wave looks at every BN).
+    let (prod_name, prod_inputs, bn_name, bn_input, bn_outputs) =
+        (prod.name.clone(), prod.inputs.clone(), n.name.clone(), n.inputs[0].clone(), n.outputs.clone());
+    if ctx.sole_consumer(&bn_input) != Some(i) {
+        let reason = format!("`{}` output `{}` is also read elsewhere: folding the BN would change what the other readers see", prod_name, bn_input);
+        ctx.refuse("fold_bn_into_conv", &[&prod_name, &bn_name], reason);
         return None;
     }
-    let w = ctx.fresh(&prod.name, "weight");
-    let b = ctx.fresh(&prod.name, "bias");
+    let w = ctx.fresh(&prod_name, "weight");
+    let b = ctx.fresh(&prod_name, "bias");
     let fused = conv.with(|c| {
         c.weight = w.clone();
         c.bias = Some(b.clone());
@@ -46,10 +48,10 @@ pub fn fold_bn_into_conv(ctx: &mut Ctx, i: usize) -> Option<Patch> {
     Some(Patch {
         remove: vec![p, i],
         params: vec![(w.clone(), fused.weight_shape()), (b.clone(), vec![conv.out_channels])],
-        steps: vec![Step::FoldBn { kernel: conv.weight.clone(), bias: conv.bias.clone(), bn: bn_params(&bn), out_kernel: w, out_bias: b }],
-        add: vec![Node { name: prod.name.clone(), op: fused.to_op(), inputs: prod.inputs.clone(), outputs: n.outputs.clone() }],
+        steps: vec![Step::FoldBn { kernel: conv.weight.clone(), bias: conv.bias.clone(), bn, out_kernel: w, out_bias: b }],
+        add: vec![Node { name: prod_name.clone(), op: fused.to_op(), inputs: prod_inputs, outputs: bn_outputs }],
         rule: "conv+bn",
-        into: prod.name,
+        into: prod_name,
     })
 }
 

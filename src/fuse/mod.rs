@@ -202,26 +202,45 @@ fn record(g: &Graph, plan: &mut FusionPlan, report: &mut FusionReport, origins: 
 
 /// Names computed parameters after the deploy node that uses them (`<node>.weight`,
 /// `<node>.bias`) instead of the rewrite's internal names, where that name is free:
-/// not a source parameter and not any tensor the plan touches.
+/// not a source parameter and not any tensor the plan touches. The names are
+/// borrowed, not copied, while the renames are decided: only renamed tensors allocate.
 fn tidy_names(g: &mut Graph, plan: &mut FusionPlan, source_params: &BTreeMap<String, Vec<usize>>) {
-    let computed: BTreeSet<String> = plan.steps.iter().flat_map(|s| s.outputs()).map(str::to_string).collect();
-    let mut taken: BTreeSet<String> =
-        source_params.keys().cloned().chain(plan.steps.iter().flat_map(|s| s.inputs().into_iter().chain(s.outputs())).map(str::to_string)).collect();
-    taken.extend(g.params.keys().cloned());
-    let mut map: HashMap<String, String> = HashMap::new();
+    let map: HashMap<String, String> = {
+        let computed: HashSet<&str> = plan.steps.iter().flat_map(|s| s.outputs()).collect();
+        let mut taken: HashSet<&str> = source_params.keys().map(String::as_str).collect();
+        taken.extend(plan.steps.iter().flat_map(|s| s.inputs().into_iter().chain(s.outputs())));
+        taken.extend(g.params.keys().map(String::as_str));
+        let mut new_taken: HashSet<String> = HashSet::new();
+        let mut map = HashMap::new();
+        for n in &g.nodes {
+            let (weight, bias) = match &n.op {
+                crate::graph::Op::Conv2d(c) => (&c.weight, c.bias.as_ref()),
+                crate::graph::Op::Linear(l) => (&l.weight, l.bias.as_ref()),
+                _ => continue,
+            };
+            for (field, suffix) in [(Some(weight), "weight"), (bias, "bias")] {
+                let Some(field) = field else { continue };
+                let new = format!("{}.{}", n.name, suffix);
+                if computed.contains(field.as_str()) && !taken.contains(new.as_str()) && !new_taken.contains(&new) && !map.contains_key(field) {
+                    new_taken.insert(new.clone());
+                    map.insert(field.clone(), new);
+                }
+            }
+        }
+        map
+    };
+    if map.is_empty() {
+        return;
+    }
     for n in &mut g.nodes {
         let (weight, bias) = match &mut n.op {
             crate::graph::Op::Conv2d(c) => (&mut c.weight, c.bias.as_mut()),
             crate::graph::Op::Linear(l) => (&mut l.weight, l.bias.as_mut()),
             _ => continue,
         };
-        for (field, suffix) in [(Some(weight), "weight"), (bias, "bias")] {
-            let Some(field) = field else { continue };
-            let new = format!("{}.{}", n.name, suffix);
-            if computed.contains(field.as_str()) && !taken.contains(&new) {
-                taken.insert(new.clone());
-                map.insert(field.clone(), new.clone());
-                *field = new;
+        for field in std::iter::once(weight).chain(bias) {
+            if let Some(new) = map.get(field.as_str()) {
+                *field = new.clone();
             }
         }
     }
@@ -266,7 +285,7 @@ fn finish(
     }
     // A refusal stays in the report only while the nodes it names still exist: a
     // pattern refused one way and fused another way is not a refusal.
-    let names: BTreeSet<&str> = g.nodes.iter().map(|n| n.name.as_str()).collect();
+    let names: HashSet<&str> = g.nodes.iter().map(|n| n.name.as_str()).collect();
     report.refused = refusals.into_iter().filter(|r| r.nodes.iter().all(|n| names.contains(n.as_str()))).collect();
     report.left = left::explain(&g, &report.refused);
     report.carried = left::carried(&g);
