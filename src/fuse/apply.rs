@@ -103,7 +103,8 @@ pub fn check_wave(g: &Graph, index: &GraphIndex, wave: &[Patch], names: &HashSet
 pub fn commit(g: &mut Graph, wave_nodes: Vec<Vec<Node>>, layout: Layout, names: &mut HashSet<String>, shapes: &mut Shapes, rule: &str) -> Result<()> {
     let Layout { insert_at, removed, dropped, needs_sort } = layout;
     let mut adds: Vec<Option<Vec<Node>>> = wave_nodes.into_iter().map(Some).collect();
-    let mut added: Vec<String> = vec![];
+    // Positions of the new nodes in the new order, ascending.
+    let mut added: Vec<usize> = vec![];
     let old = std::mem::take(&mut g.nodes);
     let mut nodes = Vec::with_capacity(old.len() + adds.iter().flatten().map(Vec::len).sum::<usize>());
     for (i, n) in old.into_iter().enumerate() {
@@ -114,22 +115,24 @@ pub fn commit(g: &mut Graph, wave_nodes: Vec<Vec<Node>>, layout: Layout, names: 
         }
         if let Some(&k) = insert_at.get(&i) {
             for a in adds[k].take().expect("one place per patch") {
-                added.push(a.name.clone());
+                added.push(nodes.len());
                 nodes.push(a);
             }
         }
     }
     g.nodes = nodes;
-    names.extend(added.iter().cloned());
+    names.extend(added.iter().map(|&i| g.nodes[i].name.clone()));
     if needs_sort {
+        // The sort moves nodes: find the new ones again by name.
+        let new: HashSet<String> = added.iter().map(|&i| g.nodes[i].name.clone()).collect();
         g.sort_topologically()?;
+        added = g.nodes.iter().enumerate().filter(|(_, n)| new.contains(&n.name)).map(|(i, _)| i).collect();
     }
     for t in &dropped {
         shapes.remove(t);
     }
     // New nodes in graph order, so each one's inputs have their shapes.
-    let added: HashSet<&str> = added.iter().map(String::as_str).collect();
-    for n in g.nodes.iter().filter(|n| added.contains(n.name.as_str())) {
+    for n in added.iter().map(|&i| &g.nodes[i]) {
         let def = n.op.def();
         def.check(n, &g.params).map_err(|e| Error::Graph(format!("rule `{}` produced an invalid graph: {}", rule, e)))?;
         let ins: Option<Vec<&Vec<usize>>> = n.inputs.iter().map(|t| shapes.get(t).or_else(|| g.params.get(t))).collect();
