@@ -14,6 +14,9 @@
 // - Taps are the outer loops and input channels the inner one: the border checks of
 //   a tap (which columns fall in the padding) are made once per tap, not once per
 //   input channel.
+// - Rows of 3 taps at stride 1 (every 3x3 and 1x3 conv of RepVGG-style nets) load
+//   the 6 input columns the 4 pixels' taps share once per input channel, not 12
+//   times: 9 against 5 GFLOP/s on lavapipe for a 64-channel 3x3 layer.
 // - The accumulators are named vec4s, not an array: a dynamically indexed private
 //   array stays in memory on lavapipe.
 // Same Params as conv2d.wgsl; the host sends only convs with at least 4 output
@@ -35,6 +38,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wg
     let w_stride = per_in * taps;
     let hw = p.h * p.w;
     let stride = nwg.x * WG;
+    let three_wide = p.kw == 3u && p.sw == 1u && p.dw == 1u;
     let g = wg.y / blocks_oc;
     let m0 = (wg.y % blocks_oc) * OCB;
     // Output channels past the group's end load channel per_out - 1 and are not
@@ -69,6 +73,37 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wg
                 continue;
             }
             let row = x0 + u32(iy) * p.w;
+            if (three_wide) {
+                // 1x3 taps at stride 1: the 4 pixels' three taps read 6 neighbouring
+                // columns, loaded once per input channel instead of 12 times.
+                let ix0 = i32(ox0) - i32(p.pl);
+                let ia = vec4<i32>(ix0, ix0 + 1, ix0 + 2, ix0 + 3);
+                let ib = vec2<i32>(ix0 + 4, ix0 + 5);
+                let wmax = i32(p.w) - 1;
+                let ma = select(vec4<f32>(0.0), vec4<f32>(1.0), ia >= vec4<i32>(0) & ia <= vec4<i32>(wmax));
+                let mb = select(vec2<f32>(0.0), vec2<f32>(1.0), ib >= vec2<i32>(0) & ib <= vec2<i32>(wmax));
+                let ca = vec4<u32>(clamp(ia, vec4<i32>(0), vec4<i32>(wmax))) + row;
+                let cb = vec2<u32>(clamp(ib, vec2<i32>(0), vec2<i32>(wmax))) + row;
+                var k = a * 3u;
+                for (var j = 0u; j < per_in; j++) {
+                    let off = j * hw;
+                    let va = vec4<f32>(x[ca.x + off], x[ca.y + off], x[ca.z + off], x[ca.w + off]) * ma;
+                    let vb = vec2<f32>(x[cb.x + off], x[cb.y + off]) * mb;
+                    let v0 = va;
+                    let v1 = vec4<f32>(va.yzw, vb.x);
+                    let v2 = vec4<f32>(va.zw, vb);
+                    acc0 += weight[w0 + k] * v0 + weight[w0 + k + 1u] * v1 + weight[w0 + k + 2u] * v2;
+                    acc1 += weight[w1 + k] * v0 + weight[w1 + k + 1u] * v1 + weight[w1 + k + 2u] * v2;
+                    acc2 += weight[w2 + k] * v0 + weight[w2 + k + 1u] * v1 + weight[w2 + k + 2u] * v2;
+                    acc3 += weight[w3 + k] * v0 + weight[w3 + k + 1u] * v1 + weight[w3 + k + 2u] * v2;
+                    acc4 += weight[w4 + k] * v0 + weight[w4 + k + 1u] * v1 + weight[w4 + k + 2u] * v2;
+                    acc5 += weight[w5 + k] * v0 + weight[w5 + k + 1u] * v1 + weight[w5 + k + 2u] * v2;
+                    acc6 += weight[w6 + k] * v0 + weight[w6 + k + 1u] * v1 + weight[w6 + k + 2u] * v2;
+                    acc7 += weight[w7 + k] * v0 + weight[w7 + k + 1u] * v1 + weight[w7 + k + 2u] * v2;
+                    k += taps;
+                }
+                continue;
+            }
             for (var t = 0u; t < p.kw; t++) {
                 // Column of each of the 4 pixels for this tap (clamped, so every lane
                 // reads in bounds) and 1.0 where it lies inside the image, 0.0 in the

@@ -192,12 +192,19 @@ fn gpu_conv_forward_shaders_match_the_reference_on_awkward_shapes() {
         (12, 18, 3, 1, 3, 1, 6, 7, 2),
         (4, 9, 7, 1, 1, 1, 2, 3, 1),
     ];
+    let mut specs: Vec<(usize, ConvSpec, [usize; 3])> =
+        cases.iter().map(|&(cin, cout, k, s, g, d, h, w, n)| (cin, ConvSpec::same(cout, k, s, g).with_bias().dilated(d), [h, w, n])).collect();
+    // The blocked kernel's 1x3-at-stride-1 path: a 1x3 kernel, no padding, padding
+    // wider than the taps.
+    specs.push((5, ConvSpec::kernel_hw(9, 1, 3, 1).with_bias(), [6, 11, 1]));
+    specs.push((6, ConvSpec::same(10, 3, 1, 1).pad(0).with_bias(), [8, 9, 2]));
+    specs.push((6, ConvSpec::same(10, 3, 1, 1).pad(2).with_bias(), [5, 6, 1]));
     for kernel in [ConvKernel::Tiled, ConvKernel::Blocked] {
         let ctx = GpuContext::new().unwrap().with_conv_kernel(kernel);
-        for (cin, cout, k, s, g, d, h, w, n) in cases {
-            let mut b = GraphBuilder::new(cin as u64);
-            let x = b.input("x", &[n, cin, h, w]);
-            let y = b.conv(&x, ConvSpec::same(cout, k, s, g).with_bias().dilated(d));
+        for (cin, spec, [h, w, n]) in &specs {
+            let mut b = GraphBuilder::new(*cin as u64);
+            let x = b.input("x", &[*n, *cin, *h, *w]);
+            let y = b.conv(&x, spec.clone());
             let y = b.relu(&y);
             b.output(&y);
             let (g2, w2) = b.finish();
@@ -206,7 +213,7 @@ fn gpu_conv_forward_shaders_match_the_reference_on_awkward_shapes() {
             let out = repfuse::gpu::forward_gpu(&ctx, &g2, &w2, &inputs).unwrap();
             for (name, t) in &r {
                 let st = compare(&out[name], t, Tolerance::for_graph(&g2)).unwrap();
-                assert!(st.passed(), "{:?} conv {}->{} k{} s{} g{} d{} {}x{} n{}: {:?}", kernel, cin, cout, k, s, g, d, h, w, n, st);
+                assert!(st.passed(), "{:?} conv {} -> {:?} on {}x{} n{}: {:?}", kernel, cin, spec, h, w, n, st);
             }
         }
     }
