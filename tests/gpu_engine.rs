@@ -204,7 +204,7 @@ fn gpu_conv_forward_shaders_match_the_reference_on_awkward_shapes() {
         for (cin, spec, [h, w, n]) in &specs {
             let mut b = GraphBuilder::new(*cin as u64);
             let x = b.input("x", &[*n, *cin, *h, *w]);
-            let y = b.conv(&x, spec.clone());
+            let y = b.conv(&x, *spec);
             let y = b.relu(&y);
             b.output(&y);
             let (g2, w2) = b.finish();
