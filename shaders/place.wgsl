@@ -109,8 +109,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                 if (lo < hi) {
                     let dst_at = row + (lo - c0) * taps;
                     let src_at = src.kernel + (os * si + (lo - src.in_offset - base)) * taps;
+                    let n = (hi - lo) * taps;
                     if (!written && lo == c0 + cl0 && hi == c0 + cl1) {
-                        for (var e = 0u; e < (hi - lo) * taps; e++) {
+                        for (var e = 0u; e < n; e++) {
                             arena[dst_at + e] = mult * arena[src_at + e];
                         }
                         written = true;
@@ -120,7 +121,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                         zero_slice(row, cl0 * taps, cl1 * taps);
                         written = true;
                     }
-                    for (var e = 0u; e < (hi - lo) * taps; e++) {
+                    for (var e = 0u; e < n; e++) {
                         arena[dst_at + e] += mult * arena[src_at + e];
                     }
                 }
@@ -129,6 +130,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             if (!written) {
                 zero_slice(row, cl0 * taps, cl1 * taps);
                 written = true;
+            }
+            if (kh == 1u && kw == 1u && src.in_stride == 1u) {
+                // A 1x1 source (RepVGG's 1x1 branch, an identity's Dirac): one tap per
+                // channel of the slice it covers, `taps` apart in the destination.
+                if (src.offset_h < kh_d && src.offset_w < kw_d) {
+                    let lo = max(c0 + cl0, src.in_offset + base);
+                    let hi = min(c0 + cl1, src.in_offset + base + si);
+                    let dst_at = row + src.offset_h * kw_d + src.offset_w;
+                    let src_at = src.kernel + os * si - src.in_offset - base;
+                    for (var c = lo; c < hi; c++) {
+                        arena[dst_at + (c - c0) * taps] += mult * arena[src_at + c];
+                    }
+                }
+                continue;
             }
             for (var cl = cl0; cl < cl1; cl++) {
                 // The destination input channel c, mapped back to the source's.
