@@ -15,8 +15,8 @@
 // channel of which source, the BN scale with its square root) is done once per slice
 // and source, not once per element: the earlier gather, one invocation per
 // destination element re-reading every source record and dividing a dozen times,
-// ran at ~1% of a device copy on lavapipe. The host sizes the grid by RUN
-// (`PLACE_RUN`, checked equal by a unit test).
+// ran at ~1% of a device copy on lavapipe. The host sizes the grid by RUN, which it
+// sets per adapter when it builds the pipeline (`shaders::place_run`).
 
 // Per-output-channel BN scale of source `src` for its output os (1 without BN).
 fn bn_scale(src: PlaceSourceJob, os: u32) -> f32 {
@@ -49,7 +49,9 @@ struct PlaceSourceJob {
 @group(0) @binding(2) var<storage, read> sources: array<PlaceSourceJob>;
 
 // Elements an invocation's slice aims at: enough to amortise the per-source set-up.
-const RUN: u32 = 128u;
+// Overridden per adapter: a CPU adapter wants long slices (each invocation's
+// set-up is scalar work its SIMD lanes cannot share), a GPU many short ones.
+override RUN: u32 = 128u;
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {

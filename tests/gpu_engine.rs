@@ -11,12 +11,11 @@ use repfuse::{fuse, FuseOptions};
 /// Fused weights from the GPU executor equal the CPU reference's. Both compute the
 /// same few-term sums; the GPU sums in f32 and the CPU in f64, so the single-conv
 /// tolerance applies.
-fn assert_plan_matches(name: &str, g: &repfuse::Graph, w: &repfuse::Weights) {
-    assert_plan_matches_with(name, g, w, &FuseOptions::default())
+fn assert_plan_matches_with(name: &str, g: &repfuse::Graph, w: &repfuse::Weights, opts: &FuseOptions) {
+    assert_plan_matches_on(common::gpu(), name, g, w, opts)
 }
 
-fn assert_plan_matches_with(name: &str, g: &repfuse::Graph, w: &repfuse::Weights, opts: &FuseOptions) {
-    let ctx = common::gpu();
+fn assert_plan_matches_on(ctx: &GpuContext, name: &str, g: &repfuse::Graph, w: &repfuse::Weights, opts: &FuseOptions) {
     let f = fuse(g, opts).unwrap();
     let cpu = repfuse::cpu::execute_plan(&f.plan, w).unwrap();
     let gpu = repfuse::gpu::execute_plan_gpu(ctx, &f.plan, w).unwrap();
@@ -58,13 +57,19 @@ fn gpu_plan_primitives_match_cpu_on_every_zoo_block() {
             b.conv_bn(&c, ConvSpec::same(8, 1, 1, 1))
         }),
     ];
-    for (name, block) in cases {
-        let mut b = GraphBuilder::new(3);
-        let x = b.input("x", &[2, 6, 9, 7]);
-        let y = block(&mut b, &x);
-        b.output(&y);
-        let (g, w) = b.finish();
-        assert_plan_matches(name, &g, &w);
+    // `place` as this adapter runs it, as a GPU does (128-element slices) and in
+    // slices short enough that every row is split across invocations.
+    common::gpu();
+    let contexts = [GpuContext::new().unwrap(), GpuContext::new().unwrap().with_place_run(128), GpuContext::new().unwrap().with_place_run(4)];
+    for ctx in &contexts {
+        for (name, block) in cases {
+            let mut b = GraphBuilder::new(3);
+            let x = b.input("x", &[2, 6, 9, 7]);
+            let y = block(&mut b, &x);
+            b.output(&y);
+            let (g, w) = b.finish();
+            assert_plan_matches_on(ctx, &format!("{} (place run {})", name, ctx.place_run), &g, &w, &FuseOptions::default());
+        }
     }
 }
 

@@ -82,6 +82,8 @@ pub struct GpuContext {
     pub timestamps: bool,
     /// Which kernel runs convs with several output channels per group.
     pub conv_kernel: ConvKernel,
+    /// Elements one `place` invocation writes (see `shaders::place_run`).
+    pub place_run: usize,
     submissions: AtomicUsize,
     kernels: Mutex<HashMap<KernelId, Arc<Kernel>>>,
     /// Validation/out-of-memory errors and device loss, recorded instead of wgpu's
@@ -119,13 +121,33 @@ impl GpuContext {
             }
         });
         let conv_kernel = ConvKernel::for_adapter(&info)?;
-        Ok(GpuContext { device, queue, info, limits, timestamps, conv_kernel, submissions: AtomicUsize::new(0), kernels: Mutex::new(HashMap::new()), errors })
+        let place_run = shaders::place_run(info.device_type == wgpu::DeviceType::Cpu);
+        Ok(GpuContext {
+            device,
+            queue,
+            info,
+            limits,
+            timestamps,
+            conv_kernel,
+            place_run,
+            submissions: AtomicUsize::new(0),
+            kernels: Mutex::new(HashMap::new()),
+            errors,
+        })
     }
 
     /// This context with `kernel` running the convs (tests and benchmarks measure
     /// both kernels on one adapter).
     pub fn with_conv_kernel(mut self, kernel: ConvKernel) -> Self {
         self.conv_kernel = kernel;
+        self
+    }
+
+    /// This context with `place` writing slices of `run` elements (tests cover the
+    /// other adapters' setting and slices split into many pieces). At least 1.
+    pub fn with_place_run(mut self, run: usize) -> Self {
+        self.place_run = run.max(1);
+        self.kernels.get_mut().map(|k| k.remove(&KernelId::Place)).ok();
         self
     }
 
@@ -187,12 +209,13 @@ impl GpuContext {
         let layout = self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(name), entries: &entries });
         let pl =
             self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor { label: Some(name), bind_group_layouts: &[Some(&layout)], immediate_size: 0 });
+        let overrides = id.overrides(self.place_run);
         let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(name),
             layout: Some(&pl),
             module: &module,
             entry_point: Some("main"),
-            compilation_options: Default::default(),
+            compilation_options: wgpu::PipelineCompilationOptions { constants: &overrides, ..Default::default() },
             cache: None,
         });
         let k = Arc::new(Kernel { id, pipeline, layout });

@@ -51,9 +51,6 @@ const SUBMISSION_BYTES: u64 = 1 << 30;
 /// Workgroups per job along x on a software adapter (lavapipe, llvmpipe, WARP).
 const SOFTWARE_WORKGROUPS: usize = 32;
 
-/// Elements one `place` invocation aims to write (`RUN` in place.wgsl).
-const PLACE_RUN: usize = 128;
-
 /// One step's job record (and, for `place`, its source records).
 enum Job {
     FoldBn(FoldBnJob),
@@ -377,9 +374,9 @@ fn record_dispatch(
     // each one more only costs start-up (measured on lavapipe: RepVGG-A0's plan
     // 1036 -> 638 ms, MobileOne-S0's 283 -> 183 ms).
     let cap = if ctx.is_software() { SOFTWARE_WORKGROUPS } else { 65535 };
-    // A `place` invocation writes a slice of up to PLACE_RUN elements (place.wgsl's
-    // RUN); the other kernels one element per invocation per pass.
-    let per_invocation = if kernel == KernelId::Place { PLACE_RUN } else { 1 };
+    // A `place` invocation writes a slice of up to `place_run` elements (place.wgsl's
+    // RUN, set per adapter); the other kernels one element per invocation per pass.
+    let per_invocation = if kernel == KernelId::Place { ctx.place_run } else { 1 };
     let x = b.max_elems.div_ceil(256 * per_invocation).clamp(1, cap) as u32;
     let table = ctx.table(kernel.name(), &b.records);
     let sources = (kernel == KernelId::Place).then(|| ctx.table("place sources", bytemuck::cast_slice(&b.sources)));
@@ -638,12 +635,16 @@ fn fill_no_bn() -> FillJob {
 #[cfg(test)]
 mod tests {
     /// The dispatch sizes `place` by the elements one invocation writes; that number
-    /// is the shader's `RUN`, so the two must not drift apart.
+    /// is the shader's `RUN` (its default on a GPU, overridden on a CPU adapter), so
+    /// the two must not drift apart.
     #[test]
     fn place_run_matches_the_shader() {
-        let module = super::super::shaders::validate("place", super::super::shaders::PLACE).unwrap();
-        let run = module.constants.iter().find(|(_, c)| c.name.as_deref() == Some("RUN")).expect("place.wgsl declares RUN").1;
-        let naga::Expression::Literal(naga::Literal::U32(v)) = module.global_expressions[run.init] else { panic!("RUN is a u32 literal") };
-        assert_eq!(v as usize, super::PLACE_RUN);
+        use super::super::shaders::{place_run, validate, KernelId, PLACE};
+        let module = validate("place", PLACE).unwrap();
+        let run = module.overrides.iter().find(|(_, o)| o.name.as_deref() == Some("RUN")).expect("place.wgsl declares RUN").1;
+        let init = run.init.expect("RUN has a default");
+        let naga::Expression::Literal(naga::Literal::U32(v)) = module.global_expressions[init] else { panic!("RUN is a u32 literal") };
+        assert_eq!(v as usize, place_run(false));
+        assert_eq!(KernelId::Place.overrides(77), vec![("RUN", 77.0)]);
     }
 }

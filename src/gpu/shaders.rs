@@ -110,6 +110,29 @@ impl KernelId {
     }
 }
 
+/// Elements one `place` invocation aims to write (`RUN` in place.wgsl) on this kind
+/// of adapter: the shader's default on a GPU, longer slices on a CPU adapter, where
+/// each invocation's per-source set-up (BN scale, channel mapping) is scalar work
+/// (lavapipe, RepVGG-A0's place: 128 -> 1024 took it from 53 to 24-35 ms).
+pub fn place_run(software: bool) -> usize {
+    if software {
+        1024
+    } else {
+        128
+    }
+}
+
+impl KernelId {
+    /// Values of the kernel's pipeline-overridable constants, given the context's
+    /// `place_run` (the pipeline cache builds each kernel with them).
+    pub fn overrides(self, place_run: usize) -> Vec<(&'static str, f64)> {
+        match self {
+            KernelId::Place => vec![("RUN", place_run as f64)],
+            _ => vec![],
+        }
+    }
+}
+
 /// (name, source) of every kernel, for validation and the pipeline cache.
 pub const ALL: &[(&str, &str)] = &[
     ("fold_bn", FOLD_BN),
