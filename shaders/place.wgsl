@@ -27,6 +27,17 @@ fn bn_scale(src: PlaceSourceJob, os: u32) -> f32 {
     return arena[gamma + os] / sqrt(arena[src.variance + os] + src.eps);
 }
 
+// a / b, without dividing when b is 1 or a < b (see the note in `main`).
+fn quotient(a: u32, b: u32) -> u32 {
+    if (b == 1u) {
+        return a;
+    }
+    if (a < b) {
+        return 0u;
+    }
+    return a / b;
+}
+
 fn zero_slice(row: u32, first: u32, end: u32) {
     for (var e = first; e < end; e++) {
         arena[row + e] = 0.0;
@@ -66,10 +77,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let slices = (per + run - 1u) / run;
     let count = job.out_channels * slices;
     for (var q = wid.x * WG + lid; q < count; q += nwg.x * WG) {
-        let o = q / slices;
+        // Integer division has no SIMD instruction on a CPU adapter (each lane divides
+        // on its own): the common divisors, 1 slice per row and 1 or all output
+        // channels per group, take no division.
+        let o = select(q / slices, q, slices == 1u);
         let cl0 = (q - o * slices) * run;
         let cl1 = min(cl0 + run, per);
-        let c0 = (o / o_per_group) * per;
+        let c0 = quotient(o, o_per_group) * per;
         let row = job.out_kernel + o * per * taps;
         // The slice is not zeroed up front: the first source that covers all of it
         // with a contiguous run stores instead of adding (0 + x is x, so the sum is
@@ -79,10 +93,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         var bias = 0.0;
         for (var s = 0u; s < job.sources; s++) {
             let src = sources[job.first_source + s];
-            if (o < src.out_offset || (o - src.out_offset) % src.out_stride != 0u) {
+            if (o < src.out_offset) {
                 continue;
             }
-            let os = (o - src.out_offset) / src.out_stride;
+            let os = quotient(o - src.out_offset, src.out_stride);
+            if (os * src.out_stride != o - src.out_offset) {
+                continue;
+            }
             if (os >= src.out_channels) {
                 continue;
             }
@@ -100,7 +117,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             }
             let mult = src.scale * bn;
             let si = src.in_per_group;
-            let base = (os / (src.out_channels / src.groups)) * si;
+            let base = quotient(os, quotient(src.out_channels, src.groups)) * si;
             let kh = src.kh;
             let kw = src.kw;
             if (kh == kh_d && kw == kw_d && src.offset_h == 0u && src.offset_w == 0u && src.step_h == 1u && src.step_w == 1u && src.in_stride == 1u) {
