@@ -6,7 +6,7 @@
 # benches/results/<adapter>.json (named by the adapter) and prints the tables.
 # Under 5 minutes on lavapipe (2 cores); seconds on a GPU.
 #
-#   benches/gpu.sh                 # uses target/release/repfuse, building it if cargo can
+#   benches/gpu.sh                 # builds target/release/repfuse with cargo when it can
 #   REPFUSE_BIN=/path/repfuse benches/gpu.sh
 #
 # Machines without a Vulkan loader: unpack loader .debs kept in .gl/ (see the device
@@ -30,10 +30,12 @@ if [ -z "${VK_DRIVER_FILES:-}" ] && [ -f "$nv_icd" ]; then
   export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
 fi
 bin="${REPFUSE_BIN:-target/release/repfuse}"
-if [ ! -x "$bin" ]; then
-  command -v cargo >/dev/null || { echo "!! no $bin and no cargo to build it" >&2; exit 1; }
+if [ -z "${REPFUSE_BIN:-}" ] && command -v cargo >/dev/null; then
+  # Always through cargo (a no-op when fresh): a binary left by an older build, or
+  # by `cargo test` with an edited shader, would be measured instead.
   cargo build --release --bin repfuse
 fi
+[ -x "$bin" ] || { echo "!! no $bin and no cargo to build it" >&2; exit 1; }
 echo ">> adapters"
 "$bin" adapters
 echo ">> GPU benchmark (plans, kernels, conv), saved under benches/results/"

@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::error::Result;
 use crate::fuse::{fuse, FuseOptions};
 use crate::gpu::GpuContext;
-use crate::verify::random_inputs;
+use crate::verify::{random_inputs, Tolerance};
 
 /// Median wall time of `reps` runs of `f`, in milliseconds.
 pub fn median_ms<T>(reps: usize, mut f: impl FnMut() -> Result<T>) -> Result<f64> {
@@ -208,8 +208,11 @@ pub fn bench_model(name: &str, gpu: Option<&GpuContext>, o: &BenchOptions) -> Re
     let gpu = match gpu {
         Some(ctx) => {
             let before = ctx.submissions();
-            crate::gpu::execute_plan_gpu(ctx, &f.plan, &w)?;
+            let first = crate::gpu::execute_plan_gpu(ctx, &f.plan, &w)?;
             let submissions = ctx.submissions() - before;
+            // Timing a kernel that computes the wrong weights would be worthless: the
+            // GPU's tensors must equal the CPU reference's, as the tests require.
+            check_same(&first, &computed, Tolerance::f32_sums(16), &format!("{}: GPU plan", name))?;
             let mut runs = vec![];
             let plan_ms = median_ms(o.reps, || {
                 let (out, t) = crate::gpu::execute_plan_gpu_timed(ctx, &f.plan, &w)?;
@@ -318,6 +321,23 @@ pub struct ConvBench {
     pub cpu_gflops: f64,
 }
 
+/// Fails unless every tensor of `reference` is in `actual` and within `tol` of it.
+fn check_same(
+    actual: &std::collections::HashMap<String, crate::tensor::Tensor>,
+    reference: &std::collections::HashMap<String, crate::tensor::Tensor>,
+    tol: Tolerance,
+    what: &str,
+) -> Result<()> {
+    for (name, r) in reference {
+        let a = actual.get(name).ok_or_else(|| crate::Error::Graph(format!("{}: `{}` was not computed", what, name)))?;
+        let st = crate::verify::compare(a, r, tol)?;
+        if !st.passed() {
+            return Err(crate::Error::Graph(format!("{}: `{}` differs from the CPU reference ({:?}); not benchmarking a wrong kernel", what, name, st)));
+        }
+    }
+    Ok(())
+}
+
 /// The WGSL 3x3 conv forward against the CPU reference conv on the same layer.
 pub fn bench_conv(ctx: &GpuContext, c: usize, hw: usize, reps: usize) -> Result<ConvBench> {
     let mut b = crate::zoo::GraphBuilder::new(5);
@@ -327,7 +347,8 @@ pub fn bench_conv(ctx: &GpuContext, c: usize, hw: usize, reps: usize) -> Result<
     let (g, w) = b.finish();
     let inputs = random_inputs(&g, 1);
     let gflop = (2 * c * c * 9 * hw * hw) as f64 / 1e9;
-    crate::gpu::forward_gpu(ctx, &g, &w, &inputs)?;
+    let first = crate::gpu::forward_gpu(ctx, &g, &w, &inputs)?;
+    check_same(&first, &crate::cpu::forward(&g, &w, &inputs)?, Tolerance::for_graph(&g), "WGSL conv forward")?;
     let gpu_ms = median_ms(reps, || crate::gpu::forward_gpu(ctx, &g, &w, &inputs))?;
     let cpu_ms = median_ms(reps, || crate::cpu::forward(&g, &w, &inputs))?;
     Ok(ConvBench {
