@@ -108,6 +108,33 @@ impl Arena {
     }
 }
 
+/// Values written once, in parallel, into one arena: each item's result, and the
+/// arena with each item's start (`None` where the item had no slice).
+pub struct Filled<R> {
+    /// What each item's filler returned, in item order.
+    pub results: Vec<R>,
+    /// The filled arena.
+    pub arena: Arc<Arena>,
+    /// Where each item's slice starts (f32 offset), as `Arena::layout` placed it.
+    pub starts: Vec<Option<usize>>,
+}
+
+impl Arena {
+    /// Lays out one arena for `lens` (see `layout`) and runs `fill(i, slice)` for
+    /// every item on every core, `slice` being item i's own values to write (`None`
+    /// where `lens[i]` is `None`). `None` when no arena is made (too small, or the
+    /// mapping failed): the caller then allocates per tensor.
+    pub fn fill_parallel<R: Send>(lens: &[Option<usize>], pages: Pages, fill: impl Fn(usize, Option<&mut [f32]>) -> R + Sync) -> Option<Filled<R>> {
+        use rayon::prelude::*;
+        let (mut arena_fill, starts) = Arena::layout(lens, pages)?;
+        let results = {
+            let slots = arena_fill.slices(&starts, lens);
+            slots.into_par_iter().enumerate().map(|(i, slot)| fill(i, slot)).collect()
+        };
+        Some(Filled { results, arena: arena_fill.finish(), starts })
+    }
+}
+
 /// An arena being filled: the one time its values are written.
 pub struct ArenaFill {
     map: memmap2::MmapMut,

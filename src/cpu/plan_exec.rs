@@ -138,25 +138,20 @@ fn run_level(plan: &FusionPlan, levels: &[usize], level: usize, weights: &Weight
             _ => None,
         })
         .collect();
-    let outputs: Result<Vec<Vec<(String, Tensor)>>> = match crate::arena::Arena::layout(&lens, crate::arena::Pages::Keep) {
-        Some((mut fill, starts)) => {
-            let ran: Result<Vec<StepOut>> = {
-                let dsts = fill.slices(&starts, &lens);
-                steps.par_iter().zip(dsts).map(|(s, dst)| run_step(s, &slots, dst)).collect()
-            };
-            let arena = fill.finish();
-            ran.map(|outs| {
-                outs.into_iter()
-                    .zip(&starts)
-                    .map(|(mut o, start)| {
-                        if let (Some((name, shape)), Some(start)) = (o.in_arena.take(), start) {
-                            o.tensors.push((name, Tensor::in_arena(&arena, *start, shape)));
-                        }
-                        o.tensors
-                    })
-                    .collect()
+    let filled = crate::arena::Arena::fill_parallel(&lens, crate::arena::Pages::Keep, |i, dst| run_step(steps[i], &slots, dst));
+    let outputs: Result<Vec<Vec<(String, Tensor)>>> = match filled {
+        Some(f) => f
+            .results
+            .into_iter()
+            .zip(&f.starts)
+            .map(|(o, start)| {
+                let mut o = o?;
+                if let (Some((name, shape)), Some(start)) = (o.in_arena.take(), start) {
+                    o.tensors.push((name, Tensor::in_arena(&f.arena, *start, shape)));
+                }
+                Ok(o.tensors)
             })
-        }
+            .collect(),
         None => steps.par_iter().map(|s| run_step(s, &slots, None).map(|o| o.tensors)).collect(),
     };
     *computed = slots.computed;

@@ -111,30 +111,23 @@ fn read(path: &Path, bytes: &[u8], mapped: Option<&crate::io::FileBytes>) -> Res
             m.release(r.clone());
         }
     };
-    let decoded: Vec<Option<Result<Decoded>>> = match crate::arena::Arena::layout(&lens, crate::arena::Pages::GiveBack) {
-        Some((mut fill, starts)) => {
-            use rayon::prelude::*;
-            let slots = fill.slices(&starts, &lens);
-            let done: Vec<Option<Result<Header>>> = g
-                .initializer
-                .par_iter()
-                .zip(&raws)
-                .zip(slots)
-                .enumerate()
-                .map(|(i, ((t, raw), slot))| {
-                    slot.map(|out| {
-                        let d = decode_into(t, *raw, &mut ExternalData::new(path), out).and_then(|_| float_header(t)).map(|(ft, shape, _)| (ft, shape));
-                        release(i);
-                        d
-                    })
-                })
-                .collect();
-            let arena = fill.finish();
-            done.into_iter()
-                .zip(&starts)
-                .map(|(d, start)| d.map(|r| r.map(|(ft, shape)| (ft, Tensor::in_arena(&arena, start.expect("a decoded tensor has a slot"), shape)))))
-                .collect()
-        }
+    let filled = crate::arena::Arena::fill_parallel(&lens, crate::arena::Pages::GiveBack, |i, slot| {
+        slot.map(|out| {
+            let t = &g.initializer[i];
+            let d = decode_into(t, raws[i], &mut ExternalData::new(path), out).and_then(|_| float_header(t)).map(|(ft, shape, _)| (ft, shape));
+            release(i);
+            d
+        })
+    });
+    let decoded: Vec<Option<Result<Decoded>>> = match filled {
+        Some(f) => f
+            .results
+            .into_iter()
+            .zip(&f.starts)
+            .map(|(d, start): (Option<Result<Header>>, _)| {
+                d.map(|r| r.map(|(ft, shape)| (ft, Tensor::in_arena(&f.arena, start.expect("a decoded tensor has a slot"), shape))))
+            })
+            .collect(),
         // Too small for an arena: each weight in its own Vec, still decoded on every
         // core with its map pages released.
         None => {
