@@ -97,6 +97,35 @@ fn corpus_fuse_verify_and_verify_check_every_real_model_end_to_end() {
     }
 }
 
+/// The GPU plan's weights (f32 arithmetic) pass the same end-to-end and region
+/// checks on every real model: LeViT-128S's averaged Linear+BN heads failed the
+/// region bound made for the CPU reference's weights (1.11x) before verification
+/// widened it for GPU weights (`Tolerance::for_gpu_weights`).
+#[test]
+#[ignore = "needs REPFUSE_MODELS=<folder of the timm fixtures> and a GPU adapter; scripts/test.sh runs it when both exist"]
+fn corpus_gpu_plan_fuses_and_verifies_every_real_model() {
+    common::gpu();
+    let tmp = tempfile::tempdir().unwrap();
+    for dir in common::corpus_cases() {
+        let case = case_name(&dir);
+        let out = tmp.path().join(format!("{}.onnx", case));
+        let o = Command::new(env!("CARGO_BIN_EXE_repfuse"))
+            .arg("fuse")
+            .arg(dir.join("train.onnx"))
+            .arg("-o")
+            .arg(&out)
+            .args(["--backend", "gpu", "--verify", "--json"])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}: fuse --backend gpu --verify: {}", case, String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["backend"], "Gpu", "{}: ran on {}", case, v["backend"]);
+        assert_eq!(v["passed"], true, "{}: not verified", case);
+        let worst = v["regions"].as_array().unwrap().iter().filter_map(|r| r["error"]["worst_ratio"].as_f64()).fold(0.0, f64::max);
+        eprintln!("{:<18} GPU plan verified, worst region at {:.2} of its bound", case, worst);
+    }
+}
+
 #[test]
 #[ignore = "needs REPFUSE_MODELS=<folder of the timm fixtures>; scripts/test.sh runs it when set"]
 fn corpus_a_dropped_bn_eps_fails_verification_on_every_real_model() {
