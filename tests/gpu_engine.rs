@@ -68,7 +68,7 @@ fn gpu_plan_primitives_match_cpu_on_every_zoo_block() {
             let y = block(&mut b, &x);
             b.output(&y);
             let (g, w) = b.finish();
-            assert_plan_matches_on(ctx, &format!("{} (place run {})", name, ctx.place_run), &g, &w, &FuseOptions::default());
+            assert_plan_matches_on(ctx, &format!("{} (place run {})", name, ctx.place_run()), &g, &w, &FuseOptions::default());
         }
     }
 }

@@ -82,8 +82,9 @@ pub struct GpuContext {
     pub timestamps: bool,
     /// Which kernel runs convs with several output channels per group.
     pub conv_kernel: ConvKernel,
-    /// Elements one `place` invocation writes (see `shaders::place_run`).
-    pub place_run: usize,
+    /// Elements one `place` invocation writes (see `shaders::place_run`); private so
+    /// it is never 0 (the dispatch divides by it).
+    place_run: usize,
     submissions: AtomicUsize,
     kernels: Mutex<HashMap<KernelId, Arc<Kernel>>>,
     /// Validation/out-of-memory errors and device loss, recorded instead of wgpu's
@@ -149,6 +150,11 @@ impl GpuContext {
         self.place_run = run.max(1);
         self.kernels.get_mut().map(|k| k.remove(&KernelId::Place)).ok();
         self
+    }
+
+    /// Elements one `place` invocation writes on this context (at least 1).
+    pub fn place_run(&self) -> usize {
+        self.place_run
     }
 
     /// The first GPU error recorded since the last call, as an `Error`.

@@ -376,7 +376,7 @@ fn record_dispatch(
     let cap = if ctx.is_software() { SOFTWARE_WORKGROUPS } else { 65535 };
     // A `place` invocation writes a slice of up to `place_run` elements (place.wgsl's
     // RUN, set per adapter); the other kernels one element per invocation per pass.
-    let per_invocation = if kernel == KernelId::Place { ctx.place_run } else { 1 };
+    let per_invocation = if kernel == KernelId::Place { ctx.place_run() } else { 1 };
     let x = b.max_elems.div_ceil(256 * per_invocation).clamp(1, cap) as u32;
     let table = ctx.table(kernel.name(), &b.records);
     let sources = (kernel == KernelId::Place).then(|| ctx.table("place sources", bytemuck::cast_slice(&b.sources)));
