@@ -61,6 +61,21 @@ fn corpus_onnxruntime_runs_every_fused_real_model_like_pytorch() {
     }
 }
 
+/// `repfuse fuse SRC -o OUT --backend BACKEND --verify --json`, which must exit 0;
+/// its JSON report.
+fn fuse_verified(case: &str, src: &Path, out: &Path, backend: &str) -> serde_json::Value {
+    let o = Command::new(env!("CARGO_BIN_EXE_repfuse"))
+        .arg("fuse")
+        .arg(src)
+        .arg("-o")
+        .arg(out)
+        .args(["--backend", backend, "--verify", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}: fuse --backend {} --verify: {}", case, backend, String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
 #[test]
 #[ignore = "needs REPFUSE_MODELS=<folder of the timm fixtures>; scripts/test.sh runs it when set"]
 fn corpus_fuse_verify_and_verify_check_every_real_model_end_to_end() {
@@ -69,16 +84,7 @@ fn corpus_fuse_verify_and_verify_check_every_real_model_end_to_end() {
         let case = case_name(&dir);
         let src = dir.join("train.onnx");
         let out = tmp.path().join(format!("{}.onnx", case));
-        let o = Command::new(env!("CARGO_BIN_EXE_repfuse"))
-            .arg("fuse")
-            .arg(&src)
-            .arg("-o")
-            .arg(&out)
-            .args(["--backend", "cpu", "--verify", "--json"])
-            .output()
-            .unwrap();
-        assert_eq!(o.status.code(), Some(0), "{}: fuse --verify: {}", case, String::from_utf8_lossy(&o.stderr));
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let v = fuse_verified(&case, &src, &out, "cpu");
         assert!(v["verification_skipped"].is_null(), "{}: end-to-end verification skipped: {}", case, v["verification_skipped"]);
         assert!(v["verification_engine"].is_string(), "{}: no engine named", case);
         for r in v["regions"].as_array().unwrap() {
@@ -109,16 +115,7 @@ fn corpus_gpu_plan_fuses_and_verifies_every_real_model() {
     for dir in common::corpus_cases() {
         let case = case_name(&dir);
         let out = tmp.path().join(format!("{}.onnx", case));
-        let o = Command::new(env!("CARGO_BIN_EXE_repfuse"))
-            .arg("fuse")
-            .arg(dir.join("train.onnx"))
-            .arg("-o")
-            .arg(&out)
-            .args(["--backend", "gpu", "--verify", "--json"])
-            .output()
-            .unwrap();
-        assert_eq!(o.status.code(), Some(0), "{}: fuse --backend gpu --verify: {}", case, String::from_utf8_lossy(&o.stderr));
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let v = fuse_verified(&case, &dir.join("train.onnx"), &out, "gpu");
         assert_eq!(v["backend"], "Gpu", "{}: ran on {}", case, v["backend"]);
         assert_eq!(v["passed"], true, "{}: not verified", case);
         let worst = v["regions"].as_array().unwrap().iter().filter_map(|r| r["error"]["worst_ratio"].as_f64()).fold(0.0, f64::max);

@@ -108,6 +108,15 @@ impl KernelId {
             KernelId::Copy => COPY,
         }
     }
+
+    /// Values of the kernel's pipeline-overridable constants, given the context's
+    /// `place_run` (the pipeline cache builds each kernel with them).
+    pub fn overrides(self, place_run: usize) -> Vec<(&'static str, f64)> {
+        match self {
+            KernelId::Place => vec![("RUN", place_run as f64)],
+            _ => vec![],
+        }
+    }
 }
 
 /// Elements one `place` invocation aims to write (`RUN` in place.wgsl) on this kind
@@ -119,17 +128,6 @@ pub fn place_run(software: bool) -> usize {
         1024
     } else {
         128
-    }
-}
-
-impl KernelId {
-    /// Values of the kernel's pipeline-overridable constants, given the context's
-    /// `place_run` (the pipeline cache builds each kernel with them).
-    pub fn overrides(self, place_run: usize) -> Vec<(&'static str, f64)> {
-        match self {
-            KernelId::Place => vec![("RUN", place_run as f64)],
-            _ => vec![],
-        }
     }
 }
 
