@@ -358,7 +358,7 @@ impl FusionPlan {
     /// parameters in `keep`, the deploy graph's) into that place as an on-the-fly
     /// BN: the folded kernel is never written and read back, which is most of the
     /// memory traffic of a RepVGG-style fusion. Same arithmetic, fewer steps.
-    pub fn fold_bn_into_place(&mut self, keep: &BTreeMap<String, Vec<usize>>) {
+    pub fn fold_bn_into_place(&mut self, keep: &crate::graph::ParamShapes) {
         // (place step, its source, fold step) of each merge, found by index over
         // borrowed names; the fold's names are then moved into the source, not cloned.
         let merges: Vec<(usize, usize, usize)> = {

@@ -213,8 +213,9 @@ fn untouched_params_share_storage_with_the_source() {
             shared += 1;
         }
         // Every deploy param is there, and nothing else.
-        let names: Vec<&String> = fw.iter().map(|(k, _)| k).collect();
-        let params: Vec<&String> = f.graph.params.keys().collect();
+        // As sets: the weights are ordered by name, the graph's params by insertion.
+        let names: std::collections::BTreeSet<&String> = fw.iter().map(|(k, _)| k).collect();
+        let params: std::collections::BTreeSet<&String> = f.graph.params.keys().collect();
         assert_eq!(names, params, "{}: deploy weights do not match the deploy graph's params", name);
         if name == "repnext" || name == "zoo repnext" {
             assert!(shared > 0, "{}: expected untouched params (pointwise convs / head)", name);

@@ -10,6 +10,7 @@ pub mod geometry;
 mod left;
 mod linear;
 mod merge;
+mod origins;
 mod report;
 mod rule;
 mod sequence;
@@ -89,8 +90,7 @@ pub fn fuse(graph: &Graph, opts: &FuseOptions) -> Result<Fusion> {
     let mut counter = 0usize;
     let mut seen = BTreeSet::new();
     let mut refusals = Vec::new();
-    // Only nodes made by a rewrite have an entry; any other node stands for itself.
-    let mut origins: HashMap<String, BTreeSet<String>> = HashMap::new();
+    let mut origins = origins::Origins::new(graph);
     // Each wave removes at least one node or replaces a pattern by a smaller one; the
     // bound only guards against a rule bug turning into an endless loop.
     let max_patches = 16 * graph.nodes.len() + 16;
@@ -174,23 +174,16 @@ type Recorded = (Vec<Vec<crate::graph::Node>>, Vec<(String, Vec<usize>)>);
 
 /// Records a wave in the plan, the report and the origins; returns each patch's new
 /// nodes (placed by `apply::commit`) and the new parameters.
-fn record(g: &Graph, plan: &mut FusionPlan, report: &mut FusionReport, origins: &mut HashMap<String, BTreeSet<String>>, wave: Vec<Patch>) -> Recorded {
+fn record(g: &Graph, plan: &mut FusionPlan, report: &mut FusionReport, origins: &mut origins::Origins, wave: Vec<Patch>) -> Recorded {
     let mut params = vec![];
     let mut nodes = Vec::with_capacity(wave.len());
     for patch in wave {
         let mut from: Vec<String> = patch.remove.iter().map(|&i| g.nodes[i].name.clone()).collect();
         from.sort();
         // Every new node stands for the union of the original nodes it replaces.
-        let union: BTreeSet<String> = patch
-            .remove
-            .iter()
-            .flat_map(|&i| {
-                let name = &g.nodes[i].name;
-                origins.get(name).map_or_else(|| vec![name.clone()], |o| o.iter().cloned().collect())
-            })
-            .collect();
+        let union = origins.union(patch.remove.iter().map(|&i| g.nodes[i].name.as_str()));
         for n in &patch.add {
-            origins.insert(n.name.clone(), union.clone());
+            origins.record(&n.name, union.clone());
         }
         report.fused.push(FusedRegion { rule: patch.rule.to_string(), from, into: patch.into });
         params.extend(patch.params);
@@ -204,7 +197,7 @@ fn record(g: &Graph, plan: &mut FusionPlan, report: &mut FusionReport, origins: 
 /// `<node>.bias`) instead of the rewrite's internal names, where that name is free:
 /// not a source parameter and not any tensor the plan touches. The names are
 /// borrowed, not copied, while the renames are decided: only renamed tensors allocate.
-fn tidy_names(g: &mut Graph, plan: &mut FusionPlan, source_params: &BTreeMap<String, Vec<usize>>) {
+fn tidy_names(g: &mut Graph, plan: &mut FusionPlan, source_params: &crate::graph::ParamShapes) {
     let map: HashMap<String, String> = {
         let computed: HashSet<&str> = plan.steps.iter().flat_map(|s| s.outputs()).collect();
         let mut taken: HashSet<&str> = source_params.keys().map(String::as_str).collect();
@@ -259,15 +252,11 @@ fn finish(
     plan: FusionPlan,
     mut report: FusionReport,
     refusals: Vec<Refusal>,
-    origins: HashMap<String, BTreeSet<String>>,
-    source_params: &BTreeMap<String, Vec<usize>>,
+    origins: origins::Origins,
+    source_params: &crate::graph::ParamShapes,
     kept: &crate::graph::Shapes,
 ) -> Result<Fusion> {
-    let origins: BTreeMap<String, Vec<String>> = g
-        .nodes
-        .iter()
-        .filter_map(|n| origins.get(&n.name).filter(|o| o.len() > 1 || !o.contains(&n.name)).map(|o| (n.name.clone(), o.iter().cloned().collect())))
-        .collect();
+    let origins = origins.into_names(&g);
     let used: HashSet<&str> = g.nodes.iter().flat_map(|n| n.op.params().into_iter().chain(n.inputs.iter().map(String::as_str))).collect();
     g.params.retain(|k, _| used.contains(k.as_str()));
     let mut plan = plan;

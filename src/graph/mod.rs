@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::ops::{Activation, AvgPool2d, BatchNorm, Conv2d, Linear, Op, Opaque, ShapeHint, WrittenAs};
+pub use crate::ops::{Activation, AvgPool2d, BatchNorm, Conv2d, Linear, Op, Opaque, ParamShapes, ShapeHint, WrittenAs};
 pub use index::GraphIndex;
 pub use shape::infer_node;
 pub use shape::{infer_shapes, infer_shapes_seeded, node_flops, window_out, Shapes};
@@ -50,7 +50,7 @@ pub struct Graph {
     /// Nodes in topological order (validation checks it).
     pub nodes: Vec<Node>,
     /// Shape of every parameter tensor an op names.
-    pub params: BTreeMap<String, Vec<usize>>,
+    pub params: ParamShapes,
     /// Shapes of carried nodes' outputs that a shape analysis of the source file
     /// proved (the ONNX engine's), for tensors repfuse's own inference cannot follow
     /// (past attention, reshapes, state-space mixers).

@@ -1,8 +1,6 @@
 //! Structural validation: names, order, cycles, parameter shapes, op attributes.
 //! Runs on every graph a user hands us and after every rewrite patch.
 
-use std::collections::BTreeMap;
-
 use foldhash::{HashMap, HashSet, HashSetExt};
 
 use super::{infer_shapes, Graph, Node, Shapes};
@@ -58,7 +56,7 @@ fn check_names_and_order(g: &Graph) -> Result<()> {
     Ok(())
 }
 
-fn check_op(n: &Node, params: &BTreeMap<String, Vec<usize>>) -> Result<()> {
+fn check_op(n: &Node, params: &super::ParamShapes) -> Result<()> {
     n.op.def().check(n, params)
 }
 

@@ -93,9 +93,11 @@ pub(super) fn fold_static_shapes(
     let read: HashSet<String> = g.nodes.iter().flat_map(|n| n.inputs.iter().cloned()).chain(g.outputs.iter().cloned()).collect();
     // Folded values nothing reads (their readers were folded too), and parameters only
     // folded nodes read (a gate's raw parameter), are not kept.
-    let unread: Vec<String> = g.params.keys().filter(|k| !read.contains(*k) && !is_op_param(g, k)).cloned().collect();
+    let unread: HashSet<String> = g.params.keys().filter(|k| !read.contains(*k) && !is_op_param(g, k)).cloned().collect();
+    // One pass that keeps the others' order (removing one by one would shift the map
+    // once per name).
+    g.params.retain(|k, _| !unread.contains(k));
     for k in unread {
-        g.params.remove(&k);
         weights.remove(&k);
         dtypes.remove(&k);
         passthrough.remove(&k);
