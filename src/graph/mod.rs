@@ -61,11 +61,12 @@ pub struct Graph {
 impl Graph {
     /// Count of nodes per op kind, for before/after reports.
     pub fn op_histogram(&self) -> BTreeMap<String, usize> {
-        let mut h = BTreeMap::new();
+        // Counted under borrowed kind names: one String per kind, not per node.
+        let mut h: BTreeMap<&str, usize> = BTreeMap::new();
         for n in &self.nodes {
-            *h.entry(n.op.kind().to_string()).or_insert(0) += 1;
+            *h.entry(n.op.kind()).or_insert(0) += 1;
         }
-        h
+        h.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
     }
 
     /// Number of nodes whose [`Op::kind`] is `kind` (e.g. `"Conv"`).
