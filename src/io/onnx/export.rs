@@ -125,15 +125,23 @@ pub fn onnx_bytes(src: Option<&OnnxModel>, graph: &Graph, weights: &Weights) -> 
 enum Payload<'a> {
     /// f32 values, written as the given float type.
     Floats(&'a [f32], FloatType),
+    /// f32 values the writer computed (a transposed weight), written as the given type.
+    Owned(Vec<f32>, FloatType),
     /// Already in the header (a non-float tensor carried as read).
     InHeader,
 }
 
 impl Payload<'_> {
     fn len(&self) -> usize {
+        self.floats().map_or(0, |(d, ft)| float_bytes(d.len(), ft))
+    }
+
+    /// The values to write after the header, and their type in the file.
+    fn floats(&self) -> Option<(&[f32], FloatType)> {
         match self {
-            Payload::Floats(d, ft) => float_bytes(d.len(), *ft),
-            Payload::InHeader => 0,
+            Payload::Floats(d, ft) => Some((d, *ft)),
+            Payload::Owned(d, ft) => Some((d, *ft)),
+            Payload::InHeader => None,
         }
     }
 }
@@ -177,12 +185,12 @@ impl Parts<'_> {
             wire::put_len_key(&mut key, init_field, body(h, p));
             w.write_all(&key).map_err(io)?;
             w.write_all(h).map_err(io)?;
-            if let Payload::Floats(data, ft) = p {
+            if let Some((data, ft)) = p.floats() {
                 if data_len(p) > 0 {
                     key.clear();
                     wire::put_len_key(&mut key, raw_field, p.len());
                     w.write_all(&key).map_err(io)?;
-                    write_floats(w, data, *ft).map_err(io)?;
+                    write_floats(w, data, ft).map_err(io)?;
                 }
             }
         }
@@ -199,7 +207,18 @@ fn build_parts<'a>(src: Option<&OnnxModel>, graph: &Graph, weights: &'a Weights)
     let default_type = src.map_or(FloatType::F32, |m| m.float_type);
     let g = proto.graph.as_mut().expect("base_proto makes a graph");
     let subs = surviving_subs(graph);
+    let shapes = crate::graph::infer_shapes_seeded(graph, Default::default()).unwrap_or_default();
+    let tokens = super::token_linear::find(graph, &shapes);
+    let token_at: std::collections::HashMap<&str, &super::token_linear::TokenLinear> = tokens.iter().map(|t| (t.linear, t)).collect();
+    let folded: BTreeSet<&str> = tokens.iter().flat_map(|t| [t.flatten, t.reshape]).collect();
     for n in &graph.nodes {
+        if let Some(t) = token_at.get(n.name.as_str()) {
+            g.node.extend(t.protos());
+            continue;
+        }
+        if folded.contains(n.name.as_str()) {
+            continue;
+        }
         match subs.get(n.name.as_str()) {
             Some(Sub::Drop) => {}
             Some(Sub::Write(b)) => g.node.push(node_proto(&n.name, "Sub", vec![n.inputs[0].clone(), b.clone()], n.outputs.clone())),
@@ -229,6 +248,16 @@ fn build_parts<'a>(src: Option<&OnnxModel>, graph: &Graph, weights: &'a Weights)
             }
         }
         written.insert(name.clone());
+    }
+    for t in &tokens {
+        if !written.insert(t.transposed.clone()) {
+            continue; // a weight two token-wise layers share: one transposed copy
+        }
+        let w = weights.get(t.weight)?;
+        let [o, i] = <[usize; 2]>::try_from(w.shape()).map_err(|_| Error::tensor(t.weight, format!("a Linear weight of shape {:?}", w.shape())))?;
+        let ft = src.and_then(|m| m.dtypes.get(t.weight)).copied().unwrap_or(default_type);
+        g.initializer.push(header(&t.transposed, &[i, o], ft));
+        payloads.push(Payload::Owned(super::token_linear::transpose(w.data(), o, i), ft));
     }
     // Old-IR models list initializers as graph inputs; drop those we fused away.
     if let Some(m) = src {
@@ -296,9 +325,9 @@ pub fn write_onnx_with(src: Option<&OnnxModel>, graph: &Graph, weights: &Weights
         let io = |e: std::io::Error| Error::Io { path: data_path.clone(), source: e };
         let mut at = 0usize;
         for (p, off) in parts.payloads.iter().zip(&offsets) {
-            if let (Payload::Floats(d, ft), Some(off)) = (p, off) {
+            if let (Some((d, ft)), Some(off)) = (p.floats(), off) {
                 w.write_all(&vec![0u8; off - at]).map_err(io)?;
-                write_floats(w, d, *ft).map_err(io)?;
+                write_floats(w, d, ft).map_err(io)?;
                 at = off + p.len();
             }
         }

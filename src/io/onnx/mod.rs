@@ -10,6 +10,7 @@ mod import;
 mod matmul;
 mod static_shapes;
 pub mod tensor;
+mod token_linear;
 mod wire;
 
 use std::collections::BTreeMap;
