@@ -7,12 +7,10 @@
 //! those axes, the three compute `x W^T + b` on the tokens, and are written as that
 //! MatMul (reading a transposed copy of the weight, a new initializer) and Add.
 
-use std::collections::HashMap;
-
 use onnx_protobuf::NodeProto;
 
 use super::attrs::node_proto;
-use crate::graph::{Graph, Op, Shapes};
+use crate::graph::{Graph, GraphIndex, Op, Shapes};
 
 /// One `Flatten -> Linear -> Reshape` chain written as `MatMul (+ Add)`.
 pub(super) struct TokenLinear<'g> {
@@ -46,28 +44,17 @@ impl TokenLinear<'_> {
 /// Every chain of `graph` that can be written as a token-wise MatMul: the flatten and
 /// the Linear each read by the next node alone, the shapes known and matching.
 pub(super) fn find<'g>(graph: &'g Graph, shapes: &Shapes) -> Vec<TokenLinear<'g>> {
-    let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
-    for (i, n) in graph.nodes.iter().enumerate() {
-        for t in &n.inputs {
-            readers.entry(t.as_str()).or_default().push(i);
-        }
-    }
-    let producer: HashMap<&str, usize> = graph.nodes.iter().enumerate().flat_map(|(i, n)| n.outputs.iter().map(move |o| (o.as_str(), i))).collect();
-    let is_output = |t: &str| graph.outputs.iter().any(|o| o == t);
-    let sole_reader = |t: &str| match readers.get(t).map(Vec::as_slice) {
-        Some([only]) if !is_output(t) => Some(*only),
-        _ => None,
-    };
+    let index = GraphIndex::new(graph);
     let opaque = |i: usize, types: &[&str]| matches!(&graph.nodes[i].op, Op::Opaque(o) if types.contains(&o.op_type.as_str()));
     let mut found = vec![];
     for (li, l) in graph.nodes.iter().enumerate() {
         let Op::Linear(lin) = &l.op else { continue };
-        let Some(&fi) = l.inputs.first().and_then(|t| producer.get(t.as_str())) else { continue };
+        let Some(fi) = l.inputs.first().and_then(|t| index.producer(t)) else { continue };
         let f = &graph.nodes[fi];
-        if !opaque(fi, &["Flatten", "Reshape"]) || sole_reader(&f.outputs[0]) != Some(li) {
+        if !opaque(fi, &["Flatten", "Reshape"]) || index.sole_consumer(&f.outputs[0]) != Some(li) {
             continue;
         }
-        let Some(ri) = sole_reader(&l.outputs[0]) else { continue };
+        let Some(ri) = index.sole_consumer(&l.outputs[0]) else { continue };
         let r = &graph.nodes[ri];
         if !opaque(ri, &["Reshape"]) || r.inputs.first() != Some(&l.outputs[0]) || r.outputs.len() != 1 {
             continue;
@@ -82,7 +69,7 @@ pub(super) fn find<'g>(graph: &'g Graph, shapes: &Shapes) -> Vec<TokenLinear<'g>
             continue;
         }
         let transposed = format!("{}.transposed", lin.weight);
-        if graph.params.contains_key(&transposed) || producer.contains_key(transposed.as_str()) {
+        if graph.params.contains_key(&transposed) || index.producer(&transposed).is_some() {
             continue;
         }
         found.push(TokenLinear {
@@ -137,7 +124,8 @@ mod tests {
             g.nodes.push(opaque("peek", "Relu", "p", "z"));
             g.outputs.push("z".into());
         }
-        let shapes: Shapes = [("x", vec![1, 6, 8]), ("f", vec![6, 8]), ("p", vec![6, 12]), ("y", back.to_vec())].into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        let shapes: Shapes =
+            [("x", vec![1, 6, 8]), ("f", vec![6, 8]), ("p", vec![6, 12]), ("y", back.to_vec())].into_iter().map(|(k, v)| (k.to_string(), v)).collect();
         (g, shapes)
     }
 
