@@ -23,7 +23,8 @@ pub fn flatten_add(ctx: &mut Ctx, i: usize) -> Option<Patch> {
         return None; // the sum reading this one takes it
     }
     let mut remove = vec![i];
-    let mut inputs = vec![];
+    // Borrowed until the sum is known to flatten (most sums read no other sum).
+    let mut inputs: Vec<&str> = vec![];
     let mut todo: Vec<(usize, usize)> = vec![(i, 0)];
     // Depth-first, in input order, without recursion: chains can be long.
     while let Some((k, pos)) = todo.pop() {
@@ -34,14 +35,14 @@ pub fn flatten_add(ctx: &mut Ctx, i: usize) -> Option<Patch> {
                 remove.push(p);
                 todo.push((p, 0));
             }
-            None => inputs.push(t.clone()),
+            None => inputs.push(t),
         }
     }
     if remove.len() == 1 {
         return None;
     }
     let n = ctx.node(i);
-    let merged = Node { inputs, ..n.clone() };
+    let merged = Node { inputs: inputs.into_iter().map(str::to_string).collect(), name: n.name.clone(), op: n.op.clone(), outputs: n.outputs.clone() };
     Some(Patch { remove, into: n.name.clone(), add: vec![merged], rule: "flatten add", ..Default::default() })
 }
 

@@ -200,9 +200,10 @@ fn record(g: &Graph, plan: &mut FusionPlan, report: &mut FusionReport, origins: 
 fn tidy_names(g: &mut Graph, plan: &mut FusionPlan, source_params: &crate::graph::ParamShapes) {
     let map: HashMap<String, String> = {
         let computed: HashSet<&str> = plan.steps.iter().flat_map(|s| s.outputs()).collect();
-        let mut taken: HashSet<&str> = source_params.keys().map(String::as_str).collect();
-        taken.extend(plan.steps.iter().flat_map(|s| s.inputs().into_iter().chain(s.outputs())));
-        taken.extend(g.params.keys().map(String::as_str));
+        // Every name the plan reads is a source parameter or one it computes, so
+        // "taken" is those three name sets, asked directly (collecting them into one
+        // set hashed every source parameter's long name again).
+        let taken = |t: &str| source_params.contains_key(t) || computed.contains(t) || g.params.contains_key(t);
         let mut new_taken: HashSet<String> = HashSet::new();
         let mut map = HashMap::new();
         for n in &g.nodes {
@@ -212,9 +213,9 @@ fn tidy_names(g: &mut Graph, plan: &mut FusionPlan, source_params: &crate::graph
                 _ => continue,
             };
             for (field, suffix) in [(Some(weight), "weight"), (bias, "bias")] {
-                let Some(field) = field else { continue };
+                let Some(field) = field.filter(|f| computed.contains(f.as_str())) else { continue };
                 let new = format!("{}.{}", n.name, suffix);
-                if computed.contains(field.as_str()) && !taken.contains(new.as_str()) && !new_taken.contains(&new) && !map.contains_key(field) {
+                if !taken(&new) && !new_taken.contains(&new) && !map.contains_key(field) {
                     new_taken.insert(new.clone());
                     map.insert(field.clone(), new);
                 }

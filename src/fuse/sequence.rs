@@ -17,10 +17,15 @@ pub fn compose_sequence(ctx: &mut Ctx, i: usize) -> Option<Patch> {
     if !(matches!(ctx.node(i).op, crate::graph::Op::Conv2d(_) | crate::graph::Op::Linear(_))) {
         return None;
     }
+    // Nothing is cloned until both nodes are conv-like: most convs read an
+    // activation, a sum or a batch norm, and this runs on every conv every wave.
+    let p = ctx.producer(ctx.node(i).inputs.first()?)?;
+    if std::mem::discriminant(&ctx.node(p).op) != std::mem::discriminant(&ctx.node(i).op) {
+        return None;
+    }
     let second_node = ctx.node(i).clone();
     let b = ConvLike::from_op(&second_node.op)?;
     let t = &second_node.inputs[0];
-    let p = ctx.producer(t)?;
     let first_node = ctx.node(p).clone();
     let a = ConvLike::from_op(&first_node.op)?;
     if a.kind != b.kind {
