@@ -55,6 +55,14 @@ impl Tensor {
         Ok(Tensor { shape, data: Arc::new(Storage::Owned(data)) })
     }
 
+    /// A 2-D tensor `[r, c]` as `[c, r]` (a Linear weight as MatMul reads it, or back);
+    /// `None` for any other rank.
+    pub(crate) fn transposed_2d(&self) -> Option<Tensor> {
+        let [r, c] = <[usize; 2]>::try_from(self.shape()).ok()?;
+        let d = self.data();
+        Some(Tensor::from_parts(vec![c, r], (0..c * r).map(|k| d[(k % r) * c + k / r]).collect()))
+    }
+
     /// Builds a tensor from data already known to match the shape (internal callers).
     pub(crate) fn from_parts(shape: Vec<usize>, data: Vec<f32>) -> Self {
         debug_assert_eq!(shape.iter().product::<usize>(), data.len());

@@ -27,10 +27,8 @@ pub fn compose_sequence(ctx: &mut Ctx, i: usize) -> Option<Patch> {
     let b = ConvLike::from_op(&second_node.op)?;
     let t = &second_node.inputs[0];
     let first_node = ctx.node(p).clone();
+    // Same kind (both convs or both Linears): the op variants matched above.
     let a = ConvLike::from_op(&first_node.op)?;
-    if a.kind != b.kind {
-        return None;
-    }
     let names = [first_node.name.as_str(), second_node.name.as_str()];
     if ctx.sole_consumer(t) != Some(i) {
         if a.is_pointwise() || b.is_pointwise() {

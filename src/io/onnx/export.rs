@@ -125,8 +125,8 @@ pub fn onnx_bytes(src: Option<&OnnxModel>, graph: &Graph, weights: &Weights) -> 
 enum Payload<'a> {
     /// f32 values, written as the given float type.
     Floats(&'a [f32], FloatType),
-    /// f32 values the writer computed (a transposed weight), written as the given type.
-    Owned(Vec<f32>, FloatType),
+    /// A tensor the writer computed (a transposed weight), written as the given type.
+    Owned(crate::tensor::Tensor, FloatType),
     /// Already in the header (a non-float tensor carried as read).
     InHeader,
 }
@@ -140,7 +140,7 @@ impl Payload<'_> {
     fn floats(&self) -> Option<(&[f32], FloatType)> {
         match self {
             Payload::Floats(d, ft) => Some((d, *ft)),
-            Payload::Owned(d, ft) => Some((d, *ft)),
+            Payload::Owned(t, ft) => Some((t.data(), *ft)),
             Payload::InHeader => None,
         }
     }
@@ -254,10 +254,10 @@ fn build_parts<'a>(src: Option<&OnnxModel>, graph: &Graph, weights: &'a Weights)
             continue; // a weight two token-wise layers share: one transposed copy
         }
         let w = weights.get(t.weight)?;
-        let [o, i] = <[usize; 2]>::try_from(w.shape()).map_err(|_| Error::tensor(t.weight, format!("a Linear weight of shape {:?}", w.shape())))?;
+        let wt = w.transposed_2d().ok_or_else(|| Error::tensor(t.weight, format!("a Linear weight of shape {:?}", w.shape())))?;
         let ft = src.and_then(|m| m.dtypes.get(t.weight)).copied().unwrap_or(default_type);
-        g.initializer.push(header(&t.transposed, &[i, o], ft));
-        payloads.push(Payload::Owned(super::token_linear::transpose(w.data(), o, i), ft));
+        g.initializer.push(header(&t.transposed, wt.shape(), ft));
+        payloads.push(Payload::Owned(wt, ft));
     }
     // Old-IR models list initializers as graph inputs; drop those we fused away.
     if let Some(m) = src {

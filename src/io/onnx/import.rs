@@ -401,11 +401,9 @@ impl State {
 pub(super) fn add_transposed(g: &mut Graph, w: &mut Weights, dtypes: &mut BTreeMap<String, FloatType>, name: &str) -> String {
     let tname = format!("{}.T", name);
     if !w.contains(&tname) {
-        let t = w.get(name).expect("callers pass a float initializer").clone();
-        let [r, c] = [t.shape()[0], t.shape()[1]];
-        let data: Vec<f32> = (0..c * r).map(|k| t.data()[(k % r) * c + k / r]).collect();
-        w.insert(tname.clone(), Tensor::from_parts(vec![c, r], data));
-        g.params.insert(tname.clone(), vec![c, r]);
+        let t = w.get(name).expect("callers pass a float initializer").transposed_2d().expect("callers pass a 2-D initializer");
+        g.params.insert(tname.clone(), t.shape().to_vec());
+        w.insert(tname.clone(), t);
         if let Some(ft) = dtypes.get(name).copied() {
             dtypes.insert(tname.clone(), ft);
         }

@@ -87,17 +87,6 @@ pub(super) fn find<'g>(graph: &'g Graph, shapes: &Shapes) -> Vec<TokenLinear<'g>
     found
 }
 
-/// `[O, I]` row-major as `[I, O]` row-major.
-pub(super) fn transpose(w: &[f32], out_features: usize, in_features: usize) -> Vec<f32> {
-    let mut t = vec![0.0; w.len()];
-    for o in 0..out_features {
-        for i in 0..in_features {
-            t[i * out_features + o] = w[o * in_features + i];
-        }
-    }
-    t
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,6 +144,7 @@ mod tests {
     #[test]
     fn transpose_swaps_rows_and_columns() {
         // [[1, 2, 3], [4, 5, 6]] -> [[1, 4], [2, 5], [3, 6]]
-        assert_eq!(transpose(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 2, 3), [1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
+        let t = crate::tensor::Tensor::from_parts(vec![2, 3], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).transposed_2d().unwrap();
+        assert_eq!((t.shape(), t.data()), (&[3, 2][..], &[1.0, 4.0, 2.0, 5.0, 3.0, 6.0][..]));
     }
 }
