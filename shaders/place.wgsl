@@ -6,17 +6,26 @@
 // the fly (gamma/beta/mean/var offsets, NONE when absent), so a conv+BN branch is
 // placed without its folded kernel ever being written.
 //
-// Work mapping: an invocation owns a run of input channels of one output channel of
-// the destination, i.e. a contiguous slice of it (consecutive invocations,
-// consecutive slices), at least RUN elements long where the kernel allows: it writes
-// the first source that covers the whole slice (zeroes it otherwise), then adds each
-// other source's taps into it in source order (the same order as the CPU reference). Nothing is shared between invocations, so there are no
-// atomics and no barriers, and the index arithmetic that needs a division (which
-// channel of which source, the BN scale with its square root) is done once per slice
-// and source, not once per element: the earlier gather, one invocation per
-// destination element re-reading every source record and dividing a dozen times,
-// ran at ~1% of a device copy on lavapipe. The host sizes the grid by RUN, which it
-// sets per adapter when it builds the pipeline (`shaders::place_run`).
+// Work mapping: the destination is cut into slices, each a run of input channels of
+// one output channel (a contiguous piece of it, at least RUN elements long where the
+// kernel allows). A slice is written by one team of LANES consecutive invocations,
+// lane l owning the slice's input channels l, l + LANES, ... (all their taps):
+// neighbouring invocations touch neighbouring memory (1x1 rows: neighbouring
+// elements), which a GPU coalesces and a CPU adapter's SIMD lanes take from one or
+// two cache lines (with one slice per invocation, lanes were a whole slice apart).
+// Owning whole channels keeps every path (runs, 1x1 taps, mapped channels) on the
+// same owner per element. Slices of fewer than LANES channels (depthwise rows) keep
+// one invocation each: the per-source set-up every lane of a team repeats would cost
+// more than it saves.
+// The team writes the first source that covers the whole slice (zeroes it otherwise),
+// then adds each other source's taps into it in source order (the same order as the
+// CPU reference); every element has one owner, so there are no atomics and no
+// barriers, and the index arithmetic that needs a division (which channel of which
+// source, the BN scale with its square root) is done once per slice and source, not
+// once per element: the first design, one invocation per destination element
+// re-reading every source record and dividing a dozen times, ran at ~1% of a device
+// copy on lavapipe. The host sizes the grid by RUN and LANES, which it sets per
+// adapter when it builds the pipeline (`shaders::PlaceShape`).
 
 // Per-output-channel BN scale of source `src` for its output os (1 without BN).
 fn bn_scale(src: PlaceSourceJob, os: u32) -> f32 {
@@ -38,9 +47,49 @@ fn quotient(a: u32, b: u32) -> u32 {
     return a / b;
 }
 
-fn zero_slice(row: u32, first: u32, end: u32) {
-    for (var e = first; e < end; e++) {
-        arena[row + e] = 0.0;
+// Zeroes the taps of input channels first, first + step, ... below end of the
+// destination row at `row` (one flat run when those are consecutive elements).
+fn zero_channels(row: u32, first: u32, end: u32, step: u32, taps: u32) {
+    if (step == 1u || taps == 1u) {
+        for (var e = first * taps; e < end * taps; e += step) {
+            arena[row + e] = 0.0;
+        }
+        return;
+    }
+    for (var cl = first; cl < end; cl += step) {
+        for (var t = 0u; t < taps; t++) {
+            arena[row + cl * taps + t] = 0.0;
+        }
+    }
+}
+
+// Adds (or, when `store`, writes) `mult` times a source's run of channels
+// [lo, hi) into the destination's, this lane's channels only: the first is `first`,
+// then every `lanes`-th. A lane alone, or 1x1 kernels (a channel is one element),
+// make that one strided run of elements, the loop the slices were fastest with on
+// lavapipe; teams on wider kernels take each owned channel's taps in turn.
+fn add_run(dst: u32, src: u32, lo: u32, hi: u32, first: u32, lanes: u32, taps: u32, mult: f32, store: bool) {
+    if (lanes == 1u || taps == 1u) {
+        let n = (hi - lo) * taps;
+        if (store) {
+            for (var e = first - lo; e < n; e += lanes) {
+                arena[dst + e] = mult * arena[src + e];
+            }
+        } else {
+            for (var e = first - lo; e < n; e += lanes) {
+                arena[dst + e] += mult * arena[src + e];
+            }
+        }
+        return;
+    }
+    for (var c = first - lo; c < hi - lo; c += lanes) {
+        for (var t = c * taps; t < (c + 1u) * taps; t++) {
+            if (store) {
+                arena[dst + t] = mult * arena[src + t];
+            } else {
+                arena[dst + t] += mult * arena[src + t];
+            }
+        }
     }
 }
 
@@ -59,10 +108,12 @@ struct PlaceSourceJob {
 @group(0) @binding(1) var<storage, read> jobs: array<PlaceJob>;
 @group(0) @binding(2) var<storage, read> sources: array<PlaceSourceJob>;
 
-// Elements an invocation's slice aims at: enough to amortise the per-source set-up.
-// Overridden per adapter: a CPU adapter wants long slices (each invocation's
-// set-up is scalar work its SIMD lanes cannot share), a GPU many short ones.
-override RUN: u32 = 128u;
+// Elements a slice aims at: enough to amortise the per-source set-up (on a CPU
+// adapter scalar work its SIMD lanes cannot share; on a GPU shared by a team).
+override RUN: u32 = 1024u;
+// Invocations sharing one slice (a power of two dividing WG): a GPU's SIMD width, or
+// 1 on a CPU adapter (see `shaders::PlaceShape`).
+override LANES: u32 = 32u;
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -76,7 +127,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let run = clamp(RUN / taps, 1u, per);
     let slices = (per + run - 1u) / run;
     let count = job.out_channels * slices;
-    for (var q = wid.x * WG + lid; q < count; q += nwg.x * WG) {
+    // One invocation per slice, or a team of LANES per slice (see the top note); the
+    // choice is the job's, so uniform across the workgroup.
+    let team = run >= LANES;
+    let inv = wid.x * WG + lid;
+    let lanes = select(1u, LANES, team);
+    let lane = select(0u, inv % LANES, team);
+    for (var q = select(inv, inv / LANES, team); q < count; q += nwg.x * (WG / lanes)) {
         // Integer division has no SIMD instruction on a CPU adapter (each lane divides
         // on its own): the common divisors, 1 slice per row and 1 or all output
         // channels per group, take no division.
@@ -121,33 +178,27 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             let kh = src.kh;
             let kw = src.kw;
             if (kh == kh_d && kw == kw_d && src.offset_h == 0u && src.offset_w == 0u && src.step_h == 1u && src.step_w == 1u && src.in_stride == 1u) {
-                // Same window, contiguous channels (3x3 into 3x3, 1x1 into 1x1): the
-                // source's part of the slice is one run of elements.
+                // Same window, contiguous channels (3x3 into 3x3, 1x1 into 1x1): each
+                // channel the source covers is one run of `taps` elements.
                 let lo = max(c0 + cl0, src.in_offset + base);
                 let hi = min(c0 + cl1, src.in_offset + base + si);
                 if (lo < hi) {
+                    let store = !written && lo == c0 + cl0 && hi == c0 + cl1;
+                    if (!written && !store) {
+                        zero_channels(row, cl0 + lane, cl1, lanes, taps);
+                    }
+                    written = true;
+                    // This lane's first channel at or after lo (lanes is a power of two,
+                    // so the wrapping difference masks right).
+                    let first = lo + ((c0 + cl0 + lane - lo) & (lanes - 1u));
                     let dst_at = row + (lo - c0) * taps;
                     let src_at = src.kernel + (os * si + (lo - src.in_offset - base)) * taps;
-                    let n = (hi - lo) * taps;
-                    if (!written && lo == c0 + cl0 && hi == c0 + cl1) {
-                        for (var e = 0u; e < n; e++) {
-                            arena[dst_at + e] = mult * arena[src_at + e];
-                        }
-                        written = true;
-                        continue;
-                    }
-                    if (!written) {
-                        zero_slice(row, cl0 * taps, cl1 * taps);
-                        written = true;
-                    }
-                    for (var e = 0u; e < n; e++) {
-                        arena[dst_at + e] += mult * arena[src_at + e];
-                    }
+                    add_run(dst_at, src_at, lo, hi, first, lanes, taps, mult, store);
                 }
                 continue;
             }
             if (!written) {
-                zero_slice(row, cl0 * taps, cl1 * taps);
+                zero_channels(row, cl0 + lane, cl1, lanes, taps);
                 written = true;
             }
             if (kh == 1u && kw == 1u && src.in_stride == 1u) {
@@ -158,13 +209,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                     let hi = min(c0 + cl1, src.in_offset + base + si);
                     let dst_at = row + src.offset_h * kw_d + src.offset_w;
                     let src_at = src.kernel + os * si - src.in_offset - base;
-                    for (var c = lo; c < hi; c++) {
+                    for (var c = lo + ((c0 + cl0 + lane - lo) & (lanes - 1u)); c < hi; c += lanes) {
                         arena[dst_at + (c - c0) * taps] += mult * arena[src_at + c];
                     }
                 }
                 continue;
             }
-            for (var cl = cl0; cl < cl1; cl++) {
+            for (var cl = cl0 + lane; cl < cl1; cl += lanes) {
                 // The destination input channel c, mapped back to the source's.
                 let c = c0 + cl;
                 if (c < src.in_offset) {
@@ -191,9 +242,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             }
         }
         if (!written) {
-            zero_slice(row, cl0 * taps, cl1 * taps);
+            zero_channels(row, cl0 + lane, cl1, lanes, taps);
         }
-        if (cl0 == 0u && job.out_bias != NONE) {
+        if (cl0 == 0u && job.out_bias != NONE && lane == 0u) {
             arena[job.out_bias + o] = bias;
         }
     }

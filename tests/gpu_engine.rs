@@ -3,7 +3,7 @@
 
 mod common;
 
-use repfuse::gpu::{ConvKernel, GpuContext};
+use repfuse::gpu::{ConvKernel, GpuContext, PlaceShape};
 use repfuse::verify::{compare, random_inputs, Tolerance};
 use repfuse::zoo::{blocks, ConvSpec, GraphBuilder};
 use repfuse::{fuse, FuseOptions};
@@ -52,15 +52,23 @@ fn gpu_plan_primitives_match_cpu_on_every_zoo_block() {
         }),
         // Depthwise rows of a few taps each: many tiny rows per job.
         ("depthwise_many_rows", |b, x| blocks::mobileone_block(b, x, 6, 5, 1, 6, 4)),
+        // Rows of 40 input channels: whole teams of a GPU's 32 lanes, some lanes
+        // owning two channels (3x3 runs, a 1x1 source, an identity's Dirac).
+        ("wide_rows", |b, x| {
+            let c = b.conv_bn(x, ConvSpec::same(40, 1, 1, 1));
+            blocks::repvgg_block(b, &c, 40, 1, 1)
+        }),
         ("seq_kxk_1x1", |b, x| {
             let c = b.conv_bn(x, ConvSpec::same(4, 3, 1, 2));
             b.conv_bn(&c, ConvSpec::same(8, 1, 1, 1))
         }),
     ];
-    // `place` as this adapter runs it, as a GPU does (128-element slices) and in
-    // slices short enough that every row is split across invocations.
+    // `place` as this adapter runs it, as a GPU does (teams of 32 lanes), in slices short enough that every row is split across invocations (alone,
+    // and 1x1 rows in teams of 2), and in mid-sized slices whose 3x3 rows are split
+    // across teams of 4 lanes owning 1 or 2 channels each.
     common::gpu();
-    let contexts = [GpuContext::new().unwrap(), GpuContext::new().unwrap().with_place_run(128), GpuContext::new().unwrap().with_place_run(4)];
+    let shape = |run, lanes| GpuContext::new().unwrap().with_place_shape(PlaceShape::checked(run, lanes).unwrap());
+    let contexts = [GpuContext::new().unwrap(), shape(1024, 32), shape(4, 1), shape(4, 2), shape(64, 4)];
     for ctx in &contexts {
         for (name, block) in cases {
             let mut b = GraphBuilder::new(3);
@@ -68,7 +76,7 @@ fn gpu_plan_primitives_match_cpu_on_every_zoo_block() {
             let y = block(&mut b, &x);
             b.output(&y);
             let (g, w) = b.finish();
-            assert_plan_matches_on(ctx, &format!("{} (place run {})", name, ctx.place_run()), &g, &w, &FuseOptions::default());
+            assert_plan_matches_on(ctx, &format!("{} (place {:?})", name, ctx.place_shape()), &g, &w, &FuseOptions::default());
         }
     }
 }

@@ -82,9 +82,9 @@ pub struct GpuContext {
     pub timestamps: bool,
     /// Which kernel runs convs with several output channels per group.
     pub conv_kernel: ConvKernel,
-    /// Elements one `place` invocation writes (see `shaders::place_run`); private so
-    /// it is never 0 (the dispatch divides by it).
-    place_run: usize,
+    /// How `place` cuts its work (see `shaders::PlaceShape`); private so it stays
+    /// valid (the dispatch divides by it).
+    place: shaders::PlaceShape,
     submissions: AtomicUsize,
     kernels: Mutex<HashMap<KernelId, Arc<Kernel>>>,
     /// Validation/out-of-memory errors and device loss, recorded instead of wgpu's
@@ -122,7 +122,7 @@ impl GpuContext {
             }
         });
         let conv_kernel = ConvKernel::for_adapter(&info)?;
-        let place_run = shaders::place_run(info.device_type == wgpu::DeviceType::Cpu);
+        let place = shaders::PlaceShape::for_adapter(info.device_type == wgpu::DeviceType::Cpu);
         Ok(GpuContext {
             device,
             queue,
@@ -130,7 +130,7 @@ impl GpuContext {
             limits,
             timestamps,
             conv_kernel,
-            place_run,
+            place,
             submissions: AtomicUsize::new(0),
             kernels: Mutex::new(HashMap::new()),
             errors,
@@ -144,17 +144,17 @@ impl GpuContext {
         self
     }
 
-    /// This context with `place` writing slices of `run` elements (tests cover the
-    /// other adapters' setting and slices split into many pieces). At least 1.
-    pub fn with_place_run(mut self, run: usize) -> Self {
-        self.place_run = run.max(1);
+    /// This context with `place` cut as `shape` (tests cover the other adapters'
+    /// setting, slices split into many pieces, and teams of several sizes).
+    pub fn with_place_shape(mut self, shape: shaders::PlaceShape) -> Self {
+        self.place = shape;
         self.kernels.get_mut().map(|k| k.remove(&KernelId::Place)).ok();
         self
     }
 
-    /// Elements one `place` invocation writes on this context (at least 1).
-    pub fn place_run(&self) -> usize {
-        self.place_run
+    /// How `place` cuts its work on this context.
+    pub fn place_shape(&self) -> shaders::PlaceShape {
+        self.place
     }
 
     /// The first GPU error recorded since the last call, as an `Error`.
@@ -215,7 +215,7 @@ impl GpuContext {
         let layout = self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(name), entries: &entries });
         let pl =
             self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor { label: Some(name), bind_group_layouts: &[Some(&layout)], immediate_size: 0 });
-        let overrides = id.overrides(self.place_run);
+        let overrides = id.overrides(self.place);
         let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(name),
             layout: Some(&pl),

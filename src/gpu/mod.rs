@@ -10,4 +10,4 @@ pub mod shaders;
 pub use context::{grid, ConvKernel, GpuContext, POLL_TIMEOUT};
 pub use forward::{act_code, forward_gpu, ConvParams, ElementwiseParams, GpuStep, GpuValue, LinearParams, PoolParams};
 pub use plan_exec::{execute_plan_gpu, execute_plan_gpu_bounded, execute_plan_gpu_timed, GpuTiming, KernelTime};
-pub use shaders::KernelId;
+pub use shaders::{KernelId, PlaceShape};

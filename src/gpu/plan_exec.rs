@@ -374,10 +374,12 @@ fn record_dispatch(
     // each one more only costs start-up (measured on lavapipe: RepVGG-A0's plan
     // 1036 -> 638 ms, MobileOne-S0's 283 -> 183 ms).
     let cap = if ctx.is_software() { SOFTWARE_WORKGROUPS } else { 65535 };
-    // A `place` invocation writes a slice of up to `place_run` elements (place.wgsl's
-    // RUN, set per adapter); the other kernels one element per invocation per pass.
-    let per_invocation = if kernel == KernelId::Place { ctx.place_run() } else { 1 };
-    let x = b.max_elems.div_ceil(256 * per_invocation).clamp(1, cap) as u32;
+    // A team of `lanes` `place` invocations writes a slice of up to `run` elements
+    // (place.wgsl's RUN and LANES, set per adapter); the other kernels one element per
+    // invocation per pass.
+    let place = ctx.place_shape();
+    let invocations = if kernel == KernelId::Place { (b.max_elems * place.lanes).div_ceil(place.run) } else { b.max_elems };
+    let x = invocations.div_ceil(256).clamp(1, cap) as u32;
     let table = ctx.table(kernel.name(), &b.records);
     let sources = (kernel == KernelId::Place).then(|| ctx.table("place sources", bytemuck::cast_slice(&b.sources)));
     let mut bindings = vec![buf.as_entire_binding(), table.as_entire_binding()];
@@ -638,13 +640,19 @@ mod tests {
     /// is the shader's `RUN` (its default on a GPU, overridden on a CPU adapter), so
     /// the two must not drift apart.
     #[test]
-    fn place_run_matches_the_shader() {
-        use super::super::shaders::{place_run, validate, KernelId, PLACE};
+    fn place_shape_matches_the_shader() {
+        use super::super::shaders::{validate, KernelId, PlaceShape, PLACE};
         let module = validate("place", PLACE).unwrap();
-        let run = module.overrides.iter().find(|(_, o)| o.name.as_deref() == Some("RUN")).expect("place.wgsl declares RUN").1;
-        let init = run.init.expect("RUN has a default");
-        let naga::Expression::Literal(naga::Literal::U32(v)) = module.global_expressions[init] else { panic!("RUN is a u32 literal") };
-        assert_eq!(v as usize, place_run(false));
-        assert_eq!(KernelId::Place.overrides(77), vec![("RUN", 77.0)]);
+        let default = |name: &str| {
+            let o = module.overrides.iter().find(|(_, o)| o.name.as_deref() == Some(name)).unwrap_or_else(|| panic!("place.wgsl declares {}", name)).1;
+            let naga::Expression::Literal(naga::Literal::U32(v)) = module.global_expressions[o.init.expect("a default")] else {
+                panic!("{} is a u32 literal", name)
+            };
+            v as usize
+        };
+        let gpu = PlaceShape::for_adapter(false);
+        assert_eq!((default("RUN"), default("LANES")), (gpu.run, gpu.lanes));
+        assert_eq!(KernelId::Place.overrides(PlaceShape { run: 77, lanes: 4 }), vec![("RUN", 77.0), ("LANES", 4.0)]);
+        assert!(PlaceShape::checked(64, 3).is_err() && PlaceShape::checked(0, 4).is_err() && PlaceShape::checked(64, 512).is_err());
     }
 }

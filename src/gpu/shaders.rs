@@ -110,24 +110,43 @@ impl KernelId {
     }
 
     /// Values of the kernel's pipeline-overridable constants, given the context's
-    /// `place_run` (the pipeline cache builds each kernel with them).
-    pub fn overrides(self, place_run: usize) -> Vec<(&'static str, f64)> {
+    /// `place` work shape (the pipeline cache builds each kernel with them).
+    pub fn overrides(self, place: PlaceShape) -> Vec<(&'static str, f64)> {
         match self {
-            KernelId::Place => vec![("RUN", place_run as f64)],
+            KernelId::Place => vec![("RUN", place.run as f64), ("LANES", place.lanes as f64)],
             _ => vec![],
         }
     }
 }
 
-/// Elements one `place` invocation aims to write (`RUN` in place.wgsl) on this kind
-/// of adapter: the shader's default on a GPU, longer slices on a CPU adapter, where
-/// each invocation's per-source set-up (BN scale, channel mapping) is scalar work
-/// (lavapipe, RepVGG-A0's place: 128 -> 1024 took it from 53 to 24-35 ms).
-pub fn place_run(software: bool) -> usize {
-    if software {
-        1024
-    } else {
-        128
+/// How `place` cuts its work (`RUN` and `LANES` in place.wgsl), per kind of adapter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlaceShape {
+    /// Elements a slice aims at: long enough to amortise the per-source set-up (BN
+    /// scale, channel mapping), which on a CPU adapter is scalar work (lavapipe,
+    /// RepVGG-A0's place: 128 -> 1024 took it from 53 to 24-35 ms).
+    pub run: usize,
+    /// Consecutive invocations sharing a slice. 32 on a GPU, so a warp's loads
+    /// coalesce (not yet measured on one: no GPU was lent). 1 on a CPU adapter:
+    /// teams of 8 lanes made lavapipe's place 1.5-2x slower (RepVGG-A0 24 -> 48 ms,
+    /// MobileOne-S0 19 -> 27 ms), every lane repeating the per-source set-up while
+    /// neighbouring slices gained nothing from sharing cache lines.
+    pub lanes: usize,
+}
+
+impl PlaceShape {
+    /// The shape for a CPU adapter (`software`) or a GPU.
+    pub fn for_adapter(software: bool) -> Self {
+        PlaceShape { run: 1024, lanes: if software { 1 } else { 32 } }
+    }
+
+    /// `run` at least 1 and `lanes` a power of two dividing the workgroup (256), so
+    /// the dispatch's divisions and the shader's team split are well defined.
+    pub fn checked(run: usize, lanes: usize) -> crate::Result<Self> {
+        if run == 0 || !lanes.is_power_of_two() || lanes > 256 {
+            return Err(crate::Error::Gpu(format!("place shape: run {} must be at least 1 and lanes {} a power of two up to 256", run, lanes)));
+        }
+        Ok(PlaceShape { run, lanes })
     }
 }
 
