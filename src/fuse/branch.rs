@@ -41,10 +41,11 @@ fn depthwise(weight: String, bias: Option<String>, channels: usize, kernel: [usi
 
 /// `x + conv(x)`  =>  `id(x) + conv(x)` with `id` a depthwise 1x1 dirac conv.
 pub fn identity_to_conv(ctx: &mut Ctx, i: usize) -> Option<Patch> {
-    if !(ctx.node(i).op == Op::Add) {
-        return None;
-    }
-    let n = ctx.node(i).clone();
+    // Borrowed from the graph (not from `ctx`, which `fresh` needs mutably): most
+    // sums have no identity branch, and cloning each one first was most of this
+    // rule's cost.
+    let graph = ctx.graph;
+    let n = &graph.nodes[i];
     if n.op != Op::Add {
         return None;
     }
@@ -76,10 +77,9 @@ pub fn identity_to_conv(ctx: &mut Ctx, i: usize) -> Option<Patch> {
 
 /// A BN-only branch (RepVGG's identity BN) => depthwise 1x1 conv with bias.
 pub fn bn_branch_to_conv(ctx: &mut Ctx, i: usize) -> Option<Patch> {
-    if !(matches!(ctx.node(i).op, Op::BatchNorm(_))) {
-        return None;
-    }
-    let n = ctx.node(i).clone();
+    // Borrowed until the rule applies (see `identity_to_conv`).
+    let graph = ctx.graph;
+    let n = &graph.nodes[i];
     let Op::BatchNorm(bn) = &n.op else { return None };
     if ctx.shapes.get(&n.inputs[0]).map(Vec::len) != Some(4) {
         return None;
@@ -96,7 +96,7 @@ pub fn bn_branch_to_conv(ctx: &mut Ctx, i: usize) -> Option<Patch> {
         steps: vec![Step::BnToConv { bn: bn_params(bn), channels: c, out_kernel: w.clone(), out_bias: b.clone() }],
         add: vec![Node { name: n.name.clone(), op: depthwise(w, Some(b), c, [1, 1], [1, 1], [0; 4]), inputs: n.inputs.clone(), outputs: n.outputs.clone() }],
         rule: "bn->conv",
-        into: n.name,
+        into: n.name.clone(),
     })
 }
 

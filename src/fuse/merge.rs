@@ -22,6 +22,12 @@ pub fn flatten_add(ctx: &mut Ctx, i: usize) -> Option<Patch> {
     if absorbing_sum(ctx, &ctx.node(i).outputs[0]).is_some() {
         return None; // the sum reading this one takes it
     }
+    // Nothing to flatten unless some input is a sum this one absorbs: asked before
+    // allocating anything, since most sums read none.
+    let absorbs = |t: &String| ctx.producer(t).is_some_and(|p| ctx.node(p).op == Op::Add && absorbing_sum(ctx, t) == Some(i));
+    if !ctx.node(i).inputs.iter().any(absorbs) {
+        return None;
+    }
     let mut remove = vec![i];
     // Borrowed until the sum is known to flatten (most sums read no other sum).
     let mut inputs: Vec<&str> = vec![];

@@ -94,8 +94,8 @@ pub fn fuse(graph: &Graph, opts: &FuseOptions) -> Result<Fusion> {
     // Each wave removes at least one node or replaces a pattern by a smaller one; the
     // bound only guards against a rule bug turning into an endless loop.
     let max_patches = 16 * graph.nodes.len() + 16;
-    let mut shapes = shapes_before.clone();
-    let mut names: HashSet<String> = g.nodes.iter().map(|n| n.name.clone()).collect();
+    let mut shapes = shapes_before;
+    let mut names = apply::NodeNames::new(&g);
     for _ in 0..max_patches {
         let index = GraphIndex::new(&g);
         let mut ctx = Ctx {
@@ -141,6 +141,8 @@ fn next_wave(ctx: &mut Ctx) -> Vec<Patch> {
         // touch them), and tensors kept patches only read (others may read them too).
         let mut exclusive: HashSet<u64> = HashSet::new();
         let mut shared: HashSet<u64> = HashSet::new();
+        // One pair of buffers for every patch's written and read tensors.
+        let (mut owned, mut read): (Vec<u64>, Vec<u64>) = (vec![], vec![]);
         for i in 0..graph.nodes.len() {
             if nodes[i] {
                 continue;
@@ -148,9 +150,10 @@ fn next_wave(ctx: &mut Ctx) -> Vec<Patch> {
             ctx.queried.borrow_mut().clear();
             let Some(p) = rule(ctx, i) else { continue };
             let removed = p.remove.iter().map(|&k| &graph.nodes[k]);
-            let owned: Vec<u64> =
-                removed.clone().chain(&p.add).flat_map(|n| n.outputs.iter().map(|t| tensor_key(t))).chain(ctx.queried.borrow().iter().copied()).collect();
-            let read: Vec<u64> = removed.chain(&p.add).flat_map(|n| n.inputs.iter().map(|t| tensor_key(t))).collect();
+            owned.clear();
+            owned.extend(removed.clone().chain(&p.add).flat_map(|n| n.outputs.iter().map(|t| tensor_key(t))).chain(ctx.queried.borrow().iter().copied()));
+            read.clear();
+            read.extend(removed.chain(&p.add).flat_map(|n| n.inputs.iter().map(|t| tensor_key(t))));
             if p.remove.iter().any(|&k| nodes[k])
                 || owned.iter().any(|t| exclusive.contains(t) || shared.contains(t))
                 || read.iter().any(|t| exclusive.contains(t))
@@ -158,8 +161,8 @@ fn next_wave(ctx: &mut Ctx) -> Vec<Patch> {
                 continue;
             }
             p.remove.iter().for_each(|&k| nodes[k] = true);
-            exclusive.extend(owned);
-            shared.extend(read);
+            exclusive.extend(&owned);
+            shared.extend(&read);
             wave.push(p);
         }
         if !wave.is_empty() {

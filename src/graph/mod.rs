@@ -76,15 +76,18 @@ impl Graph {
 
     /// Number of parameter values the ops reference (each name counted once).
     pub fn param_count(&self) -> usize {
-        // Hashed, not ordered: long shared name prefixes made the ordered set's
-        // comparisons 5% of MobileOne's rewrite.
-        let mut seen: foldhash::HashSet<&str> = Default::default();
-        self.nodes
-            .iter()
-            .flat_map(|n| n.op.params())
-            .filter(|p| seen.insert(*p))
-            .map(|p| self.params.get(p).map_or(0, |s| s.iter().fold(1usize, |a, &b| a.saturating_mul(b))))
-            .fold(0usize, usize::saturating_add)
+        // Each name counted once by its position in `params` (one lookup per use, no
+        // set of names built: that was 3% of MobileOne-S0's rewrite); names not in
+        // `params` count 0, as before.
+        let mut seen = vec![false; self.params.len()];
+        let mut total = 0usize;
+        for p in self.nodes.iter().flat_map(|n| n.op.params()) {
+            let Some((i, _, shape)) = self.params.get_full(p) else { continue };
+            if !std::mem::replace(&mut seen[i], true) {
+                total = total.saturating_add(shape.iter().fold(1usize, |a, &b| a.saturating_mul(b)));
+            }
+        }
+        total
     }
 
     /// The node named `name`, by linear search.
