@@ -6,6 +6,8 @@
 //! re-sorted whole. `fuse` validates the whole result once at the end, and checks
 //! there that the shapes kept here equal a full inference.
 
+use std::borrow::Cow;
+
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use super::rule::{tensor_key, Patch};
@@ -134,30 +136,59 @@ pub fn check_wave(g: &Graph, index: &GraphIndex, wave: &[Patch], names: &NodeNam
     Ok(Layout { insert_at, removed, dropped, needs_sort })
 }
 
-/// Puts the wave's nodes in place, keeps `names` and `shapes` up to date, and checks
-/// each new node's attributes, parameters and output shape (a rewritten region must
-/// give its outputs the shapes they had).
-pub fn commit(g: &mut Graph, wave_nodes: Vec<Vec<Node>>, layout: Layout, names: &mut NodeNames, shapes: &mut Shapes, rule: &str) -> Result<()> {
+/// Puts the wave's nodes and parameters in place, keeps `names` and `shapes` up to
+/// date, and checks each new node's attributes, parameters and output shape (a
+/// rewritten region must give its outputs the shapes they had). A borrowed `g` (the
+/// source graph, before the first wave) becomes owned here, copying only the nodes
+/// the wave keeps.
+pub fn commit(
+    g: &mut Cow<Graph>,
+    wave_nodes: Vec<Vec<Node>>,
+    params: Vec<(String, Vec<usize>)>,
+    layout: Layout,
+    names: &mut NodeNames,
+    shapes: &mut Shapes,
+    rule: &str,
+) -> Result<()> {
     let Layout { insert_at, removed, dropped, needs_sort } = layout;
     let mut adds: Vec<Option<Vec<Node>>> = wave_nodes.into_iter().map(Some).collect();
+    for (n, _) in g.nodes.iter().zip(&removed).filter(|(_, &r)| r) {
+        names.remove(&n.name);
+    }
     // Positions of the new nodes in the new order, ascending.
     let mut added: Vec<usize> = vec![];
-    let old = std::mem::take(&mut g.nodes);
-    let mut nodes = Vec::with_capacity(old.len() + adds.iter().flatten().map(Vec::len).sum::<usize>());
-    for (i, n) in old.into_iter().enumerate() {
-        if removed[i] {
-            names.remove(&n.name);
-        } else {
-            nodes.push(n);
-        }
+    let mut nodes = Vec::with_capacity(g.nodes.len() + adds.iter().flatten().map(Vec::len).sum::<usize>());
+    // Each old node, kept (Some) or removed (None), followed by any patch placed after it.
+    let mut place = |i: usize, kept: Option<Node>| {
+        nodes.extend(kept);
         if let Some(&k) = insert_at.get(&i) {
             for a in adds[k].take().expect("one place per patch") {
                 added.push(nodes.len());
                 nodes.push(a);
             }
         }
-    }
+    };
+    let g: &mut Graph = match g {
+        Cow::Borrowed(source) => {
+            let source: &Graph = source;
+            source.nodes.iter().enumerate().for_each(|(i, n)| place(i, (!removed[i]).then(|| n.clone())));
+            let owned = Graph {
+                inputs: source.inputs.clone(),
+                outputs: source.outputs.clone(),
+                nodes: vec![],
+                params: source.params.clone(),
+                known_shapes: source.known_shapes.clone(),
+            };
+            *g = Cow::Owned(owned);
+            g.to_mut()
+        }
+        Cow::Owned(owned) => {
+            std::mem::take(&mut owned.nodes).into_iter().enumerate().for_each(|(i, n)| place(i, (!removed[i]).then_some(n)));
+            owned
+        }
+    };
     g.nodes = nodes;
+    g.params.extend(params);
     added.iter().for_each(|&i| names.add(&g.nodes[i].name));
     if needs_sort {
         // The sort moves nodes: find the new ones again by name.
@@ -222,12 +253,14 @@ mod tests {
         let mut names = NodeNames::new(g);
         let index = GraphIndex::new(g);
         let layout = check_wave(g, &index, &wave, &names, "test")?;
-        let mut nodes = vec![];
+        let (mut nodes, mut params) = (vec![], vec![]);
         for p in wave {
-            g.params.extend(p.params);
+            params.extend(p.params);
             nodes.push(p.add);
         }
-        commit(g, nodes, layout, &mut names, &mut shapes, "test")?;
+        let mut cow = Cow::Borrowed(&*g);
+        commit(&mut cow, nodes, params, layout, &mut names, &mut shapes, "test")?;
+        *g = cow.into_owned();
         Ok(shapes)
     }
 
@@ -286,15 +319,16 @@ mod tests {
 
     #[test]
     fn node_names_follow_the_waves() {
-        let mut g = net();
+        let g = net();
         let p = fold(&g, 5);
         let (conv, bn) = (g.nodes[0].name.clone(), g.nodes[1].name.clone());
         let mut names = NodeNames::new(&g);
         let index = GraphIndex::new(&g);
         let layout = check_wave(&g, &index, std::slice::from_ref(&p), &names, "test").unwrap();
         let mut shapes = crate::graph::infer_shapes(&g).unwrap();
-        g.params.extend(p.params);
-        commit(&mut g, vec![p.add], layout, &mut names, &mut shapes, "test").unwrap();
+        let mut cow = Cow::Borrowed(&g);
+        commit(&mut cow, vec![p.add], p.params, layout, &mut names, &mut shapes, "test").unwrap();
+        let g = cow.into_owned();
         let none = vec![false; g.nodes.len()];
         // The new conv kept the old conv's name; the BN's name is gone.
         assert!(names.kept_node_named(&g, &none, &conv));

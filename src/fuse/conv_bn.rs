@@ -41,15 +41,16 @@ pub fn fold_bn_into_conv(ctx: &mut Ctx, i: usize) -> Option<Patch> {
     }
     let w = ctx.fresh(&prod_name, "weight");
     let b = ctx.fresh(&prod_name, "bias");
-    let fused = conv.with(|c| {
-        c.weight = w.clone();
-        c.bias = Some(b.clone());
-    });
+    // The view becomes the fused op: its old names move into the step.
+    let mut fused = conv;
+    let kernel = std::mem::replace(&mut fused.weight, w.clone());
+    let bias = fused.bias.replace(b.clone());
+    let out_channels = fused.out_channels;
     Some(Patch {
         remove: vec![p, i],
-        params: vec![(w.clone(), fused.weight_shape()), (b.clone(), vec![conv.out_channels])],
-        steps: vec![Step::FoldBn { kernel: conv.weight.clone(), bias: conv.bias.clone(), bn, out_kernel: w, out_bias: b }],
-        add: vec![Node { name: prod_name.clone(), op: fused.to_op(), inputs: prod_inputs, outputs: bn_outputs }],
+        params: vec![(w.clone(), fused.weight_shape()), (b.clone(), vec![out_channels])],
+        steps: vec![Step::FoldBn { kernel, bias, bn, out_kernel: w, out_bias: b }],
+        add: vec![Node { name: prod_name.clone(), op: fused.into_op(), inputs: prod_inputs, outputs: bn_outputs }],
         rule: "conv+bn",
         into: prod_name,
     })

@@ -78,6 +78,18 @@ impl ConvLike {
         }
     }
 
+    /// [`Self::to_op`] without copying the names.
+    pub fn into_op(self) -> Op {
+        match self.kind {
+            Kind::Conv => Op::Conv2d(self.conv),
+            Kind::Linear => {
+                debug_assert!(self.groups == 1 && self.kernel == [1, 1]);
+                let c = self.conv;
+                Op::Linear(Linear { weight: c.weight, bias: c.bias, in_features: c.in_channels, out_features: c.out_channels })
+            }
+        }
+    }
+
     /// Weight tensor shape of the op (`[O, I]` for a Linear).
     pub fn weight_shape(&self) -> Vec<usize> {
         match self.kind {

@@ -16,6 +16,7 @@ mod rule;
 mod sequence;
 mod shortcut;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
@@ -83,7 +84,10 @@ pub struct Fusion {
 pub fn fuse(graph: &Graph, opts: &FuseOptions) -> Result<Fusion> {
     let shapes_before = graph.validate()?;
     tracing::info!(nodes = graph.nodes.len(), params = graph.params.len(), "fusing");
-    let mut g = graph.clone();
+    // Borrowed until the first wave: that wave's commit copies only the nodes it
+    // keeps (the first wave folds every conv+BN pair: most nodes of a training graph
+    // go, and copying them only to drop them was 5% of MobileOne-S0's rewrite).
+    let mut g: Cow<Graph> = Cow::Borrowed(graph);
     let mut plan = FusionPlan::default();
     let mut report =
         FusionReport { ops_before: graph.op_histogram(), params_before: graph.param_count(), flops_before: graph.flops(&shapes_before), ..Default::default() };
@@ -111,15 +115,14 @@ pub fn fuse(graph: &Graph, opts: &FuseOptions) -> Result<Fusion> {
         };
         let wave = next_wave(&mut ctx);
         if wave.is_empty() {
-            return finish(g, plan, report, refusals, origins, &graph.params, &shapes);
+            return finish(g.into_owned(), plan, report, refusals, origins, &graph.params, &shapes);
         }
         tracing::debug!(rule = wave[0].rule, patches = wave.len(), "rewrite wave");
         report.waves += 1;
         let rule = wave[0].rule;
         let layout = apply::check_wave(&g, &index, &wave, &names, rule)?;
         let (nodes, params) = record(&g, &mut plan, &mut report, &mut origins, wave);
-        g.params.extend(params);
-        apply::commit(&mut g, nodes, layout, &mut names, &mut shapes, rule)?;
+        apply::commit(&mut g, nodes, params, layout, &mut names, &mut shapes, rule)?;
     }
     Err(Error::Graph(format!("rewrite did not reach a fixpoint after {} patches (a rule bug)", max_patches)))
 }
