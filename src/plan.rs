@@ -368,7 +368,7 @@ impl FusionPlan {
                     *readers.entry(t).or_default() += 1;
                 }
             }
-            let mut folds: foldhash::HashMap<&str, usize> = Default::default();
+            let mut folds: foldhash::HashMap<&str, usize> = foldhash::HashMap::with_capacity_and_hasher(self.steps.len(), Default::default());
             for (i, s) in self.steps.iter().enumerate() {
                 if let Step::FoldBn { out_kernel, out_bias, .. } = s {
                     let single = |t: &String| readers.get(t.as_str()) == Some(&1) && !keep.contains_key(t);

@@ -205,7 +205,8 @@ fn record(g: &Graph, plan: &mut FusionPlan, report: &mut FusionReport, origins: 
 /// borrowed, not copied, while the renames are decided: only renamed tensors allocate.
 fn tidy_names(g: &mut Graph, plan: &mut FusionPlan, source_params: &crate::graph::ParamShapes) {
     let map: HashMap<String, String> = {
-        let computed: HashSet<&str> = plan.steps.iter().flat_map(|s| s.outputs()).collect();
+        let mut computed: HashSet<&str> = HashSet::with_capacity(2 * plan.steps.len());
+        computed.extend(plan.steps.iter().flat_map(|s| s.outputs()));
         // Every name the plan reads is a source parameter or one it computes, so
         // "taken" is those three name sets, asked directly (collecting them into one
         // set hashed every source parameter's long name again).
@@ -264,7 +265,8 @@ fn finish(
     kept: &crate::graph::Shapes,
 ) -> Result<Fusion> {
     let origins = origins.into_names(&g);
-    let used: HashSet<&str> = g.nodes.iter().flat_map(|n| n.op.params().into_iter().chain(n.inputs.iter().map(String::as_str))).collect();
+    let mut used: HashSet<&str> = HashSet::with_capacity(3 * g.nodes.len());
+    used.extend(g.nodes.iter().flat_map(|n| n.op.params().into_iter().chain(n.inputs.iter().map(String::as_str))));
     g.params.retain(|k, _| used.contains(k.as_str()));
     let mut plan = plan;
     plan.fold_bn_into_place(&g.params);
@@ -281,7 +283,8 @@ fn finish(
     }
     // A refusal stays in the report only while the nodes it names still exist: a
     // pattern refused one way and fused another way is not a refusal.
-    let names: HashSet<&str> = g.nodes.iter().map(|n| n.name.as_str()).collect();
+    let mut names: HashSet<&str> = HashSet::with_capacity(g.nodes.len());
+    names.extend(g.nodes.iter().map(|n| n.name.as_str()));
     report.refused = refusals.into_iter().filter(|r| r.nodes.iter().all(|n| names.contains(n.as_str()))).collect();
     report.left = left::explain(&g, &report.refused);
     report.carried = left::carried(&g);

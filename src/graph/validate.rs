@@ -15,8 +15,11 @@ pub fn validate(g: &Graph) -> Result<Shapes> {
 }
 
 fn check_names_and_order(g: &Graph) -> Result<()> {
-    let mut node_names = HashSet::new();
-    let mut defined: HashSet<&str> = HashSet::new();
+    // Sized up front: growing a set of 10^5 names rehashes it ~17 times, and each
+    // large reallocation makes glibc consolidate its free lists (see end-to-end.md).
+    let tensors = g.inputs.len() + g.nodes.iter().map(|n| n.outputs.len()).sum::<usize>();
+    let mut node_names = HashSet::with_capacity(g.nodes.len());
+    let mut defined: HashSet<&str> = HashSet::with_capacity(tensors);
     for v in &g.inputs {
         if !defined.insert(&v.name) {
             return Err(Error::Graph(format!("graph input `{}` is declared twice", v.name)));
@@ -25,7 +28,8 @@ fn check_names_and_order(g: &Graph) -> Result<()> {
             return Err(Error::shape(&v.name, "shape", format!("graph input has a zero dimension: {:?}", v.shape)));
         }
     }
-    let producers: HashSet<&str> = g.nodes.iter().flat_map(|n| n.outputs.iter().map(String::as_str)).collect();
+    let mut producers: HashSet<&str> = HashSet::with_capacity(tensors);
+    producers.extend(g.nodes.iter().flat_map(|n| n.outputs.iter().map(String::as_str)));
     for n in &g.nodes {
         if !node_names.insert(&n.name) {
             return Err(Error::Graph(format!("node name `{}` is used twice", n.name)));
