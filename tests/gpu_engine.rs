@@ -50,6 +50,9 @@ fn gpu_plan_primitives_match_cpu_on_every_zoo_block() {
             let ys: Vec<String> = (0..40).map(|i| b.conv_bn(x, specs[i % 4])).collect();
             b.add(&ys)
         }),
+        // Two parallel 3x3 branches (summed in registers as a pair), a 1x1 scale
+        // branch and an identity, dense.
+        ("mobileone_k2", |b, x| blocks::mobileone_block(b, x, 6, 3, 1, 1, 2)),
         // Depthwise rows of a few taps each: many tiny rows per job.
         ("depthwise_many_rows", |b, x| blocks::mobileone_block(b, x, 6, 5, 1, 6, 4)),
         // Rows of 40 input channels: whole teams of a GPU's 32 lanes, some lanes
