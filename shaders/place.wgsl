@@ -237,7 +237,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             written = k > 0u;
         }
         for (var s = 0u; s < job.sources; s++) {
-            if (s < 32u && (summed >> s & 1u) != 0u) {
+            if (s < 32u && ((summed >> s) & 1u) != 0u) {
                 continue;
             }
             let src = sources[job.first_source + s];

@@ -82,8 +82,8 @@ pub struct GpuContext {
     pub timestamps: bool,
     /// Which kernel runs convs with several output channels per group.
     pub conv_kernel: ConvKernel,
-    /// How `place` cuts its work (see `shaders::PlaceShape`); private so it stays
-    /// valid (the dispatch divides by it).
+    /// How `place` cuts its work (see `shaders::PlaceShape`, whose constructors keep
+    /// it valid: the dispatch divides by it).
     place: shaders::PlaceShape,
     submissions: AtomicUsize,
     kernels: Mutex<HashMap<KernelId, Arc<Kernel>>>,

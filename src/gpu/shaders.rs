@@ -124,20 +124,32 @@ impl KernelId {
 pub struct PlaceShape {
     /// Elements a slice aims at: long enough to amortise the per-source set-up (BN
     /// scale, channel mapping), which on a CPU adapter is scalar work (lavapipe,
-    /// RepVGG-A0's place: 128 -> 1024 took it from 53 to 24-35 ms).
-    pub run: usize,
+    /// RepVGG-A0's place: 128 -> 1024 took it from 53 to 24-35 ms). Crate-private,
+    /// like `lanes`: only `for_adapter` and `checked` make a shape, so the dispatch
+    /// never divides by 0 and a team never strides by 0 or races.
+    pub(crate) run: usize,
     /// Consecutive invocations sharing a slice. 32 on a GPU, so a warp's loads
     /// coalesce (not yet measured on one: no GPU was lent). 1 on a CPU adapter:
     /// teams of 8 lanes made lavapipe's place 1.5-2x slower (RepVGG-A0 24 -> 48 ms,
     /// MobileOne-S0 19 -> 27 ms), every lane repeating the per-source set-up while
     /// neighbouring slices gained nothing from sharing cache lines.
-    pub lanes: usize,
+    pub(crate) lanes: usize,
 }
 
 impl PlaceShape {
     /// The shape for a CPU adapter (`software`) or a GPU.
     pub fn for_adapter(software: bool) -> Self {
         PlaceShape { run: 1024, lanes: if software { 1 } else { 32 } }
+    }
+
+    /// Elements a slice aims at.
+    pub fn run(&self) -> usize {
+        self.run
+    }
+
+    /// Invocations sharing a slice.
+    pub fn lanes(&self) -> usize {
+        self.lanes
     }
 
     /// `run` at least 1 and `lanes` a power of two dividing the workgroup (256), so
