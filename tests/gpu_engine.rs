@@ -43,8 +43,8 @@ fn gpu_plan_primitives_match_cpu_on_every_zoo_block() {
             let c = b.conv_bn(x, ConvSpec::same(6, 3, 1, 1));
             b.add(&[c, x.to_string()])
         }),
-        // 40 branches: more sources than `place` takes per chunk (32), so later
-        // chunks add to what the first wrote; 1x1, 3x3, 1x3 and dilated taps mixed.
+        // 40 branches: more sources than `place`'s register sum looks at (the first
+        // 32), so later ones add to what it wrote; 1x1, 3x3, 1x3 and dilated taps mixed.
         ("forty_branches", |b, x| {
             let specs = [ConvSpec::same(6, 1, 1, 1), ConvSpec::same(6, 3, 1, 1), ConvSpec::kernel_hw(6, 1, 3, 1), ConvSpec::same(6, 3, 1, 1)];
             let ys: Vec<String> = (0..40).map(|i| b.conv_bn(x, specs[i % 4])).collect();
