@@ -636,9 +636,9 @@ fn fill_no_bn() -> FillJob {
 
 #[cfg(test)]
 mod tests {
-    /// The dispatch sizes `place` by the elements one invocation writes; that number
-    /// is the shader's `RUN` (its default on a GPU, overridden on a CPU adapter), so
-    /// the two must not drift apart.
+    /// The dispatch sizes `place` by the elements a team of invocations writes; those
+    /// numbers are the shader's `RUN` and `LANES` (their defaults are the GPU shape,
+    /// overridden per adapter), so the two must not drift apart.
     #[test]
     fn place_shape_matches_the_shader() {
         use super::super::shaders::{validate, KernelId, PlaceShape, PLACE};
