@@ -65,6 +65,12 @@ fn source_bias(src: PlaceSourceJob, os: u32, bn: f32) -> f32 {
     return src.scale * b;
 }
 
+// First input channel (in the source's numbering) of the group that the source's
+// output channel os reads.
+fn group_base(src: PlaceSourceJob, os: u32) -> u32 {
+    return quotient(os, quotient(src.out_channels, src.groups)) * src.in_per_group;
+}
+
 // The source has the destination's window and contiguous channels (3x3 into 3x3,
 // 1x1 into 1x1): each channel it covers is one run of `taps` elements.
 fn same_window(src: PlaceSourceJob, kh_d: u32, kw_d: u32) -> bool {
@@ -201,7 +207,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                     continue;
                 }
                 let si = src.in_per_group;
-                let base = quotient(os, quotient(src.out_channels, src.groups)) * si;
+                let base = group_base(src, os);
                 if (src.in_offset + base > c0 + cl0 || src.in_offset + base + si < c0 + cl1) {
                     continue;
                 }
@@ -251,7 +257,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             }
             let mult = src.scale * bn;
             let si = src.in_per_group;
-            let base = quotient(os, quotient(src.out_channels, src.groups)) * si;
+            let base = group_base(src, os);
             let kh = src.kh;
             let kw = src.kw;
             if (same_window(src, kh_d, kw_d)) {

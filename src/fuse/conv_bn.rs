@@ -45,10 +45,9 @@ pub fn fold_bn_into_conv(ctx: &mut Ctx, i: usize) -> Option<Patch> {
     let mut fused = conv;
     let kernel = std::mem::replace(&mut fused.weight, w.clone());
     let bias = fused.bias.replace(b.clone());
-    let out_channels = fused.out_channels;
     Some(Patch {
         remove: vec![p, i],
-        params: vec![(w.clone(), fused.weight_shape()), (b.clone(), vec![out_channels])],
+        params: vec![(w.clone(), fused.weight_shape()), (b.clone(), vec![fused.out_channels])],
         steps: vec![Step::FoldBn { kernel, bias, bn, out_kernel: w, out_bias: b }],
         add: vec![Node { name: prod_name.clone(), op: fused.into_op(), inputs: prod_inputs, outputs: bn_outputs }],
         rule: "conv+bn",

@@ -69,16 +69,10 @@ impl ConvLike {
     /// Back to an op of the same kind. A Linear can only hold a dense 1x1 result;
     /// rules make sure of that before they build one.
     pub fn to_op(&self) -> Op {
-        match self.kind {
-            Kind::Conv => Op::Conv2d(self.conv.clone()),
-            Kind::Linear => {
-                debug_assert!(self.groups == 1 && self.kernel == [1, 1]);
-                Op::Linear(Linear { weight: self.weight.clone(), bias: self.bias.clone(), in_features: self.in_channels, out_features: self.out_channels })
-            }
-        }
+        self.clone().into_op()
     }
 
-    /// [`Self::to_op`] without copying the names.
+    /// [`Self::to_op`], consuming the view (no copy of the names).
     pub fn into_op(self) -> Op {
         match self.kind {
             Kind::Conv => Op::Conv2d(self.conv),

@@ -142,16 +142,6 @@ impl PlaceShape {
         PlaceShape { run: 1024, lanes: if software { 1 } else { 32 } }
     }
 
-    /// Elements a slice aims at.
-    pub fn run(&self) -> usize {
-        self.run
-    }
-
-    /// Invocations sharing a slice.
-    pub fn lanes(&self) -> usize {
-        self.lanes
-    }
-
     /// `run` at least 1 and `lanes` a power of two dividing the workgroup (256), so
     /// the dispatch's divisions and the shader's team split are well defined.
     pub fn checked(run: usize, lanes: usize) -> crate::Result<Self> {

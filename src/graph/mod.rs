@@ -90,6 +90,12 @@ impl Graph {
         total
     }
 
+    /// Graph inputs plus node outputs: the tensors a shape map or a set of defined
+    /// names will hold, so they can be sized once.
+    pub fn tensor_count(&self) -> usize {
+        self.inputs.len() + self.nodes.iter().map(|n| n.outputs.len()).sum::<usize>()
+    }
+
     /// The node named `name`, by linear search.
     pub fn node(&self, name: &str) -> Option<&Node> {
         self.nodes.iter().find(|n| n.name == name)

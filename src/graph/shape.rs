@@ -53,7 +53,7 @@ pub fn infer_node(g: &Graph, n: &Node, shapes: &Shapes) -> Result<Option<Vec<usi
 fn infer(g: &Graph, seed: Shapes, strict: bool) -> Result<Shapes> {
     let mut shapes: Shapes = seed;
     // Sized up front (see `validate`): one entry per graph input and node output.
-    shapes.reserve(g.inputs.len() + g.nodes.iter().map(|n| n.outputs.len()).sum::<usize>());
+    shapes.reserve(g.tensor_count());
     for v in &g.inputs {
         shapes.insert(v.name.clone(), v.shape.clone());
     }

@@ -17,7 +17,7 @@ pub fn validate(g: &Graph) -> Result<Shapes> {
 fn check_names_and_order(g: &Graph) -> Result<()> {
     // Sized up front: growing a set of 10^5 names rehashes it ~17 times, and each
     // large reallocation makes glibc consolidate its free lists (see end-to-end.md).
-    let tensors = g.inputs.len() + g.nodes.iter().map(|n| n.outputs.len()).sum::<usize>();
+    let tensors = g.tensor_count();
     let mut node_names = HashSet::with_capacity(g.nodes.len());
     let mut defined: HashSet<&str> = HashSet::with_capacity(tensors);
     for v in &g.inputs {
