@@ -30,13 +30,82 @@
 // copy on lavapipe. The host sizes the grid by RUN and LANES, which it sets per
 // adapter when it builds the pipeline (`shaders::PlaceShape`).
 
+// The arena (binding 0) seen as vec4s: place reads and writes the long runs of
+// dense rows (1x1 and 3x3 destinations, most of a fusion's bytes) four elements per
+// access where they are 16-byte aligned, and everything else one element at a time
+// through `load_elem`, `store_elem` and `add_elem`. One view only: a second, scalar
+// binding of the same buffer would be an alias SPIR-V lets a compiler assume away.
+// lavapipe runs every lane's access as its own bounds-checked scalar loop, so one
+// access per four elements cut place by a third there (MobileOne-S0 10.5-10.9 ->
+// 7.4-8.3 ms, RepVGG-A0 24-25 -> 16-17 ms; gpu-place.md, session 11).
+@group(0) @binding(0) var<storage, read_write> arena4: array<vec4<f32>>;
+
+fn load_elem(i: u32) -> f32 {
+    return arena4[i >> 2u][i & 3u];
+}
+
+fn store_elem(i: u32, v: f32) {
+    arena4[i >> 2u][i & 3u] = v;
+}
+
+fn add_elem(i: u32, v: f32) {
+    arena4[i >> 2u][i & 3u] += v;
+}
+
+// Writes dst[e] = sum over the first k of a[j][e] * m[j] for e < n, each element once
+// (k = 1..4 summed sources; see the register sum in `main`), four elements per
+// access when dst, every address and n are multiples of 4. Each k has its own loop:
+// a loop over k inside would keep the accumulators in memory on lavapipe.
+fn sum_sources(dst: u32, n: u32, k: u32, a: vec4<u32>, m: vec4<f32>) {
+    if (((dst | a.x | a.y | a.z | a.w | n) & 3u) == 0u) {
+        let d = dst >> 2u;
+        let b = a >> vec4<u32>(2u);
+        let n4 = n >> 2u;
+        if (k == 1u) {
+            for (var e = 0u; e < n4; e++) {
+                arena4[d + e] = m.x * arena4[b.x + e];
+            }
+        } else if (k == 2u) {
+            for (var e = 0u; e < n4; e++) {
+                arena4[d + e] = m.x * arena4[b.x + e] + m.y * arena4[b.y + e];
+            }
+        } else if (k == 3u) {
+            for (var e = 0u; e < n4; e++) {
+                arena4[d + e] = m.x * arena4[b.x + e] + m.y * arena4[b.y + e] + m.z * arena4[b.z + e];
+            }
+        } else if (k == 4u) {
+            for (var e = 0u; e < n4; e++) {
+                arena4[d + e] = m.x * arena4[b.x + e] + m.y * arena4[b.y + e] + m.z * arena4[b.z + e] + m.w * arena4[b.w + e];
+            }
+        }
+        return;
+    }
+    if (k == 1u) {
+        for (var e = 0u; e < n; e++) {
+            store_elem(dst + e, m.x * load_elem(a.x + e));
+        }
+    } else if (k == 2u) {
+        for (var e = 0u; e < n; e++) {
+            store_elem(dst + e, m.x * load_elem(a.x + e) + m.y * load_elem(a.y + e));
+        }
+    } else if (k == 3u) {
+        for (var e = 0u; e < n; e++) {
+            store_elem(dst + e, m.x * load_elem(a.x + e) + m.y * load_elem(a.y + e) + m.z * load_elem(a.z + e));
+        }
+    } else if (k == 4u) {
+        for (var e = 0u; e < n; e++) {
+            store_elem(dst + e, m.x * load_elem(a.x + e) + m.y * load_elem(a.y + e) + m.z * load_elem(a.z + e) + m.w * load_elem(a.w + e));
+        }
+    }
+}
+
 // Per-output-channel BN scale of source `src` for its output os (1 without BN).
 fn bn_scale(src: PlaceSourceJob, os: u32) -> f32 {
     let gamma = src.gamma;
     if (gamma == NONE) {
         return 1.0;
     }
-    return arena[gamma + os] / sqrt(arena[src.variance + os] + src.eps);
+    return load_elem(gamma + os) / sqrt(load_elem(src.variance + os) + src.eps);
 }
 
 // The source's output channel feeding destination output channel o, or NONE when
@@ -56,11 +125,11 @@ fn source_channel(src: PlaceSourceJob, o: u32) -> u32 {
 fn source_bias(src: PlaceSourceJob, os: u32, bn: f32) -> f32 {
     var b = 0.0;
     if (src.bias != NONE) {
-        b = arena[src.bias + os];
+        b = load_elem(src.bias + os);
     }
     if (src.gamma != NONE) {
         // (b - mean) * s + beta
-        b = (b - arena[src.mean + os]) * bn + arena[src.beta + os];
+        b = (b - load_elem(src.mean + os)) * bn + load_elem(src.beta + os);
     }
     return src.scale * b;
 }
@@ -93,13 +162,13 @@ fn quotient(a: u32, b: u32) -> u32 {
 fn zero_channels(row: u32, first: u32, end: u32, step: u32, taps: u32) {
     if (step == 1u || taps == 1u) {
         for (var e = first * taps; e < end * taps; e += step) {
-            arena[row + e] = 0.0;
+            store_elem(row + e, 0.0);
         }
         return;
     }
     for (var cl = first; cl < end; cl += step) {
         for (var t = 0u; t < taps; t++) {
-            arena[row + cl * taps + t] = 0.0;
+            store_elem(row + cl * taps + t, 0.0);
         }
     }
 }
@@ -114,11 +183,11 @@ fn add_run(dst: u32, src: u32, lo: u32, hi: u32, first: u32, lanes: u32, taps: u
         let n = (hi - lo) * taps;
         if (store) {
             for (var e = first - lo; e < n; e += lanes) {
-                arena[dst + e] = mult * arena[src + e];
+                store_elem(dst + e, mult * load_elem(src + e));
             }
         } else {
             for (var e = first - lo; e < n; e += lanes) {
-                arena[dst + e] += mult * arena[src + e];
+                add_elem(dst + e, mult * load_elem(src + e));
             }
         }
         return;
@@ -126,9 +195,9 @@ fn add_run(dst: u32, src: u32, lo: u32, hi: u32, first: u32, lanes: u32, taps: u
     for (var c = first - lo; c < hi - lo; c += lanes) {
         for (var t = c * taps; t < (c + 1u) * taps; t++) {
             if (store) {
-                arena[dst + t] = mult * arena[src + t];
+                store_elem(dst + t, mult * load_elem(src + t));
             } else {
-                arena[dst + t] += mult * arena[src + t];
+                add_elem(dst + t, mult * load_elem(src + t));
             }
         }
     }
@@ -165,7 +234,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let taps = kh_d * kw_d;
     let o_per_group = job.out_channels / job.groups;
     // Input channels per slice, and slices per output channel.
-    let run = clamp(RUN / taps, 1u, per);
+    // A multiple of 4 channels when slices are cut (so a slice of a row that starts
+    // 16-byte aligned stays aligned for the vec4 runs).
+    let run = clamp(select(RUN / taps, (RUN / taps) & ~3u, RUN / taps >= 4u), 1u, per);
     let slices = (per + run - 1u) / run;
     let count = job.out_channels * slices;
     // One invocation per slice, or a team of LANES per slice (see the top note); the
@@ -221,25 +292,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                 k++;
                 summed |= 1u << s;
             }
-            let dst = row + cl0 * taps;
-            let n = (cl1 - cl0) * taps;
-            if (k == 1u) {
-                for (var e = 0u; e < n; e++) {
-                    arena[dst + e] = m0 * arena[a0 + e];
-                }
-            } else if (k == 2u) {
-                for (var e = 0u; e < n; e++) {
-                    arena[dst + e] = m0 * arena[a0 + e] + m1 * arena[a1 + e];
-                }
-            } else if (k == 3u) {
-                for (var e = 0u; e < n; e++) {
-                    arena[dst + e] = m0 * arena[a0 + e] + m1 * arena[a1 + e] + m2 * arena[a2 + e];
-                }
-            } else if (k == 4u) {
-                for (var e = 0u; e < n; e++) {
-                    arena[dst + e] = m0 * arena[a0 + e] + m1 * arena[a1 + e] + m2 * arena[a2 + e] + m3 * arena[a3 + e];
-                }
-            }
+            sum_sources(row + cl0 * taps, (cl1 - cl0) * taps, k, vec4<u32>(a0, a1, a2, a3), vec4<f32>(m0, m1, m2, m3));
             written = k > 0u;
         }
         for (var s = 0u; s < job.sources; s++) {
@@ -291,7 +344,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                     let dst_at = row + src.offset_h * kw_d + src.offset_w;
                     let src_at = src.kernel + os * si - src.in_offset - base;
                     for (var c = lo + ((c0 + cl0 + lane - lo) & (lanes - 1u)); c < hi; c += lanes) {
-                        arena[dst_at + (c - c0) * taps] += mult * arena[src_at + c];
+                        add_elem(dst_at + (c - c0) * taps, mult * load_elem(src_at + c));
                     }
                 }
                 continue;
@@ -317,7 +370,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                 // Only the source taps that land inside the destination window.
                 for (var sh = 0u; sh < kh && src.offset_h + sh * src.step_h < kh_d; sh++) {
                     for (var sw = 0u; sw < kw && src.offset_w + sw * src.step_w < kw_d; sw++) {
-                        arena[dst_at + sh * src.step_h * kw_d + sw * src.step_w] += mult * arena[src_at + sh * kw + sw];
+                        add_elem(dst_at + sh * src.step_h * kw_d + sw * src.step_w, mult * load_elem(src_at + sh * kw + sw));
                     }
                 }
             }
@@ -326,7 +379,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             zero_channels(row, cl0 + lane, cl1, lanes, taps);
         }
         if (cl0 == 0u && job.out_bias != NONE && lane == 0u) {
-            arena[job.out_bias + o] = bias;
+            store_elem(job.out_bias + o, bias);
         }
     }
 }

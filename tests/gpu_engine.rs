@@ -61,6 +61,15 @@ fn gpu_plan_primitives_match_cpu_on_every_zoo_block() {
             let c = b.conv_bn(x, ConvSpec::same(40, 1, 1, 1));
             blocks::repvgg_block(b, &c, 40, 1, 1)
         }),
+        // Rows of 8 input channels start 16-byte aligned and are a whole number of
+        // vec4s: `place` sums 4, 2 and 3 pointwise or 3x3 branches four elements
+        // per access (the 6-channel cases above take its element-wise path).
+        ("aligned_rows", |b, x| {
+            let c = b.conv_bn(x, ConvSpec::same(8, 1, 1, 1));
+            let c = blocks::mobileone_block(b, &c, 8, 1, 1, 1, 4);
+            let c = blocks::mobileone_block(b, &c, 8, 1, 1, 1, 2);
+            blocks::mobileone_block(b, &c, 8, 3, 1, 1, 3)
+        }),
         ("seq_kxk_1x1", |b, x| {
             let c = b.conv_bn(x, ConvSpec::same(4, 3, 1, 2));
             b.conv_bn(&c, ConvSpec::same(8, 1, 1, 1))

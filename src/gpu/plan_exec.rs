@@ -22,7 +22,8 @@ struct Arena {
 
 impl Arena {
     fn place(&mut self, name: &str, numel: usize) {
-        // 64-element alignment keeps every tensor on a 256-byte boundary.
+        // 64-element alignment keeps every tensor on a 256-byte boundary (a binding
+        // offset needs it; place.wgsl's vec4 runs need rows 16-byte aligned).
         self.offset.insert(name.to_string(), self.len);
         self.len += numel.div_ceil(64).max(1) * 64;
     }
