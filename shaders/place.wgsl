@@ -212,11 +212,28 @@ struct PlaceSourceJob {
     kernel: u32, bias: u32, out_channels: u32, groups: u32, kh: u32, kw: u32,
     offset_h: u32, offset_w: u32, step_h: u32, step_w: u32, out_offset: u32, out_stride: u32,
     in_offset: u32, in_stride: u32, scale: f32, in_per_group: u32,
-    gamma: u32, beta: u32, mean: u32, variance: u32, eps: f32,
+    gamma: u32, beta: u32, mean: u32, variance: u32, eps: f32, pad0: u32, pad1: u32, pad2: u32,
 }
 
 @group(0) @binding(1) var<storage, read> jobs: array<PlaceJob>;
-@group(0) @binding(2) var<storage, read> sources: array<PlaceSourceJob>;
+// The source records, 24 words each, read as six vec4s (`source_at`).
+@group(0) @binding(2) var<storage, read> source_words: array<vec4<u32>>;
+
+// Source record i. lavapipe runs each storage load as a loop over the SIMD lanes
+// (uniform address or not), so a record costs six such loops, not one per field;
+// the depthwise rows of MobileOne read six records per nine elements.
+fn source_at(i: u32) -> PlaceSourceJob {
+    let v0 = source_words[6u * i];
+    let v1 = source_words[6u * i + 1u];
+    let v2 = source_words[6u * i + 2u];
+    let v3 = source_words[6u * i + 3u];
+    let v4 = source_words[6u * i + 4u];
+    let v5 = source_words[6u * i + 5u];
+    return PlaceSourceJob(
+        v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w, v2.x, v2.y, v2.z, v2.w,
+        v3.x, v3.y, bitcast<f32>(v3.z), v3.w, v4.x, v4.y, v4.z, v4.w, bitcast<f32>(v5.x), v5.y, v5.z, v5.w,
+    );
+}
 
 // Elements a slice aims at: enough to amortise the per-source set-up (on a CPU
 // adapter scalar work its SIMD lanes cannot share; on a GPU shared by a team).
@@ -272,7 +289,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             var m0 = 0.0; var m1 = 0.0; var m2 = 0.0; var m3 = 0.0;
             // Only the first 32 sources can be summed (one bit each in `summed`).
             for (var s = 0u; s < min(job.sources, 32u) && k < 4u; s++) {
-                let src = sources[job.first_source + s];
+                let src = source_at(job.first_source + s);
                 let os = source_channel(src, o);
                 if (os == NONE || !same_window(src, kh_d, kw_d)) {
                     continue;
@@ -299,7 +316,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             if (s < 32u && ((summed >> s) & 1u) != 0u) {
                 continue;
             }
-            let src = sources[job.first_source + s];
+            let src = source_at(job.first_source + s);
             let os = source_channel(src, o);
             if (os == NONE) {
                 continue;

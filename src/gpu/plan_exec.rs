@@ -584,6 +584,7 @@ fn encode(step: &Step, arena: &Arena, shape_of: &dyn Fn(&str) -> Result<Vec<usiz
                     mean,
                     variance,
                     eps,
+                    ..Default::default()
                 });
             }
             let job = PlaceJob {

@@ -168,6 +168,12 @@ gpu_record! {
         variance: u32,
         /// BN epsilon.
         eps: f32,
+        /// Padding to 24 words: `place.wgsl` loads a record as six vec4s.
+        pad0: u32,
+        /// Padding.
+        pad1: u32,
+        /// Padding.
+        pad2: u32,
     }
 }
 
