@@ -205,7 +205,7 @@ fn add_run(dst: u32, src: u32, lo: u32, hi: u32, first: u32, lanes: u32, taps: u
 
 struct PlaceJob {
     out_kernel: u32, out_bias: u32, out_channels: u32, per: u32, kh: u32, kw: u32,
-    groups: u32, in_channels: u32, first_source: u32, sources: u32,
+    groups: u32, in_channels: u32, first_source: u32, sources: u32, summable: u32,
 }
 
 struct PlaceSourceJob {
@@ -287,8 +287,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             var k = 0u;
             var a0 = 0u; var a1 = 0u; var a2 = 0u; var a3 = 0u;
             var m0 = 0.0; var m1 = 0.0; var m2 = 0.0; var m3 = 0.0;
-            // Only the first 32 sources can be summed (one bit each in `summed`).
-            for (var s = 0u; s < min(job.sources, 32u) && k < 4u; s++) {
+            // Only the first 32 sources can be summed (one bit each in `summed`), and
+            // only those with the destination's window (the host's `summable` bits):
+            // no other record is read here.
+            for (var bits = job.summable; bits != 0u && k < 4u; bits &= bits - 1u) {
+                let s = countTrailingZeros(bits);
                 let src = source_at(job.first_source + s);
                 let os = source_channel(src, o);
                 if (os == NONE || !same_window(src, kh_d, kw_d)) {

@@ -393,6 +393,15 @@ fn record_dispatch(
     Ok(())
 }
 
+/// Bit s set when source s (of the first 32) has the destination's window with
+/// contiguous channels (place.wgsl's `same_window`): the only sources its register
+/// sum can take, so it reads no other record while looking for them (RepVGG's 1x1
+/// and identity sources, MobileOne's 1x1 scale branch).
+fn same_window_mask(sources: &[PlaceSourceJob], kh: usize, kw: usize) -> u32 {
+    let same = |s: &PlaceSourceJob| (s.kh as usize, s.kw as usize) == (kh, kw) && (s.offset_h, s.offset_w, s.step_h, s.step_w, s.in_stride) == (0, 0, 1, 1, 1);
+    sources.iter().take(32).enumerate().filter(|(_, s)| same(s)).fold(0, |m, (i, _)| m | 1 << i)
+}
+
 /// Timestamp queries around the plan's dispatches: a pair per dispatch, so each
 /// kernel's time is known (and the plan's: the first start to the last end). A
 /// query set holds at most 4096 queries (wgpu); plans with more dispatches are timed
@@ -599,6 +608,7 @@ fn encode(step: &Step, arena: &Arena, shape_of: &dyn Fn(&str) -> Result<Vec<usiz
                 // Set by `Batch::push`, where the batch's source list is known.
                 first_source: 0,
                 sources: u(sources.len()),
+                summable: same_window_mask(&srcs, kh, kw),
             };
             (Job::Place(job, srcs), o * per * kh * kw + o)
         }
@@ -656,5 +666,18 @@ mod tests {
         assert_eq!((default("RUN"), default("LANES")), (gpu.run, gpu.lanes));
         assert_eq!(KernelId::Place.overrides(PlaceShape { run: 77, lanes: 4 }), vec![("RUN", 77.0), ("LANES", 4.0)]);
         assert!(PlaceShape::checked(64, 3).is_err() && PlaceShape::checked(0, 4).is_err() && PlaceShape::checked(64, 512).is_err());
+    }
+
+    /// Only sources with the destination's window, unshifted, undilated and with
+    /// contiguous channels are offered to the register sum, and only the first 32.
+    #[test]
+    fn summable_sources_are_those_with_the_destination_window() {
+        use super::{same_window_mask, PlaceSourceJob};
+        let src = |kh, kw, offset_h, step_w, in_stride| PlaceSourceJob { kh, kw, offset_h, step_w, in_stride, step_h: 1, ..Default::default() };
+        let plain = src(3, 3, 0, 1, 1);
+        let sources = [plain, src(1, 1, 1, 1, 1), src(3, 3, 1, 1, 1), src(3, 3, 0, 2, 1), src(3, 3, 0, 1, 2), src(1, 3, 0, 1, 1), plain];
+        assert_eq!(same_window_mask(&sources, 3, 3), 0b100_0001);
+        assert_eq!(same_window_mask(&sources, 1, 1), 0);
+        assert_eq!(same_window_mask(&vec![plain; 40], 3, 3), u32::MAX);
     }
 }

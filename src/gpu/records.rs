@@ -120,6 +120,9 @@ gpu_record! {
         first_source: u32,
         /// Number of source records.
         sources: u32,
+        /// Bit s: source s (of the first 32) has this kernel's window with contiguous
+        /// channels, so the register sum may take it.
+        summable: u32,
     }
 }
 
