@@ -140,14 +140,10 @@ fn merge_branches(ctx: &mut Ctx, branches: &[&Branch], stack: bool, name: &str) 
         .iter()
         .enumerate()
         .map(|(k, b)| PlaceSource {
-            kernel: b.conv.weight.clone(),
-            bias: b.conv.bias.clone(),
-            groups: b.conv.groups,
             offset: merged.offsets[k],
             step: merged.steps[k],
             out_offset: out_offsets[k],
-            map: Default::default(),
-            bn: None,
+            ..PlaceSource::new(b.conv.weight.clone(), b.conv.bias.clone(), b.conv.groups)
         })
         .collect();
     let mut params = vec![(w.clone(), conv.weight_shape())];
