@@ -30,71 +30,68 @@
 // copy on lavapipe. The host sizes the grid by RUN and LANES, which it sets per
 // adapter when it builds the pipeline (`shaders::PlaceShape`).
 
-// The arena (binding 0) seen as vec4s: place reads and writes the long runs of
-// dense rows (1x1 and 3x3 destinations, most of a fusion's bytes) four elements per
-// access where they are 16-byte aligned, and everything else one element at a time
-// through `load_elem`, `store_elem` and `add_elem`. One view only: a second, scalar
-// binding of the same buffer would be an alias SPIR-V lets a compiler assume away.
+// Sources read four elements per access. Binding 0 (`arena`, from arena.wgsl) takes
+// every write and every scalar read; binding 3 is the same buffer seen as vec4s and
+// is only read, and only at sources: a dispatch runs one dependency level, so no
+// job of it writes a tensor another job reads, and the two views never meet on
+// memory written in the dispatch (no alias for a compiler to assume away). Writes
+// stay scalar because WGSL lets a write to one component of a vector touch all four
+// (Metal's does), which would race with the neighbour that owns the next element.
 // lavapipe runs every lane's access as its own bounds-checked scalar loop, so one
-// access per four elements cut place by a third there (MobileOne-S0 10.5-10.9 ->
-// 7.4-8.3 ms, RepVGG-A0 24-25 -> 16-17 ms; gpu-place.md, session 11).
-@group(0) @binding(0) var<storage, read_write> arena4: array<vec4<f32>>;
+// load per four elements is most of the gain: see gpu-place.md, session 11.
+@group(0) @binding(3) var<storage, read_write> sources4: array<vec4<f32>>;
 
-fn load_elem(i: u32) -> f32 {
-    return arena4[i >> 2u][i & 3u];
-}
-
-fn store_elem(i: u32, v: f32) {
-    arena4[i >> 2u][i & 3u] = v;
-}
-
-fn add_elem(i: u32, v: f32) {
-    arena4[i >> 2u][i & 3u] += v;
+// Writes four consecutive destination elements.
+fn store4(i: u32, v: vec4<f32>) {
+    arena[i] = v.x;
+    arena[i + 1u] = v.y;
+    arena[i + 2u] = v.z;
+    arena[i + 3u] = v.w;
 }
 
 // Writes dst[e] = sum over the first k of a[j][e] * m[j] for e < n, each element once
-// (k = 1..4 summed sources; see the register sum in `main`), four elements per
-// access when dst, every address and n are multiples of 4. Each k has its own loop:
-// a loop over k inside would keep the accumulators in memory on lavapipe.
+// (k = 1..4 summed sources; see the register sum in `main`): four elements per load
+// while every source address is a multiple of 4, the tail one by one. Each k has its
+// own loop: a loop over k inside would keep the accumulators in memory on lavapipe.
 fn sum_sources(dst: u32, n: u32, k: u32, a: vec4<u32>, m: vec4<f32>) {
-    if (((dst | a.x | a.y | a.z | a.w | n) & 3u) == 0u) {
-        let d = dst >> 2u;
+    var done = 0u;
+    if (((a.x | a.y | a.z | a.w) & 3u) == 0u) {
         let b = a >> vec4<u32>(2u);
         let n4 = n >> 2u;
         if (k == 1u) {
             for (var e = 0u; e < n4; e++) {
-                arena4[d + e] = m.x * arena4[b.x + e];
+                store4(dst + 4u * e, m.x * sources4[b.x + e]);
             }
         } else if (k == 2u) {
             for (var e = 0u; e < n4; e++) {
-                arena4[d + e] = m.x * arena4[b.x + e] + m.y * arena4[b.y + e];
+                store4(dst + 4u * e, m.x * sources4[b.x + e] + m.y * sources4[b.y + e]);
             }
         } else if (k == 3u) {
             for (var e = 0u; e < n4; e++) {
-                arena4[d + e] = m.x * arena4[b.x + e] + m.y * arena4[b.y + e] + m.z * arena4[b.z + e];
+                store4(dst + 4u * e, m.x * sources4[b.x + e] + m.y * sources4[b.y + e] + m.z * sources4[b.z + e]);
             }
         } else if (k == 4u) {
             for (var e = 0u; e < n4; e++) {
-                arena4[d + e] = m.x * arena4[b.x + e] + m.y * arena4[b.y + e] + m.z * arena4[b.z + e] + m.w * arena4[b.w + e];
+                store4(dst + 4u * e, m.x * sources4[b.x + e] + m.y * sources4[b.y + e] + m.z * sources4[b.z + e] + m.w * sources4[b.w + e]);
             }
         }
-        return;
+        done = n4 * 4u;
     }
     if (k == 1u) {
-        for (var e = 0u; e < n; e++) {
-            store_elem(dst + e, m.x * load_elem(a.x + e));
+        for (var e = done; e < n; e++) {
+            arena[dst + e] = m.x * arena[a.x + e];
         }
     } else if (k == 2u) {
-        for (var e = 0u; e < n; e++) {
-            store_elem(dst + e, m.x * load_elem(a.x + e) + m.y * load_elem(a.y + e));
+        for (var e = done; e < n; e++) {
+            arena[dst + e] = m.x * arena[a.x + e] + m.y * arena[a.y + e];
         }
     } else if (k == 3u) {
-        for (var e = 0u; e < n; e++) {
-            store_elem(dst + e, m.x * load_elem(a.x + e) + m.y * load_elem(a.y + e) + m.z * load_elem(a.z + e));
+        for (var e = done; e < n; e++) {
+            arena[dst + e] = m.x * arena[a.x + e] + m.y * arena[a.y + e] + m.z * arena[a.z + e];
         }
     } else if (k == 4u) {
-        for (var e = 0u; e < n; e++) {
-            store_elem(dst + e, m.x * load_elem(a.x + e) + m.y * load_elem(a.y + e) + m.z * load_elem(a.z + e) + m.w * load_elem(a.w + e));
+        for (var e = done; e < n; e++) {
+            arena[dst + e] = m.x * arena[a.x + e] + m.y * arena[a.y + e] + m.z * arena[a.z + e] + m.w * arena[a.w + e];
         }
     }
 }
@@ -105,7 +102,7 @@ fn bn_scale(src: PlaceSourceJob, os: u32) -> f32 {
     if (gamma == NONE) {
         return 1.0;
     }
-    return load_elem(gamma + os) / sqrt(load_elem(src.variance + os) + src.eps);
+    return arena[gamma + os] / sqrt(arena[src.variance + os] + src.eps);
 }
 
 // The source's output channel feeding destination output channel o, or NONE when
@@ -125,11 +122,11 @@ fn source_channel(src: PlaceSourceJob, o: u32) -> u32 {
 fn source_bias(src: PlaceSourceJob, os: u32, bn: f32) -> f32 {
     var b = 0.0;
     if (src.bias != NONE) {
-        b = load_elem(src.bias + os);
+        b = arena[src.bias + os];
     }
     if (src.gamma != NONE) {
         // (b - mean) * s + beta
-        b = (b - load_elem(src.mean + os)) * bn + load_elem(src.beta + os);
+        b = (b - arena[src.mean + os]) * bn + arena[src.beta + os];
     }
     return src.scale * b;
 }
@@ -162,13 +159,13 @@ fn quotient(a: u32, b: u32) -> u32 {
 fn zero_channels(row: u32, first: u32, end: u32, step: u32, taps: u32) {
     if (step == 1u || taps == 1u) {
         for (var e = first * taps; e < end * taps; e += step) {
-            store_elem(row + e, 0.0);
+            arena[row + e] = 0.0;
         }
         return;
     }
     for (var cl = first; cl < end; cl += step) {
         for (var t = 0u; t < taps; t++) {
-            store_elem(row + cl * taps + t, 0.0);
+            arena[row + cl * taps + t] = 0.0;
         }
     }
 }
@@ -183,11 +180,11 @@ fn add_run(dst: u32, src: u32, lo: u32, hi: u32, first: u32, lanes: u32, taps: u
         let n = (hi - lo) * taps;
         if (store) {
             for (var e = first - lo; e < n; e += lanes) {
-                store_elem(dst + e, mult * load_elem(src + e));
+                arena[dst + e] = mult * arena[src + e];
             }
         } else {
             for (var e = first - lo; e < n; e += lanes) {
-                add_elem(dst + e, mult * load_elem(src + e));
+                arena[dst + e] += mult * arena[src + e];
             }
         }
         return;
@@ -195,9 +192,9 @@ fn add_run(dst: u32, src: u32, lo: u32, hi: u32, first: u32, lanes: u32, taps: u
     for (var c = first - lo; c < hi - lo; c += lanes) {
         for (var t = c * taps; t < (c + 1u) * taps; t++) {
             if (store) {
-                store_elem(dst + t, mult * load_elem(src + t));
+                arena[dst + t] = mult * arena[src + t];
             } else {
-                add_elem(dst + t, mult * load_elem(src + t));
+                arena[dst + t] += mult * arena[src + t];
             }
         }
     }
@@ -252,7 +249,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let o_per_group = job.out_channels / job.groups;
     // Input channels per slice, and slices per output channel.
     // A multiple of 4 channels when slices are cut (so a slice of a row that starts
-    // 16-byte aligned stays aligned for the vec4 runs).
+    // 16-byte aligned keeps its sources' runs aligned for vec4 loads).
     let run = clamp(select(RUN / taps, (RUN / taps) & ~3u, RUN / taps >= 4u), 1u, per);
     let slices = (per + run - 1u) / run;
     let count = job.out_channels * slices;
@@ -364,7 +361,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                     let dst_at = row + src.offset_h * kw_d + src.offset_w;
                     let src_at = src.kernel + os * si - src.in_offset - base;
                     for (var c = lo + ((c0 + cl0 + lane - lo) & (lanes - 1u)); c < hi; c += lanes) {
-                        add_elem(dst_at + (c - c0) * taps, mult * load_elem(src_at + c));
+                        arena[dst_at + (c - c0) * taps] += mult * arena[src_at + c];
                     }
                 }
                 continue;
@@ -390,7 +387,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                 // Only the source taps that land inside the destination window.
                 for (var sh = 0u; sh < kh && src.offset_h + sh * src.step_h < kh_d; sh++) {
                     for (var sw = 0u; sw < kw && src.offset_w + sw * src.step_w < kw_d; sw++) {
-                        add_elem(dst_at + sh * src.step_h * kw_d + sw * src.step_w, mult * load_elem(src_at + sh * kw + sw));
+                        arena[dst_at + sh * src.step_h * kw_d + sw * src.step_w] += mult * arena[src_at + sh * kw + sw];
                     }
                 }
             }
@@ -399,7 +396,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             zero_channels(row, cl0 + lane, cl1, lanes, taps);
         }
         if (cl0 == 0u && job.out_bias != NONE && lane == 0u) {
-            store_elem(job.out_bias + o, bias);
+            arena[job.out_bias + o] = bias;
         }
     }
 }

@@ -28,7 +28,7 @@ fn layout_of(k: KernelId) -> &'static [Bind] {
     use Bind::*;
     match k {
         KernelId::FoldBn | KernelId::Fill | KernelId::Compose => &[ReadWrite, Read],
-        KernelId::Place => &[ReadWrite, Read, Read],
+        KernelId::Place => &[ReadWrite, Read, Read, ReadWrite],
         KernelId::Conv2d | KernelId::Conv2dTiled | KernelId::Conv2dBlocked | KernelId::Linear | KernelId::Elementwise => {
             &[Uniform, Read, Read, Read, ReadWrite]
         }

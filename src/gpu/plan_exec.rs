@@ -65,7 +65,7 @@ enum Job {
 struct Batch {
     /// The job records, as the shader's `jobs` array reads them.
     records: Vec<u32>,
-    /// `place` source records (its `sources` array), indexed by `first_source`.
+    /// `place` source records (its `source_words`, six vec4s each), indexed by `first_source`.
     sources: Vec<PlaceSourceJob>,
     jobs: u32,
     max_elems: usize,
@@ -385,6 +385,10 @@ fn record_dispatch(
     let sources = (kernel == KernelId::Place).then(|| ctx.table("place sources", bytemuck::cast_slice(&b.sources)));
     let mut bindings = vec![buf.as_entire_binding(), table.as_entire_binding()];
     bindings.extend(sources.as_ref().map(|t| t.as_entire_binding()));
+    if kernel == KernelId::Place {
+        // place.wgsl's vec4 view of the same arena, read at sources only.
+        bindings.push(buf.as_entire_binding());
+    }
     let bg = ctx.bind_group(&k, &bindings);
     let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(kernel.name()), timestamp_writes });
     pass.set_pipeline(&k.pipeline);

@@ -1,7 +1,7 @@
 //! Every WGSL kernel, one file each under `shaders/`, loaded here and nowhere else.
 //! WGSL has no includes, so shared code is prepended: the plan kernels get
-//! `jobs_common.wgsl` (NONE, workgroup size) and all but place `arena.wgsl` (the
-//! arena as f32; place has its own vec4 view), the conv kernels
+//! `jobs_common.wgsl` (NONE, workgroup size) and `arena.wgsl` (the arena as f32;
+//! place also reads it as vec4s at binding 3), the conv kernels
 //! `conv_common.wgsl` (their one Params and bindings), shaders that apply an
 //! activation get `activation.wgsl`; nothing is templated.
 
@@ -12,7 +12,8 @@ pub const FOLD_BN: &str =
 pub const FILL: &str =
     concat!(include_str!("../../shaders/jobs_common.wgsl"), include_str!("../../shaders/arena.wgsl"), include_str!("../../shaders/fill.wgsl"));
 /// Accumulates source kernels into a larger zero kernel (branch merges).
-pub const PLACE: &str = concat!(include_str!("../../shaders/jobs_common.wgsl"), include_str!("../../shaders/place.wgsl"));
+pub const PLACE: &str =
+    concat!(include_str!("../../shaders/jobs_common.wgsl"), include_str!("../../shaders/arena.wgsl"), include_str!("../../shaders/place.wgsl"));
 /// Composes two convs into one kernel (1x1/KxK sequences).
 pub const COMPOSE: &str =
     concat!(include_str!("../../shaders/jobs_common.wgsl"), include_str!("../../shaders/arena.wgsl"), include_str!("../../shaders/compose.wgsl"));
