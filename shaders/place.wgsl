@@ -30,7 +30,7 @@
 // copy on lavapipe. The host sizes the grid by RUN and LANES, which it sets per
 // adapter when it builds the pipeline (`shaders::PlaceShape`).
 
-// Sources read four elements per access. Binding 0 (`arena`, from arena.wgsl) takes
+// Sources read four elements per access. Binding 0 (`arena`, from jobs_common.wgsl) takes
 // every write and every scalar read; binding 3 is the same buffer seen as vec4s and
 // is only read, and only at sources: a dispatch runs one dependency level, so no
 // job of it writes a tensor another job reads, and the two views never meet on

@@ -23,7 +23,7 @@ struct Arena {
 impl Arena {
     fn place(&mut self, name: &str, numel: usize) {
         // 64-element alignment keeps every tensor on a 256-byte boundary (a binding
-        // offset needs it; place.wgsl's vec4 runs need rows 16-byte aligned).
+        // offset needs it; place.wgsl reads sources as vec4s where they are 16-byte aligned).
         self.offset.insert(name.to_string(), self.len);
         self.len += numel.div_ceil(64).max(1) * 64;
     }

@@ -1,22 +1,17 @@
 //! Every WGSL kernel, one file each under `shaders/`, loaded here and nowhere else.
 //! WGSL has no includes, so shared code is prepended: the plan kernels get
-//! `jobs_common.wgsl` (NONE, workgroup size) and `arena.wgsl` (the arena as f32;
-//! place also reads it as vec4s at binding 3), the conv kernels
+//! `jobs_common.wgsl` (arena binding, NONE, workgroup size), the conv kernels
 //! `conv_common.wgsl` (their one Params and bindings), shaders that apply an
 //! activation get `activation.wgsl`; nothing is templated.
 
 /// Folds a batch norm into conv kernels and biases.
-pub const FOLD_BN: &str =
-    concat!(include_str!("../../shaders/jobs_common.wgsl"), include_str!("../../shaders/arena.wgsl"), include_str!("../../shaders/fold_bn.wgsl"));
+pub const FOLD_BN: &str = concat!(include_str!("../../shaders/jobs_common.wgsl"), include_str!("../../shaders/fold_bn.wgsl"));
 /// Builds fixed kernels: Dirac (identity), avg-pool and BN-as-conv.
-pub const FILL: &str =
-    concat!(include_str!("../../shaders/jobs_common.wgsl"), include_str!("../../shaders/arena.wgsl"), include_str!("../../shaders/fill.wgsl"));
+pub const FILL: &str = concat!(include_str!("../../shaders/jobs_common.wgsl"), include_str!("../../shaders/fill.wgsl"));
 /// Accumulates source kernels into a larger zero kernel (branch merges).
-pub const PLACE: &str =
-    concat!(include_str!("../../shaders/jobs_common.wgsl"), include_str!("../../shaders/arena.wgsl"), include_str!("../../shaders/place.wgsl"));
+pub const PLACE: &str = concat!(include_str!("../../shaders/jobs_common.wgsl"), include_str!("../../shaders/place.wgsl"));
 /// Composes two convs into one kernel (1x1/KxK sequences).
-pub const COMPOSE: &str =
-    concat!(include_str!("../../shaders/jobs_common.wgsl"), include_str!("../../shaders/arena.wgsl"), include_str!("../../shaders/compose.wgsl"));
+pub const COMPOSE: &str = concat!(include_str!("../../shaders/jobs_common.wgsl"), include_str!("../../shaders/compose.wgsl"));
 /// Direct conv forward with a fused activation.
 pub const CONV2D: &str =
     concat!(include_str!("../../shaders/activation.wgsl"), include_str!("../../shaders/conv_common.wgsl"), include_str!("../../shaders/conv2d.wgsl"));
