@@ -70,7 +70,7 @@ pub fn write_atomic_streams(files: &[(&Path, Content)]) -> Result<()> {
         staged.push((tmp, *path));
     }
     for (tmp, path) in staged {
-        tmp.persist(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e.error })?;
+        replace(tmp, path)?;
         if fsync {
             // The rename itself is durable once the folder is.
             std::fs::File::open(folder(path)).and_then(|d| d.sync_all()).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?;
@@ -79,9 +79,97 @@ pub fn write_atomic_streams(files: &[(&Path, Content)]) -> Result<()> {
     Ok(())
 }
 
+/// Moves the complete temp file to `path`, atomically for readers either way.
+///
+/// An existing file is swapped with the new one (`renameat2(RENAME_EXCHANGE)`) and
+/// the old one, now at the temp name, is removed; otherwise the temp file is renamed.
+/// Why not always rename: on ext4 (`auto_da_alloc`, the default) a rename over an
+/// existing file makes the kernel start writing the new file to the disk inside
+/// `rename` itself, a partial fsync: 20 ms of a 60 ms `repfuse fuse` of RepVGG-A0
+/// (33 MB) on this project's VMs, against none for a new target. The swap gives the
+/// same guarantee to readers and the documented durability (none without `--fsync`,
+/// like `cp` and `onnx.save`). Where the swap is refused (another OS, a file system
+/// without it, a target that is not a plain file) the rename is used.
+fn replace(tmp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
+    #[cfg(target_os = "linux")]
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file()) && exchange(tmp.path(), path).is_ok() {
+        // The temp name now holds the old model: removing it frees its pages. A
+        // failure leaves only a stray temp file; the new model is in place.
+        if let Err(e) = tmp.close() {
+            tracing::warn!("could not remove the replaced model's temp file: {}", e);
+        }
+        return Ok(());
+    }
+    tmp.persist(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e.error })?;
+    Ok(())
+}
+
+/// Swaps two directory entries atomically (Linux 3.15+; ext4, xfs, btrfs, tmpfs).
+#[cfg(target_os = "linux")]
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    let (a, b) = (c(a)?, c(b)?);
+    // SAFETY: both are NUL-terminated paths that outlive the call.
+    let r = unsafe { libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_EXCHANGE) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 fn folder(path: &Path) -> &Path {
     match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn replacing_a_file_swaps_it_whole_and_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.onnx");
+        std::fs::write(&path, b"old model").unwrap();
+        // A reader that opened the old file keeps reading the old bytes: the new model
+        // is another file put in its place, never the old one rewritten in place.
+        let mut reader = std::fs::File::open(&path).unwrap();
+        write_atomic(&path, b"new").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        let mut seen = vec![];
+        std::io::Read::read_to_end(&mut reader, &mut seen).unwrap();
+        assert_eq!(seen, b"old model");
+        assert_eq!(names(dir.path()), ["m.onnx"]);
+        // A new target goes through the plain rename.
+        write_atomic(&dir.path().join("n.onnx"), b"first").unwrap();
+        assert_eq!(names(dir.path()), ["m.onnx", "n.onnx"]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_link_is_replaced_as_rename_replaces_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (real, link, hard) = (dir.path().join("real"), dir.path().join("link"), dir.path().join("hard"));
+        std::fs::write(&real, b"kept").unwrap();
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        std::fs::hard_link(&real, &hard).unwrap();
+        write_atomic(&link, b"new").unwrap();
+        write_atomic(&hard, b"new too").unwrap();
+        // The link names become plain files; the file they pointed at is untouched.
+        assert!(std::fs::symlink_metadata(&link).unwrap().is_file());
+        assert_eq!(std::fs::read(&link).unwrap(), b"new");
+        assert_eq!(std::fs::read(&hard).unwrap(), b"new too");
+        assert_eq!(std::fs::read(&real).unwrap(), b"kept");
+        assert_eq!(names(dir.path()), ["hard", "link", "real"]);
     }
 }
