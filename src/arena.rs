@@ -37,7 +37,8 @@ pub enum Pages {
 
 /// A read-only block of f32 values that tensors view (see the module doc).
 pub struct Arena {
-    /// `Some` until the arena is dropped (its mapping then goes to `SPARE`).
+    /// `Some` until the arena is dropped (an output arena's mapping then goes to
+    /// `SPARE`; a given-back one is unmapped).
     map: Option<memmap2::MmapMut>,
     pages: Pages,
 }

@@ -323,7 +323,9 @@ impl FusionPlan {
         Self::check_finite(&sources)
     }
 
-    fn check_finite(sources: &[(&str, &crate::tensor::Tensor)]) -> Result<()> {
+    /// The first of `sources` that holds a NaN or an infinity, as an error naming it
+    /// and the value's flat index.
+    pub(crate) fn check_finite(sources: &[(&str, &crate::tensor::Tensor)]) -> Result<()> {
         use rayon::prelude::*;
         // A vectorisable all-finite scan per tensor, in parallel; the position is only
         // searched for in a tensor that fails.

@@ -364,7 +364,7 @@ fn bench_onnx_reports_every_stage_of_the_file_and_the_commands_memory() {
     let f = &doc["files"][0];
     assert_eq!(f["bytes_read"].as_u64(), Some(std::fs::metadata(&file).unwrap().len()));
     assert!(f["bytes_written"].as_u64().unwrap() > 0 && f["bytes_written"].as_u64() < f["bytes_read"].as_u64(), "the deploy model is smaller: {}", f);
-    for k in ["read_ms", "rewrite_ms", "plan_ms", "write_ms", "copy_ms", "command_ms"] {
+    for k in ["read_ms", "rewrite_ms", "plan_ms", "write_ms", "copy_ms", "command_ms", "command_replace_ms"] {
         assert!(f[k].as_f64().is_some_and(|v| v > 0.0), "{} missing: {}", k, f);
     }
     if cfg!(target_os = "linux") {

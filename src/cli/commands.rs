@@ -398,11 +398,12 @@ fn print_files(files: &[crate::bench::e2e::FileBench], scaling: &[crate::bench::
                     format!("{:.1}", f.copy_ms),
                     format!("{:.2}x", f.ratio_to_copy),
                     f.command_ms.map_or("-".into(), |c| format!("{:.1}", c)),
+                    f.command_replace_ms.map_or("-".into(), |c| format!("{:.1}", c)),
                     f.rss_ratio_to_file.map_or("-".into(), |r| format!("{:.2}x", r)),
                 ]
             })
             .collect();
-        table::print(&["file", "MB", "read", "rewrite", "plan", "write", "stages ms", "copy ms", "vs copy", "command ms", "RSS/file"], &rows);
+        table::print(&["file", "MB", "read", "rewrite", "plan", "write", "stages ms", "copy ms", "vs copy", "command ms", "replacing ms", "RSS/file"], &rows);
     }
     if !scaling.is_empty() {
         crate::say!("");

@@ -79,44 +79,18 @@ pub fn write_atomic_streams(files: &[(&Path, Content)]) -> Result<()> {
     Ok(())
 }
 
-/// Moves the complete temp file to `path`, atomically for readers either way.
+/// Moves the complete temp file to `path` by a rename, atomic for readers.
 ///
-/// An existing file is swapped with the new one (`renameat2(RENAME_EXCHANGE)`) and
-/// the old one, now at the temp name, is removed; otherwise the temp file is renamed.
-/// Why not always rename: on ext4 (`auto_da_alloc`, the default) a rename over an
-/// existing file makes the kernel start writing the new file to the disk inside
-/// `rename` itself, a partial fsync: 20 ms of a 60 ms `repfuse fuse` of RepVGG-A0
-/// (33 MB) on this project's VMs, against none for a new target. The swap gives the
-/// same guarantee to readers and the documented durability (none without `--fsync`,
-/// like `cp` and `onnx.save`). Where the swap is refused (another OS, a file system
-/// without it, a target that is not a plain file) the rename is used.
+/// A rename over an existing file on ext4 (`auto_da_alloc`, the default) makes the
+/// kernel start writing the new file to the disk inside `rename`: ~20 ms of a 60 ms
+/// `repfuse fuse` of RepVGG-A0 (33 MB) on this project's VMs, against none for a new
+/// target. It is kept on purpose: it is what lets a power loss right after the write
+/// leave the old model or the new one on ext4, never an empty file. Swapping the two
+/// files instead (`renameat2(RENAME_EXCHANGE)`, tried in session 12) skipped that
+/// flush and so gave up exactly that (see end-to-end.md).
 fn replace(tmp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
-    #[cfg(target_os = "linux")]
-    if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file()) && exchange(tmp.path(), path).is_ok() {
-        // The temp name now holds the old model: removing it frees its pages. A
-        // failure leaves only a stray temp file; the new model is in place.
-        if let Err(e) = tmp.close() {
-            tracing::warn!("could not remove the replaced model's temp file: {}", e);
-        }
-        return Ok(());
-    }
     tmp.persist(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e.error })?;
     Ok(())
-}
-
-/// Swaps two directory entries atomically (Linux 3.15+; ext4, xfs, btrfs, tmpfs).
-#[cfg(target_os = "linux")]
-fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput));
-    let (a, b) = (c(a)?, c(b)?);
-    // SAFETY: both are NUL-terminated paths that outlive the call.
-    let r = unsafe { libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_EXCHANGE) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }
 
 fn folder(path: &Path) -> &Path {
@@ -137,7 +111,7 @@ mod tests {
     }
 
     #[test]
-    fn replacing_a_file_swaps_it_whole_and_leaves_no_temp_file() {
+    fn replacing_a_file_puts_a_whole_new_one_in_place_and_leaves_no_temp_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.onnx");
         std::fs::write(&path, b"old model").unwrap();
@@ -150,7 +124,6 @@ mod tests {
         std::io::Read::read_to_end(&mut reader, &mut seen).unwrap();
         assert_eq!(seen, b"old model");
         assert_eq!(names(dir.path()), ["m.onnx"]);
-        // A new target goes through the plain rename.
         write_atomic(&dir.path().join("n.onnx"), b"first").unwrap();
         assert_eq!(names(dir.path()), ["m.onnx", "n.onnx"]);
     }
