@@ -285,13 +285,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             var a0 = 0u; var a1 = 0u; var a2 = 0u; var a3 = 0u;
             var m0 = 0.0; var m1 = 0.0; var m2 = 0.0; var m3 = 0.0;
             // Only the first 32 sources can be summed (one bit each in `summed`), and
-            // only those with the destination's window (the host's `summable` bits):
-            // no other record is read here.
+            // only those with the destination's window (the host's `summable` bits,
+            // `same_window` decided once per job): no other record is read here.
             for (var bits = job.summable; bits != 0u && k < 4u; bits &= bits - 1u) {
                 let s = countTrailingZeros(bits);
                 let src = source_at(job.first_source + s);
                 let os = source_channel(src, o);
-                if (os == NONE || !same_window(src, kh_d, kw_d)) {
+                if (os == NONE) {
                     continue;
                 }
                 let si = src.in_per_group;

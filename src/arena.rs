@@ -9,8 +9,9 @@
 //! given back (MADV_DONTNEED), so releasing a weight still lowers resident memory.
 //!
 //! The mappings of the last dropped output arenas (`Pages::Keep`) are kept (four at
-//! most, 256 MiB in all) for the next arena of about its size: a process that fuses again (a benchmark loop, a server,
-//! `--verify`) then writes into memory already mapped instead of faulting it in again.
+//! most, 256 MiB in all) for the next arena of about its size: a process that fuses
+//! again (a benchmark loop, a server, `--verify`) then writes into memory already
+//! mapped instead of faulting it in again.
 //! Kernel outputs (`Pages::Keep`) leave their pages mapped when their tensor goes, so
 //! they can be reused; read weights (`Pages::GiveBack`) return them.
 

@@ -70,26 +70,18 @@ pub fn write_atomic_streams(files: &[(&Path, Content)]) -> Result<()> {
         staged.push((tmp, *path));
     }
     for (tmp, path) in staged {
-        replace(tmp, path)?;
+        // A rename, also over an existing model. On ext4 (`auto_da_alloc`) that makes
+        // the kernel start writing the new file back inside `rename` (~20 ms of a 60 ms
+        // `repfuse fuse` of RepVGG-A0): kept on purpose, it is what lets a power loss
+        // right after the write leave the old model or the new one, never an empty
+        // file. Swapping the files (`renameat2(RENAME_EXCHANGE)`, session 12) skipped
+        // that flush and so gave up exactly that (see end-to-end.md).
+        tmp.persist(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e.error })?;
         if fsync {
             // The rename itself is durable once the folder is.
             std::fs::File::open(folder(path)).and_then(|d| d.sync_all()).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?;
         }
     }
-    Ok(())
-}
-
-/// Moves the complete temp file to `path` by a rename, atomic for readers.
-///
-/// A rename over an existing file on ext4 (`auto_da_alloc`, the default) makes the
-/// kernel start writing the new file to the disk inside `rename`: ~20 ms of a 60 ms
-/// `repfuse fuse` of RepVGG-A0 (33 MB) on this project's VMs, against none for a new
-/// target. It is kept on purpose: it is what lets a power loss right after the write
-/// leave the old model or the new one on ext4, never an empty file. Swapping the two
-/// files instead (`renameat2(RENAME_EXCHANGE)`, tried in session 12) skipped that
-/// flush and so gave up exactly that (see end-to-end.md).
-fn replace(tmp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
-    tmp.persist(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e.error })?;
     Ok(())
 }
 
