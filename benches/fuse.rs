@@ -9,6 +9,10 @@ use repfuse::verify::random_inputs;
 use repfuse::zoo::{ConvSpec, GraphBuilder};
 use repfuse::{fuse, FuseOptions, Tensor};
 
+/// The command's allocator, so these numbers are the command's.
+#[global_allocator]
+static ALLOCATOR: repfuse::cli::SplitAllocator = repfuse::cli::SplitAllocator;
+
 fn t(shape: &[usize], seed: u32) -> Tensor {
     let n: usize = shape.iter().product();
     Tensor::new("t", shape.to_vec(), (0..n).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 1000) as f32 / 1000.0 + 0.5).collect()).unwrap()

@@ -9,6 +9,10 @@ use std::time::Instant;
 
 use repfuse::{fuse, FuseOptions};
 
+/// The command's allocator, so the times are the command's.
+#[global_allocator]
+static ALLOCATOR: repfuse::cli::SplitAllocator = repfuse::cli::SplitAllocator;
+
 fn main() -> repfuse::Result<()> {
     let what = std::env::args().nth(1).unwrap_or_else(|| "chain:1000".into());
     let reps: usize = std::env::args().nth(2).and_then(|s| s.parse().ok()).unwrap_or(20);

@@ -1,5 +1,9 @@
 //! The `repfuse` command (see `repfuse::cli`).
 
+/// Small blocks from mimalloc, large ones from the system (see `SplitAllocator`).
+#[global_allocator]
+static ALLOCATOR: repfuse::cli::SplitAllocator = repfuse::cli::SplitAllocator;
+
 fn main() {
     // Mesa's drivers (lavapipe, and its OpenGL path) print "error: XDG_RUNTIME_DIR is
     // invalid or not set" when it is unset, as on servers and in containers; only
