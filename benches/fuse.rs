@@ -9,9 +9,15 @@ use repfuse::verify::random_inputs;
 use repfuse::zoo::{ConvSpec, GraphBuilder};
 use repfuse::{fuse, FuseOptions, Tensor};
 
-/// The command's allocator, so these numbers are the command's.
+#[cfg(all(feature = "mimalloc", not(test)))]
+#[path = "../src/alloc.rs"]
+mod alloc;
+
+/// The command's allocator, so the times are the command's (its tests run in the
+/// binary's unit tests).
+#[cfg(all(feature = "mimalloc", not(test)))]
 #[global_allocator]
-static ALLOCATOR: repfuse::cli::SplitAllocator = repfuse::cli::SplitAllocator;
+static ALLOCATOR: alloc::SplitAllocator = alloc::SplitAllocator;
 
 fn t(shape: &[usize], seed: u32) -> Tensor {
     let n: usize = shape.iter().product();

@@ -9,9 +9,15 @@ use std::time::Instant;
 
 use repfuse::{fuse, FuseOptions};
 
-/// The command's allocator, so the times are the command's.
+#[cfg(all(feature = "mimalloc", not(test)))]
+#[path = "../src/alloc.rs"]
+mod alloc;
+
+/// The command's allocator, so the times are the command's (its tests run in the
+/// binary's unit tests).
+#[cfg(all(feature = "mimalloc", not(test)))]
 #[global_allocator]
-static ALLOCATOR: repfuse::cli::SplitAllocator = repfuse::cli::SplitAllocator;
+static ALLOCATOR: alloc::SplitAllocator = alloc::SplitAllocator;
 
 fn main() -> repfuse::Result<()> {
     let what = std::env::args().nth(1).unwrap_or_else(|| "chain:1000".into());

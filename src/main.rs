@@ -1,8 +1,13 @@
 //! The `repfuse` command (see `repfuse::cli`).
 
-/// Small blocks from mimalloc, large ones from the system (see `SplitAllocator`).
+#[cfg(feature = "mimalloc")]
+#[path = "alloc.rs"]
+mod alloc;
+
+/// Small blocks from mimalloc, large ones from the system (see `alloc.rs`).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
-static ALLOCATOR: repfuse::cli::SplitAllocator = repfuse::cli::SplitAllocator;
+static ALLOCATOR: alloc::SplitAllocator = alloc::SplitAllocator;
 
 fn main() {
     // Mesa's drivers (lavapipe, and its OpenGL path) print "error: XDG_RUNTIME_DIR is

@@ -2,7 +2,6 @@
 //! In the library so the binary and the Python package's `repfuse` console script
 //! run the same command.
 
-mod allocator;
 mod commands;
 mod table;
 
@@ -12,7 +11,6 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::Backend;
-pub use allocator::SplitAllocator;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
