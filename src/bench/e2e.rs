@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::median_ms;
+use super::{median_ms, median_ms_after};
 use crate::error::{Error, Result};
 use crate::fuse::{fuse, FuseOptions};
 
@@ -124,17 +124,6 @@ fn remove(path: &Path) -> Result<()> {
     }
 }
 
-/// `median_ms` of `f`, each rep preceded by an untimed `before`.
-fn median_ms_after<T>(reps: usize, mut before: impl FnMut() -> Result<()>, mut f: impl FnMut() -> Result<T>) -> Result<f64> {
-    let mut t = Vec::with_capacity(reps.max(1));
-    for _ in 0..reps.max(1) {
-        before()?;
-        t.push(median_ms(1, &mut f)?);
-    }
-    t.sort_by(f64::total_cmp);
-    Ok(t[t.len() / 2])
-}
-
 /// Median wall times of `exe fuse path -o out --backend cpu --json`, with `out` new
 /// and with `out` already there, and the largest peak RSS.
 fn command(exe: &Path, path: &Path, out: &Path, reps: usize) -> Result<(f64, f64, Option<u64>)> {
@@ -154,7 +143,7 @@ fn command(exe: &Path, path: &Path, out: &Path, reps: usize) -> Result<(f64, f64
         Ok(())
     };
     let new = median_ms_after(reps, || remove(out), &mut run)?;
-    let replace = median_ms_after(reps, || Ok(()), &mut run)?;
+    let replace = median_ms(reps, &mut run)?;
     Ok((new, replace, rss))
 }
 

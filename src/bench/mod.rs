@@ -14,9 +14,16 @@ use crate::gpu::GpuContext;
 use crate::verify::{random_inputs, Tolerance};
 
 /// Median wall time of `reps` runs of `f`, in milliseconds.
-pub fn median_ms<T>(reps: usize, mut f: impl FnMut() -> Result<T>) -> Result<f64> {
-    let mut t = Vec::with_capacity(reps);
+pub fn median_ms<T>(reps: usize, f: impl FnMut() -> Result<T>) -> Result<f64> {
+    median_ms_after(reps, || Ok(()), f)
+}
+
+/// `median_ms` of `f`, each run preceded by an untimed `before` (removing a
+/// benchmark's previous output, so every run writes a new file).
+pub fn median_ms_after<T>(reps: usize, mut before: impl FnMut() -> Result<()>, mut f: impl FnMut() -> Result<T>) -> Result<f64> {
+    let mut t = Vec::with_capacity(reps.max(1));
     for _ in 0..reps.max(1) {
+        before()?;
         let s = Instant::now();
         let made = std::hint::black_box(f()?);
         t.push(s.elapsed().as_secs_f64() * 1e3);
