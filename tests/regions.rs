@@ -66,3 +66,43 @@ fn a_corrupted_fused_weight_is_caught_in_its_region() {
     let failed: Vec<&str> = regions.iter().filter(|r| !r.error.as_ref().unwrap().passed()).map(|r| r.node.as_str()).collect();
     assert_eq!(failed, vec![victim.name.as_str()]);
 }
+
+/// RepGhostNet's block: a depthwise conv+BN and a BN of the same tensor, summed,
+/// then added to a shortcut from elsewhere. The merged branch conv cannot run
+/// alone (its original region includes the residual Add, which also reads the
+/// shortcut), but the residual Add's region runs it: it is reported as inside that
+/// checked region, not skipped.
+#[test]
+fn a_region_inside_a_larger_checked_region_is_reported_as_covered() {
+    use repfuse::zoo::ConvSpec;
+    let mut b = GraphBuilder::new(5);
+    let x = b.input("x", &[1, 4, 8, 8]);
+    let p = b.conv_bn(&x, ConvSpec::same(4, 3, 1, 1));
+    let p = b.relu(&p);
+    let cheap = b.conv_bn(&p, ConvSpec::same(4, 3, 1, 4));
+    let fusion = b.bn(&p);
+    let ghost = b.add(&[cheap, fusion]);
+    let y = b.add(&[x.clone(), ghost]);
+    b.output(&y);
+    let (g, w) = b.finish();
+    let f = fuse(&g, &FuseOptions::default()).unwrap();
+    let fw = f.weights_cpu(&w).unwrap();
+    let regions = check_regions(&g, &w, &f.graph, &f.origins, &fw, 1).unwrap();
+    let covered: Vec<_> = regions.iter().filter(|r| r.covered_by.is_some()).collect();
+    assert!(!covered.is_empty(), "no region lies inside another: {:?}", regions);
+    for r in &regions {
+        assert!(r.skipped.is_none(), "region {} skipped: {:?}", r.node, r.skipped);
+        match &r.covered_by {
+            None => assert!(r.error.as_ref().expect("checked").passed(), "region {} {:?}", r.node, r.error),
+            Some(m) => {
+                // The covering region was checked, ran this node, and holds all of its
+                // original nodes.
+                let m = regions.iter().find(|x| &x.node == m).expect("the covering region is reported");
+                assert!(m.error.as_ref().is_some_and(|e| e.passed()), "{:?}", m);
+                assert!(m.deploy_nodes.contains(&r.node), "{} did not run {}", m.node, r.node);
+                assert!(r.from.iter().all(|n| m.from.contains(n)), "{:?} not inside {:?}", r.from, m.from);
+                assert!(r.error.is_none());
+            }
+        }
+    }
+}

@@ -357,6 +357,14 @@ pub struct RegionCheck {
     pub error: Option<ErrorStats>,
     /// Why the region could not be run alone (unknown shapes, not self-contained).
     pub skipped: Option<String>,
+    /// The deploy nodes the check ran (this node and the deploy producers it needs
+    /// from inside the region); empty when not run.
+    pub deploy_nodes: Vec<String>,
+    /// A region that is not self-contained on its own but lies inside another one
+    /// that was checked: the deploy node of that region, whose check ran this node
+    /// and every original node this one replaces (RepGhostNet's merged branch conv,
+    /// inside the residual Add that reads it).
+    pub covered_by: Option<String>,
 }
 
 /// Runs every fused region alone: the original sub-graph of the nodes a
@@ -391,7 +399,8 @@ pub fn check_regions_with(
     let mut out = vec![];
     for (k, (name, from)) in origins.iter().enumerate() {
         let node = fused.node(name).expect("origins name deploy nodes");
-        let check = |why: String| RegionCheck { node: name.clone(), from: from.clone(), error: None, skipped: Some(why) };
+        let check =
+            |why: String| RegionCheck { node: name.clone(), from: from.clone(), error: None, skipped: Some(why), deploy_nodes: vec![], covered_by: None };
         let members: Vec<&crate::graph::Node> = original.nodes.iter().filter(|n| from.contains(&n.name)).collect();
         let produced: std::collections::HashSet<&String> = members.iter().flat_map(|n| &n.outputs).collect();
         let mut inputs: Vec<String> = vec![];
@@ -428,6 +437,7 @@ pub fn check_regions_with(
             params: original.params.clone(),
             known_shapes: original.known_shapes.clone(),
         };
+        let deploy_nodes = deploy.iter().map(|n| n.name.clone()).collect();
         let sub_fused =
             Graph { inputs: vi(&inputs), outputs: vec![out_t.clone()], nodes: deploy, params: fused.params.clone(), known_shapes: fused.known_shapes.clone() };
         let feeds = random_inputs(&sub_orig, seed.wrapping_add(k as u64));
@@ -435,7 +445,30 @@ pub fn check_regions_with(
         let x = crate::cpu::forward(&sub_fused, fused_w, &feeds)?;
         let (reference, scale) = &r[out_t];
         let stats = compare_scaled(&x[out_t], reference, Some(scale), tolerance)?;
-        out.push(RegionCheck { node: name.clone(), from: from.clone(), error: Some(stats), skipped: None });
+        out.push(RegionCheck { node: name.clone(), from: from.clone(), error: Some(stats), skipped: None, deploy_nodes, covered_by: None });
     }
+    mark_covered(&mut out);
     Ok(out)
+}
+
+/// Marks each region that could not run alone for want of its neighbours but lies
+/// inside a region that did run: one whose check ran this deploy node and whose
+/// original nodes include all of this one's. Its arithmetic was then checked, as
+/// part of the larger region, and the report says by which.
+fn mark_covered(regions: &mut [RegionCheck]) {
+    let cover: Vec<Option<String>> = regions
+        .iter()
+        .map(|r| {
+            if r.error.is_some() || !r.skipped.as_deref().is_some_and(|s| s.starts_with("not a self-contained region")) {
+                return None;
+            }
+            regions.iter().find(|m| m.error.is_some() && m.deploy_nodes.contains(&r.node) && r.from.iter().all(|n| m.from.contains(n))).map(|m| m.node.clone())
+        })
+        .collect();
+    for (r, c) in regions.iter_mut().zip(cover) {
+        if c.is_some() {
+            r.skipped = None;
+            r.covered_by = c;
+        }
+    }
 }
