@@ -166,6 +166,24 @@ pub fn constant_tensors_and_shapes(bytes: &[u8], dir: Option<&Path>, inputs: &[V
 }
 
 fn constants_unguarded(bytes: &[u8], dir: Option<&Path>, inputs: &[ValueInfo]) -> Result<ConstsAndShapes> {
+    // First on the model with its large float weights declared as inputs of their
+    // shape (`io::onnx::shape_analysis_view`: the engine no longer copies them; on
+    // LeViT-128S that took most of `repfuse fuse`'s time and memory); on the model as
+    // it is when the engine cannot analyse that view.
+    if let Ok((view, promoted)) = crate::io::onnx::shape_analysis_view(bytes, MAX_FOLDED_FLOATS) {
+        if !promoted.is_empty() {
+            let all: Vec<ValueInfo> = inputs.iter().cloned().chain(promoted).collect();
+            match analyse(&view, dir, &all) {
+                Ok(found) => return Ok(found),
+                Err(e) => tracing::debug!(error = %e, "shape analysis of the weightless view failed; analysing the whole model"),
+            }
+        }
+    }
+    analyse(bytes, dir, inputs)
+}
+
+/// Constants and shapes tract's analysis proves for the model in `bytes`.
+fn analyse(bytes: &[u8], dir: Option<&Path>, inputs: &[ValueInfo]) -> Result<ConstsAndShapes> {
     use tract_onnx::prelude::InferenceModelExt as _;
     let (mut model, by_name, _) = parse(bytes, dir, inputs)?;
     model.analyse(false).map_err(|e| engine_err("shape analysis", e))?;

@@ -8,6 +8,7 @@ mod check;
 mod export;
 mod import;
 mod matmul;
+mod shape_view;
 mod static_shapes;
 pub mod tensor;
 mod token_linear;
@@ -19,6 +20,7 @@ use std::path::PathBuf;
 pub use check::check_written_model;
 pub use export::{onnx_bytes, op_counts, write_onnx, write_onnx_with, EXTERNAL_DATA_THRESHOLD};
 pub use import::{read_onnx, read_onnx_bytes, read_onnx_mapped, OnnxImport};
+pub(crate) use shape_view::shape_analysis_view;
 pub use tensor::FloatType;
 
 use crate::graph::Graph;

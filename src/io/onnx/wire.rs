@@ -21,7 +21,7 @@ const GRAPH_INITIALIZER: u32 = 5;
 /// `TensorProto.raw_data`.
 const TENSOR_RAW_DATA: u32 = 9;
 /// Wire type of length-delimited fields (strings, bytes, messages).
-const LEN: u32 = 2;
+pub(super) const LEN: u32 = 2;
 
 /// A model's bytes with the raw data of its graph's initializers left out.
 pub struct Stripped {
@@ -35,14 +35,15 @@ pub struct Stripped {
 /// A wire-format error: what was wrong and at which byte.
 pub type WireError = String;
 
-struct Reader<'a> {
-    b: &'a [u8],
-    pos: usize,
-    end: usize,
+/// Reads the fields of one message in `b[pos..end]`.
+pub(super) struct Reader<'a> {
+    pub(super) b: &'a [u8],
+    pub(super) pos: usize,
+    pub(super) end: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn varint(&mut self) -> Result<u64, WireError> {
+    pub(super) fn varint(&mut self) -> Result<u64, WireError> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
             let byte = *self.b[..self.end].get(self.pos).ok_or_else(|| format!("truncated varint at byte {}", self.pos))?;
@@ -56,7 +57,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The next field: (number, wire type, start of its key, payload range).
-    fn field(&mut self) -> Result<(u32, u32, usize, Range<usize>), WireError> {
+    pub(super) fn field(&mut self) -> Result<(u32, u32, usize, Range<usize>), WireError> {
         let start = self.pos;
         let key = self.varint()?;
         let (number, wire) = ((key >> 3) as u32, (key & 7) as u32);
@@ -78,7 +79,7 @@ impl<'a> Reader<'a> {
         Ok((number, wire, start, from..to))
     }
 
-    fn done(&self) -> bool {
+    pub(super) fn done(&self) -> bool {
         self.pos >= self.end
     }
 }
