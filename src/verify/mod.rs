@@ -359,6 +359,7 @@ pub struct RegionCheck {
     pub skipped: Option<String>,
     /// The deploy nodes the check ran (this node and the deploy producers it needs
     /// from inside the region); empty when not run.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub deploy_nodes: Vec<String>,
     /// A region that is not self-contained on its own but lies inside another one
     /// that was checked: the deploy node of that region, whose check ran this node
@@ -452,9 +453,11 @@ pub fn check_regions_with(
 }
 
 /// Marks each region that could not run alone for want of its neighbours but lies
-/// inside a region that did run: one whose check ran this deploy node and whose
-/// original nodes include all of this one's. Its arithmetic was then checked, as
-/// part of the larger region, and the report says by which.
+/// inside a region that ran and passed: one whose check ran this deploy node and
+/// whose original nodes include all of this one's. Its arithmetic was then checked
+/// as part of the larger region's output (through whatever that region does with
+/// it), and the report says by which. Inside a failing region it stays skipped: the
+/// failure is reported there.
 fn mark_covered(regions: &mut [RegionCheck]) {
     let cover: Vec<Option<String>> = regions
         .iter()
@@ -462,7 +465,8 @@ fn mark_covered(regions: &mut [RegionCheck]) {
             if r.error.is_some() || !r.skipped.as_deref().is_some_and(|s| s.starts_with("not a self-contained region")) {
                 return None;
             }
-            regions.iter().find(|m| m.error.is_some() && m.deploy_nodes.contains(&r.node) && r.from.iter().all(|n| m.from.contains(n))).map(|m| m.node.clone())
+            let passed = |m: &RegionCheck| m.error.as_ref().is_some_and(|e| e.passed());
+            regions.iter().find(|m| passed(m) && m.deploy_nodes.contains(&r.node) && r.from.iter().all(|n| m.from.contains(n))).map(|m| m.node.clone())
         })
         .collect();
     for (r, c) in regions.iter_mut().zip(cover) {

@@ -162,24 +162,21 @@ const MAX_FOLDED_FLOATS: usize = 1 << 16;
 /// arithmetic on initializers (a gate `sigmoid(alpha)`), by ONNX name.
 /// With them, the shape of every tensor the analysis could infer.
 pub fn constant_tensors_and_shapes(bytes: &[u8], dir: Option<&Path>, inputs: &[ValueInfo]) -> Result<ConstsAndShapes> {
-    guarded("shape analysis", || constants_unguarded(bytes, dir, inputs))
-}
-
-fn constants_unguarded(bytes: &[u8], dir: Option<&Path>, inputs: &[ValueInfo]) -> Result<ConstsAndShapes> {
-    // First on the model with its large float weights declared as inputs of their
-    // shape (`io::onnx::shape_analysis_view`: the engine no longer copies them; on
-    // LeViT-128S that took most of `repfuse fuse`'s time and memory); on the model as
-    // it is when the engine cannot analyse that view.
+    // First on the model with the float weights whose values cannot matter declared
+    // as inputs of their shape (`io::onnx::shape_analysis_view`: the engine no longer
+    // copies them; on LeViT-128S that was most of `repfuse fuse`'s time and memory);
+    // on the model as it is when the engine cannot analyse that view, an error or a
+    // panic alike (two guarded calls: the guard's lock does not nest).
     if let Ok((view, promoted)) = crate::io::onnx::shape_analysis_view(bytes, MAX_FOLDED_FLOATS) {
         if !promoted.is_empty() {
             let all: Vec<ValueInfo> = inputs.iter().cloned().chain(promoted).collect();
-            match analyse(&view, dir, &all) {
+            match guarded("shape analysis", || analyse(&view, dir, &all)) {
                 Ok(found) => return Ok(found),
                 Err(e) => tracing::debug!(error = %e, "shape analysis of the weightless view failed; analysing the whole model"),
             }
         }
     }
-    analyse(bytes, dir, inputs)
+    guarded("shape analysis", || analyse(bytes, dir, inputs))
 }
 
 /// Constants and shapes tract's analysis proves for the model in `bytes`.

@@ -12,7 +12,8 @@
 //! node reading it is a conv, batch norm, Gemm or MatMul reading it as a parameter
 //! (not input 0), whose output follows the data. Small weights read any other way
 //! (a gate `sigmoid(alpha)`, an attention-bias table gathered by constant indices)
-//! keep their values. Misjudging only costs a fold: a node whose value the analysis
+//! keep their values, and so does every name an If/Loop/Scan body reads. Misjudging
+//! only costs a fold or a shape past a carried op: a node whose value the analysis
 //! no longer proves constant is carried as it is, which is exact.
 
 use super::wire::{put_len_key, put_varint, Reader, WireError, LEN};
@@ -32,6 +33,10 @@ const FLOAT: u64 = 1;
 const GRAPH_NODE: u32 = 1;
 const NODE_INPUT: u32 = 1;
 const NODE_OP_TYPE: u32 = 4;
+/// `NodeProto.attribute`; `AttributeProto.g`, `.graphs` (If/Loop/Scan bodies).
+const NODE_ATTRIBUTE: u32 = 5;
+const ATTRIBUTE_GRAPH: u32 = 6;
+const ATTRIBUTE_GRAPHS: u32 = 11;
 /// Ops whose inputs after the first are parameters: their output follows input 0.
 const PARAMETER_READERS: &[&[u8]] = &[b"Conv", b"ConvTranspose", b"BatchNormalization", b"Gemm", b"MatMul"];
 
@@ -58,45 +63,40 @@ pub fn shape_analysis_view(bytes: &[u8], min_elements: usize) -> Result<(Vec<u8>
 }
 
 fn graph_view(bytes: &[u8], range: std::ops::Range<usize>, min_elements: usize, promoted: &mut Vec<ValueInfo>) -> Result<Vec<u8>, WireError> {
-    // Names the graph already declares as inputs, and names some node reads other
-    // than as a parameter.
-    let mut declared: std::collections::HashSet<&[u8]> = Default::default();
+    // Names the graph already declares as inputs (with whether the declaration has
+    // a type: the engine rejects an untyped input, so such a weight stays data), and
+    // names some node reads other than as a parameter.
+    let mut declared: std::collections::HashMap<&[u8], bool> = Default::default();
     let mut read_as_data: std::collections::HashSet<&[u8]> = Default::default();
     let mut r = Reader { b: bytes, pos: range.start, end: range.end };
     while !r.done() {
         let (number, wire, _, payload) = r.field()?;
         if number == GRAPH_INPUT && wire == LEN {
-            let mut v = Reader { b: bytes, pos: payload.start, end: payload.end };
-            while !v.done() {
-                let (n, w, _, p) = v.field()?;
-                if n == 1 && w == LEN {
-                    declared.insert(&bytes[p]);
-                }
-            }
-        } else if number == GRAPH_NODE && wire == LEN {
-            let (mut op, mut inputs) = (&[][..], vec![]);
+            let (mut name, mut typed) = (None, false);
             let mut v = Reader { b: bytes, pos: payload.start, end: payload.end };
             while !v.done() {
                 let (n, w, _, p) = v.field()?;
                 match (n, w) {
-                    (NODE_INPUT, LEN) => inputs.push(&bytes[p]),
-                    (NODE_OP_TYPE, LEN) => op = &bytes[p],
+                    (1, LEN) => name = Some(&bytes[p]),
+                    (2, LEN) => typed = true,
                     _ => {}
                 }
             }
-            // A parameter reader reads its input 0 as data; any other op, all inputs.
-            let data = if PARAMETER_READERS.contains(&op) { 1 } else { inputs.len() };
-            read_as_data.extend(inputs.into_iter().take(data));
+            if let Some(name) = name {
+                declared.insert(name, typed);
+            }
         }
     }
+    collect_data_reads(bytes, range.clone(), false, &mut read_as_data)?;
     let mut out = Vec::with_capacity(range.len().min(1 << 16));
     let mut inputs = vec![];
     let mut r = Reader { b: bytes, pos: range.start, end: range.end };
     while !r.done() {
         let (number, wire, start, payload) = r.field()?;
         if number == GRAPH_INITIALIZER && wire == LEN {
-            if let Some((name, dims)) = promotable_float(bytes, payload, min_elements, &read_as_data)? {
-                if !declared.contains(name) {
+            let promotable = promotable_float(bytes, payload, min_elements, &read_as_data)?;
+            if let Some((name, dims)) = promotable.filter(|(name, _)| declared.get(name) != Some(&false)) {
+                if !declared.contains_key(name) {
                     inputs.push(value_info(name, &dims));
                 }
                 let name = std::str::from_utf8(name).map_err(|_| format!("initializer name at byte {} is not UTF-8", start))?;
@@ -111,6 +111,48 @@ fn graph_view(bytes: &[u8], range: std::ops::Range<usize>, min_elements: usize, 
         out.extend_from_slice(&v);
     }
     Ok(out)
+}
+
+/// Adds to `reads` every name a node of the graph at `range` reads as data: input 0
+/// of a parameter reader, every input of any other op, and, inside the subgraphs of
+/// If/Loop/Scan bodies (`nested`), every input at all (a body reads outer names
+/// implicitly, and this walk does not follow what it does with them).
+fn collect_data_reads<'a>(
+    bytes: &'a [u8],
+    range: std::ops::Range<usize>,
+    nested: bool,
+    reads: &mut std::collections::HashSet<&'a [u8]>,
+) -> Result<(), WireError> {
+    let mut r = Reader { b: bytes, pos: range.start, end: range.end };
+    while !r.done() {
+        let (number, wire, _, payload) = r.field()?;
+        if number != GRAPH_NODE || wire != LEN {
+            continue;
+        }
+        let (mut op, mut inputs) = (&[][..], vec![]);
+        let mut v = Reader { b: bytes, pos: payload.start, end: payload.end };
+        while !v.done() {
+            let (n, w, _, p) = v.field()?;
+            match (n, w) {
+                (NODE_INPUT, LEN) => inputs.push(&bytes[p]),
+                (NODE_OP_TYPE, LEN) => op = &bytes[p],
+                (NODE_ATTRIBUTE, LEN) => {
+                    let mut a = Reader { b: bytes, pos: p.start, end: p.end };
+                    while !a.done() {
+                        let (an, aw, _, ap) = a.field()?;
+                        if (an == ATTRIBUTE_GRAPH || an == ATTRIBUTE_GRAPHS) && aw == LEN {
+                            collect_data_reads(bytes, ap, true, reads)?;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        // A parameter reader reads its input 0 as data; any other op, all inputs.
+        let data = if !nested && PARAMETER_READERS.contains(&op) { 1 } else { inputs.len() };
+        reads.extend(inputs.into_iter().take(data));
+    }
+    Ok(())
 }
 
 /// An initializer's name (bytes of the file) and dims.
@@ -202,9 +244,12 @@ mod tests {
     fn float_weights_that_cannot_reach_a_folded_constant_become_inputs_of_their_shape() {
         let mut g = GraphProto::new();
         g.name = "g".into();
-        for name in ["x", "old"] {
+        for (name, typed) in [("x", true), ("old", false), ("typed", true)] {
             let mut v = ValueInfoProto::new();
             v.name = name.into();
+            if typed {
+                v.type_.mut_or_insert_default().mut_tensor_type().elem_type = 1;
+            }
             g.input.push(v);
         }
         g.node.push(node("Conv", &["x", "big", "convw"]));
@@ -212,13 +257,26 @@ mod tests {
         g.node.push(node("Sigmoid", &["gate"]));
         g.node.push(node("Gemm", &["x", "old", "convw"]));
         g.node.push(node("Conv", &["x0", "big"]));
+        g.node.push(node("MatMul", &["x", "typed"]));
+        g.node.push(node("Conv", &["x", "inner"]));
+        // An If whose body reads `inner` (implicitly, from the outer scope).
+        let mut body = GraphProto::new();
+        body.node.push(node("Add", &["x", "inner"]));
+        let mut attr = onnx_protobuf::AttributeProto::new();
+        attr.name = "then_branch".into();
+        attr.g = Some(body).into();
+        let mut branch = node("If", &["x"]);
+        branch.attribute.push(attr);
+        g.node.push(branch);
         g.initializer.push(tensor("big", &[8, 4, 3, 3], 1)); // large: promoted
         g.initializer.push(tensor("small", &[4], 1)); // small, read as data: kept
         g.initializer.push(tensor("ints", &[300], 7)); // not float: kept
-        g.initializer.push(tensor("old", &[10, 10], 1)); // large, already an input
+        g.initializer.push(tensor("old", &[10, 10], 1)); // declared without a type: kept
         g.initializer.push(tensor("gate", &[50], 1)); // small, read as data: kept
         g.initializer.push(tensor("convw", &[2, 2], 1)); // small, only a parameter: promoted
         g.initializer.push(tensor("x0", &[5], 1)); // small, a conv's data input: kept
+        g.initializer.push(tensor("typed", &[200], 1)); // declared with a type: promoted
+        g.initializer.push(tensor("inner", &[3], 1)); // read inside a subgraph: kept
         let mut m = ModelProto::new();
         m.ir_version = 8;
         m.graph = Some(g).into();
@@ -227,18 +285,18 @@ mod tests {
         let v = ModelProto::parse_from_bytes(&view).unwrap();
         let g = v.graph.as_ref().unwrap();
         assert_eq!(v.ir_version, 8);
-        assert_eq!(g.node.len(), 5);
+        assert_eq!(g.node.len(), 8);
         let kept: Vec<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
-        assert_eq!(kept, ["small", "ints", "gate", "x0"]);
+        assert_eq!(kept, ["small", "ints", "old", "gate", "x0", "inner"]);
         assert_eq!(g.initializer[0].raw_data.len(), 16, "kept initializers keep their data");
         assert_eq!(
             promoted.iter().map(|p| (p.name.as_str(), p.shape.clone())).collect::<Vec<_>>(),
-            [("big", vec![8, 4, 3, 3]), ("old", vec![10, 10]), ("convw", vec![2, 2])]
+            [("big", vec![8, 4, 3, 3]), ("convw", vec![2, 2]), ("typed", vec![200])]
         );
-        // "old" was declared already: not declared twice.
+        // "typed" was declared already: not declared twice.
         let inputs: Vec<&str> = g.input.iter().map(|i| i.name.as_str()).collect();
-        assert_eq!(inputs, ["x", "old", "big", "convw"]);
-        let t = g.input[2].type_.tensor_type();
+        assert_eq!(inputs, ["x", "old", "typed", "big", "convw"]);
+        let t = g.input[3].type_.tensor_type();
         assert_eq!(t.elem_type, 1);
         assert_eq!(t.shape.dim.iter().map(|d| d.dim_value()).collect::<Vec<_>>(), [8, 4, 3, 3]);
     }
