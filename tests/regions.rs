@@ -2,17 +2,23 @@
 //! against that node. Works with ops the reference cannot run elsewhere in the graph,
 //! and points at the region that is wrong.
 
-use repfuse::verify::check_regions;
+use repfuse::verify::{check_regions, RegionCheck};
 use repfuse::zoo::{blocks, GraphBuilder};
-use repfuse::{fuse, FuseOptions, Tensor};
+use repfuse::{fuse, FuseOptions, Graph, Tensor, Weights};
+
+/// Every fused region of `g`, checked alone against its deploy node with the CPU
+/// plan's weights.
+fn fused_regions(g: &Graph, w: &Weights) -> Vec<RegionCheck> {
+    let f = fuse(g, &FuseOptions::default()).unwrap();
+    let fw = f.weights_cpu(w).unwrap();
+    check_regions(g, w, &f.graph, &f.origins, &fw, 1).unwrap()
+}
 
 #[test]
 fn every_region_of_every_zoo_model_checks_alone() {
     for m in ["repvgg_a0", "mobileone_s0", "dbb", "acnet", "replknet", "repnext"] {
         let (g, w, _) = repfuse::zoo::build(m, 1, 32, 4).unwrap();
-        let f = fuse(&g, &FuseOptions::default()).unwrap();
-        let fw = f.weights_cpu(&w).unwrap();
-        let regions = check_regions(&g, &w, &f.graph, &f.origins, &fw, 1).unwrap();
+        let regions = fused_regions(&g, &w);
         assert!(!regions.is_empty(), "{}", m);
         for r in &regions {
             let e = r.error.as_ref().unwrap_or_else(|| panic!("{}: region {} skipped: {:?}", m, r.node, r.skipped));
@@ -29,10 +35,8 @@ fn regions_check_next_to_ops_the_reference_cannot_run() {
     let z = b.opaque(&y, "SomeCustomOp");
     b.output(&z);
     let (g, w) = b.finish();
-    let f = fuse(&g, &FuseOptions::default()).unwrap();
-    let fw = f.weights_cpu(&w).unwrap();
     assert!(repfuse::cpu::forward(&g, &w, &repfuse::verify::random_inputs(&g, 1)).is_err(), "end to end cannot run");
-    let regions = check_regions(&g, &w, &f.graph, &f.origins, &fw, 1).unwrap();
+    let regions = fused_regions(&g, &w);
     assert_eq!(regions.len(), 1);
     assert!(regions[0].error.as_ref().unwrap().passed());
 }
@@ -85,9 +89,7 @@ fn a_region_inside_a_larger_checked_region_is_reported_as_covered() {
     let y = b.add(&[x.clone(), ghost]);
     b.output(&y);
     let (g, w) = b.finish();
-    let f = fuse(&g, &FuseOptions::default()).unwrap();
-    let fw = f.weights_cpu(&w).unwrap();
-    let regions = check_regions(&g, &w, &f.graph, &f.origins, &fw, 1).unwrap();
+    let regions = fused_regions(&g, &w);
     let covered: Vec<_> = regions.iter().filter(|r| r.covered_by.is_some()).collect();
     assert!(!covered.is_empty(), "no region lies inside another: {:?}", regions);
     for r in &regions {

@@ -362,11 +362,16 @@ pub struct RegionCheck {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub deploy_nodes: Vec<String>,
     /// A region that is not self-contained on its own but lies inside another one
-    /// that was checked: the deploy node of that region, whose check ran this node
+    /// that was checked and passed: the deploy node of that region, whose check ran this node
     /// and every original node this one replaces (RepGhostNet's merged branch conv,
     /// inside the residual Add that reads it).
     pub covered_by: Option<String>,
 }
+
+/// Why a region whose original nodes need tensors its deploy side does not read (or
+/// that does not produce the deploy node's output) was not run alone; `mark_covered`
+/// looks for it.
+const NOT_SELF_CONTAINED: &str = "not a self-contained region";
 
 /// Runs every fused region alone: the original sub-graph of the nodes a
 /// deploy node replaced, against that deploy node. Works where end-to-end checks
@@ -419,11 +424,11 @@ pub fn check_regions_with(
         let Some(deploy) = deploy_side(fused, node, &inputs) else {
             let mut have = inputs.clone();
             have.sort();
-            out.push(check(format!("not a self-contained region (reads {:?}, deploy node reads {:?})", have, node.inputs)));
+            out.push(check(format!("{} (reads {:?}, deploy node reads {:?})", NOT_SELF_CONTAINED, have, node.inputs)));
             continue;
         };
         if !produced.contains(out_t) {
-            out.push(check(format!("not a self-contained region (does not produce {})", out_t)));
+            out.push(check(format!("{} (does not produce {})", NOT_SELF_CONTAINED, out_t)));
             continue;
         }
         let Some(in_shapes) = inputs.iter().map(|t| shapes.get(t).cloned()).collect::<Option<Vec<_>>>() else {
@@ -462,7 +467,7 @@ fn mark_covered(regions: &mut [RegionCheck]) {
     let cover: Vec<Option<String>> = regions
         .iter()
         .map(|r| {
-            if r.error.is_some() || !r.skipped.as_deref().is_some_and(|s| s.starts_with("not a self-contained region")) {
+            if r.error.is_some() || !r.skipped.as_deref().is_some_and(|s| s.starts_with(NOT_SELF_CONTAINED)) {
                 return None;
             }
             let passed = |m: &RegionCheck| m.error.as_ref().is_some_and(|e| e.passed());

@@ -16,12 +16,10 @@
 //! only costs a fold or a shape past a carried op: a node whose value the analysis
 //! no longer proves constant is carried as it is, which is exact.
 
-use super::wire::{put_len_key, put_varint, Reader, WireError, LEN};
+use super::wire::{put_len_key, put_varint, rewrite_graph, Reader, WireError, GRAPH_INITIALIZER, LEN};
 use crate::graph::ValueInfo;
 
-/// `ModelProto.graph`, `GraphProto.initializer`, `GraphProto.input`.
-const MODEL_GRAPH: u32 = 7;
-const GRAPH_INITIALIZER: u32 = 5;
+/// `GraphProto.input`.
 const GRAPH_INPUT: u32 = 11;
 /// `TensorProto.dims`, `.data_type`, `.name`.
 const TENSOR_DIMS: u32 = 1;
@@ -46,20 +44,9 @@ const PARAMETER_READERS: &[&[u8]] = &[b"Conv", b"ConvTranspose", b"BatchNormaliz
 /// initializer the graph already lists as an input (old exporters do) keeps that
 /// declaration.
 pub fn shape_analysis_view(bytes: &[u8], min_elements: usize) -> Result<(Vec<u8>, Vec<ValueInfo>), WireError> {
-    let mut out = Vec::with_capacity(1 << 16);
     let mut promoted = vec![];
-    let mut r = Reader { b: bytes, pos: 0, end: bytes.len() };
-    while !r.done() {
-        let (number, wire, start, payload) = r.field()?;
-        if number == MODEL_GRAPH && wire == LEN {
-            let graph = graph_view(bytes, payload, min_elements, &mut promoted)?;
-            put_len_key(&mut out, MODEL_GRAPH, graph.len());
-            out.extend_from_slice(&graph);
-        } else {
-            out.extend_from_slice(&bytes[start..r.pos]);
-        }
-    }
-    Ok((out, promoted))
+    let view = rewrite_graph(bytes, |graph| graph_view(bytes, graph, min_elements, &mut promoted))?;
+    Ok((view, promoted))
 }
 
 fn graph_view(bytes: &[u8], range: std::ops::Range<usize>, min_elements: usize, promoted: &mut Vec<ValueInfo>) -> Result<Vec<u8>, WireError> {

@@ -15,9 +15,9 @@
 use std::ops::Range;
 
 /// `ModelProto.graph`.
-const MODEL_GRAPH: u32 = 7;
+pub(super) const MODEL_GRAPH: u32 = 7;
 /// `GraphProto.initializer`.
-const GRAPH_INITIALIZER: u32 = 5;
+pub(super) const GRAPH_INITIALIZER: u32 = 5;
 /// `TensorProto.raw_data`.
 const TENSOR_RAW_DATA: u32 = 9;
 /// Wire type of length-delimited fields (strings, bytes, messages).
@@ -111,16 +111,24 @@ pub fn len_key_size(field: u32, len: usize) -> usize {
 
 /// `bytes` without the raw data of the graph's initializers (see the module doc).
 pub fn strip_initializer_data(bytes: &[u8]) -> Result<Stripped, WireError> {
-    let mut out = Stripped { bytes: Vec::with_capacity(1 << 16), raw: vec![] };
+    let mut raw = vec![];
+    let bytes = rewrite_graph(bytes, |graph| strip_graph(bytes, graph, &mut raw))?;
+    Ok(Stripped { bytes, raw })
+}
+
+/// The model in `bytes` with its `graph` field replaced by what `graph` makes of the
+/// graph's payload range, every other field copied as it is.
+pub(super) fn rewrite_graph(bytes: &[u8], mut graph: impl FnMut(Range<usize>) -> Result<Vec<u8>, WireError>) -> Result<Vec<u8>, WireError> {
+    let mut out = Vec::with_capacity(1 << 16);
     let mut r = Reader { b: bytes, pos: 0, end: bytes.len() };
     while !r.done() {
         let (number, wire, start, payload) = r.field()?;
         if number == MODEL_GRAPH && wire == LEN {
-            let graph = strip_graph(bytes, payload, &mut out.raw)?;
-            put_len_key(&mut out.bytes, MODEL_GRAPH, graph.len());
-            out.bytes.extend_from_slice(&graph);
+            let g = graph(payload)?;
+            put_len_key(&mut out, MODEL_GRAPH, g.len());
+            out.extend_from_slice(&g);
         } else {
-            out.bytes.extend_from_slice(&bytes[start..r.pos]);
+            out.extend_from_slice(&bytes[start..r.pos]);
         }
     }
     Ok(out)
