@@ -78,7 +78,8 @@ fn no_matching_adapter_is_a_clear_error_and_auto_falls_back_to_the_cpu() {
     let before = std::env::var("WGPU_ADAPTER_NAME").ok();
     std::env::set_var("WGPU_ADAPTER_NAME", "no-such-adapter-anywhere");
     let err = GpuContext::new().err().map(|e| e.to_string());
-    let fuser = Fuser::new(Backend::Auto);
+    // The bar at 0: `Auto` asks for an adapter even for this small plan.
+    let fuser = Fuser::new(Backend::Auto).auto_gpu_min_source_bytes(0);
     let (g, w) = small_model();
     let fused = fuser.fuse(&g, &w, &FuseOptions::default());
     let gpu_only = Fuser::new(Backend::Gpu).fuse(&g, &w, &FuseOptions::default()).err().map(|e| e.to_string());

@@ -47,10 +47,12 @@ pub struct FileBench {
     pub copy_ms: f64,
     /// `stages_ms / copy_ms`.
     pub ratio_to_copy: f64,
-    /// Median wall time of `repfuse fuse FILE -o OUT --backend cpu` as a child
-    /// process (start-up included), OUT a new file; `None` when the binary is not at
-    /// hand.
+    /// Median wall time of `repfuse fuse FILE -o OUT` as a child process, as a user
+    /// types it (default backend, start-up included), OUT a new file; `None` when the
+    /// binary is not at hand.
     pub command_ms: Option<f64>,
+    /// The backend that command ran, and why (its own report).
+    pub command_backend: Option<String>,
     /// The same with OUT already there: the rename over it makes ext4 start writing
     /// the new file back first (`auto_da_alloc`, kept for crash safety, see
     /// `io/atomic.rs`).
@@ -91,12 +93,12 @@ pub fn bench_file(path: &Path, reps: usize, exe: Option<&Path>) -> Result<FileBe
         },
     )?;
     let stages_ms = read_ms + rewrite_ms + plan_ms + write_ms;
-    let (command_ms, command_replace_ms, command_peak_rss_bytes) = match exe {
+    let (command_ms, command_replace_ms, command_peak_rss_bytes, command_backend) = match exe {
         Some(exe) => {
-            let (new, replace, rss) = command(exe, path, &out, reps)?;
-            (Some(new), Some(replace), rss)
+            let (new, replace, rss, backend) = command(exe, path, &out, reps)?;
+            (Some(new), Some(replace), rss, backend)
         }
-        None => (None, None, None),
+        None => (None, None, None, None),
     };
     Ok(FileBench {
         file: path.display().to_string(),
@@ -110,6 +112,7 @@ pub fn bench_file(path: &Path, reps: usize, exe: Option<&Path>) -> Result<FileBe
         copy_ms,
         ratio_to_copy: stages_ms / copy_ms,
         command_ms,
+        command_backend,
         command_replace_ms,
         command_peak_rss_bytes,
         rss_ratio_to_file: command_peak_rss_bytes.map(|r| r as f64 / bytes_read as f64),
@@ -124,13 +127,15 @@ fn remove(path: &Path) -> Result<()> {
     }
 }
 
-/// Median wall times of `exe fuse path -o out --backend cpu --json`, with `out` new
-/// and with `out` already there, and the largest peak RSS.
-fn command(exe: &Path, path: &Path, out: &Path, reps: usize) -> Result<(f64, f64, Option<u64>)> {
+/// Median wall times of `exe fuse path -o out --json` (the default backend), with
+/// `out` new and with `out` already there, the largest peak RSS, and the backend the
+/// command reported with its reason.
+fn command(exe: &Path, path: &Path, out: &Path, reps: usize) -> Result<(f64, f64, Option<u64>, Option<String>)> {
     let mut rss = None;
+    let mut backend = None;
     let mut run = || {
         let o = std::process::Command::new(exe)
-            .args(["fuse", "--backend", "cpu", "--json", "-q", "-o"])
+            .args(["fuse", "--json", "-q", "-o"])
             .arg(out)
             .arg(path)
             .output()
@@ -140,11 +145,12 @@ fn command(exe: &Path, path: &Path, out: &Path, reps: usize) -> Result<(f64, f64
         }
         let doc: serde_json::Value = serde_json::from_slice(&o.stdout).map_err(|e| Error::Graph(format!("fuse --json: {}", e)))?;
         rss = rss.max(doc["peak_rss_bytes"].as_u64());
+        backend = Some(format!("{}: {}", doc["backend"].as_str().unwrap_or("?"), doc["backend_reason"].as_str().unwrap_or("?")));
         Ok(())
     };
     let new = median_ms_after(reps, || remove(out), &mut run)?;
     let replace = median_ms(reps, &mut run)?;
-    Ok((new, replace, rss))
+    Ok((new, replace, rss, backend))
 }
 
 /// The rewrite's cost at one chain length.

@@ -400,12 +400,16 @@ fn print_files(files: &[crate::bench::e2e::FileBench], scaling: &[crate::bench::
                     format!("{:.1}", f.copy_ms),
                     format!("{:.2}x", f.ratio_to_copy),
                     f.command_ms.map_or("-".into(), |c| format!("{:.1}", c)),
+                    f.command_backend.as_deref().and_then(|b| b.split(':').next()).unwrap_or("-").to_string(),
                     f.command_replace_ms.map_or("-".into(), |c| format!("{:.1}", c)),
                     f.rss_ratio_to_file.map_or("-".into(), |r| format!("{:.2}x", r)),
                 ]
             })
             .collect();
-        table::print(&["file", "MB", "read", "rewrite", "plan", "write", "stages ms", "copy ms", "vs copy", "command ms", "replacing ms", "RSS/file"], &rows);
+        table::print(
+            &["file", "MB", "read", "rewrite", "plan", "write", "stages ms", "copy ms", "vs copy", "command ms", "on", "replacing ms", "RSS/file"],
+            &rows,
+        );
     }
     if !scaling.is_empty() {
         crate::say!("");
