@@ -52,39 +52,36 @@ pub fn execute_plan(plan: &FusionPlan, weights: &Weights) -> Result<HashMap<Stri
 }
 
 /// `execute_plan` that gives memory back as it goes: each source tensor leaves
-/// `weights` after the last dependency level that reads it, unless `keep` says the
-/// deploy graph still names it. For a caller that does not need the training weights
+/// `weights` once the chunk of steps that reads it last has run (a level runs in
+/// chunks of about an eighth of its output bytes), unless `keep` says the deploy
+/// graph still names it. For a caller that does not need the training weights
 /// afterwards (`repfuse fuse` without `--verify`): the peak then holds about one
-/// model's weights, not the sources and the results together. A released source is
-/// checked for NaN/Inf as it goes, so a failure can still name it.
+/// model's weights, not the sources and the results together. Released per level, a
+/// plan of one place per block (RepVGG-A0, MobileOne-S0: two levels) held every
+/// source while it wrote every result. A released source is checked for NaN/Inf as
+/// it goes, so a failure can still name it.
 pub fn execute_plan_releasing(plan: &FusionPlan, weights: &mut Weights, keep: &dyn Fn(&str) -> bool) -> Result<HashMap<String, Tensor>> {
     plan.check_bn_variances(weights)?;
     plan.output_shapes(weights)?;
     let levels = plan.levels();
-    let depth = levels.iter().max().map_or(0, |l| l + 1);
+    let order = run_order(&levels);
     let sources: std::collections::HashSet<&str> = plan.sources().into_iter().collect();
-    let mut release: Vec<Vec<String>> = vec![vec![]; depth];
+    // Each released source at its last reader's place in the run order.
     let mut last: HashMap<&str, usize> = HashMap::new();
-    for (s, &l) in plan.steps.iter().zip(&levels) {
-        for t in s.inputs().into_iter().filter(|t| sources.contains(t)) {
-            let e = last.entry(t).or_insert(l);
-            *e = (*e).max(l);
+    for (at, &i) in order.iter().enumerate() {
+        for t in plan.steps[i].inputs().into_iter().filter(|t| sources.contains(t) && !keep(t)) {
+            last.insert(t, at);
         }
     }
-    for (t, l) in last {
-        if !keep(t) {
-            release[l].push(t.to_string());
-        }
+    let mut release: Vec<Vec<String>> = vec![vec![]; order.len()];
+    for (t, at) in last {
+        release[at].push(t.to_string());
     }
     let mut computed = HashMap::new();
     let mut non_finite: Option<Error> = None;
-    for (level, gone) in release.iter().enumerate() {
-        let ran =
-            run_level(plan, &levels, level, weights, &mut computed).and_then(|_| if level + 1 == depth { check_outputs(plan, &computed) } else { Ok(()) });
-        if let Err(failed) = ran {
-            return Err(non_finite.take().unwrap_or_else(|| plan.check_present_sources(weights).err().unwrap_or(failed)));
-        }
-        let released: Vec<(&str, Tensor)> = gone.iter().filter_map(|t| weights.remove(t).map(|x| (t.as_str(), x))).collect();
+    let mut weights = weights;
+    let ran = run_levels(plan, &order, &levels, &mut weights, &mut computed, RELEASE_CHUNKS, &mut |weights, done| {
+        let released: Vec<(&str, Tensor)> = release[done].iter().flatten().filter_map(|t| weights.remove(t).map(|x| (t.as_str(), x))).collect();
         if non_finite.is_none() {
             // On every core, in blocks (`check_finite`): a scan of the sources one by
             // one was a quarter of the plan inside `repfuse fuse` (RepVGG-A0, 4.2 of
@@ -94,22 +91,31 @@ pub fn execute_plan_releasing(plan: &FusionPlan, weights: &mut Weights, keep: &d
         }
         // Each drop gives the tensor's pages back (a system call): on every core too.
         released.into_par_iter().for_each(drop);
+    })
+    .and_then(|_| check_outputs(plan, &computed));
+    match ran {
+        Ok(()) => Ok(computed),
+        Err(failed) => Err(non_finite.take().unwrap_or_else(|| plan.check_present_sources(weights).err().unwrap_or(failed))),
     }
-    if depth == 0 {
-        check_outputs(plan, &computed)?;
-    }
-    Ok(computed)
 }
+
+/// A releasing executor runs each level in about this many chunks.
+const RELEASE_CHUNKS: usize = 8;
 
 fn run_steps(plan: &FusionPlan, weights: &Weights) -> Result<HashMap<String, Tensor>> {
     let levels = plan.levels();
-    let depth = levels.iter().max().map_or(0, |l| l + 1);
     let mut computed = HashMap::new();
-    for level in 0..depth {
-        run_level(plan, &levels, level, weights, &mut computed)?;
-    }
+    run_levels(plan, &run_order(&levels), &levels, &mut &*weights, &mut computed, 1, &mut |_, _| {})?;
     check_outputs(plan, &computed)?;
     Ok(computed)
+}
+
+/// Step numbers in the order the executor runs them: level by level, plan order
+/// within a level.
+fn run_order(levels: &[usize]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..levels.len()).collect();
+    order.sort_by_key(|&i| levels[i]);
+    order
 }
 
 /// `FusionPlan::check_outputs` but for the place kernels, which `primitives::place`
@@ -126,38 +132,80 @@ fn check_outputs(plan: &FusionPlan, computed: &HashMap<String, Tensor>) -> Resul
     plan.check_outputs_unless(computed, |n| placed.contains(n))
 }
 
-/// Runs the steps of one dependency level, adding their outputs to `computed`. Steps
-/// of one level are independent: they run in parallel (each primitive is itself
-/// parallel over output channels). The level's place kernels, most of a fused
-/// model's bytes, are written straight into one arena (huge pages, see `arena`).
-fn run_level(plan: &FusionPlan, levels: &[usize], level: usize, weights: &Weights, computed: &mut HashMap<String, Tensor>) -> Result<()> {
-    let slots = Slots { source: weights, computed: std::mem::take(computed) };
-    let steps: Vec<&Step> = plan.steps.iter().zip(levels).filter(|(_, l)| **l == level).map(|(s, _)| s).collect();
-    let lens: Vec<Option<usize>> = steps
-        .iter()
-        .map(|s| match s {
-            Step::Place { out_shape, .. } => crate::tensor::checked_numel(out_shape),
-            _ => None,
-        })
-        .collect();
-    let filled = crate::arena::Arena::fill_parallel(&lens, crate::arena::Pages::Keep, |i, dst| run_step(steps[i], &slots, dst));
-    let outputs: Result<Vec<Vec<(String, Tensor)>>> = match filled {
-        Some(f) => f
-            .results
-            .into_iter()
-            .zip(&f.starts)
-            .map(|(o, start)| {
-                let mut o = o?;
-                if let (Some((name, shape)), Some(start)) = (o.in_arena.take(), start) {
-                    o.tensors.push((name, Tensor::in_arena(&f.arena, *start, shape)));
-                }
-                Ok(o.tensors)
+/// Runs `plan`'s steps in `order`, level by level, adding their outputs to
+/// `computed`. Steps of one level are independent: they run in parallel (each
+/// primitive is itself parallel over output channels), in about `chunks` chunks of
+/// the level's output bytes; after each chunk `after(weights, done)` is told which
+/// run-order positions have finished (a releasing executor drops sources there). A
+/// level's place kernels, most of a fused model's bytes, are written straight into
+/// one arena (huge pages, see `arena`), which only takes memory as chunks fill it.
+fn run_levels<W: std::ops::Deref<Target = Weights>>(
+    plan: &FusionPlan,
+    order: &[usize],
+    levels: &[usize],
+    weights: &mut W,
+    computed: &mut HashMap<String, Tensor>,
+    chunks: usize,
+    after: &mut dyn FnMut(&mut W, std::ops::Range<usize>),
+) -> Result<()> {
+    let mut from = 0;
+    while from < order.len() {
+        let level = levels[order[from]];
+        let to = from + order[from..].iter().take_while(|&&i| levels[i] == level).count();
+        let steps: Vec<&Step> = order[from..to].iter().map(|&i| &plan.steps[i]).collect();
+        let lens: Vec<Option<usize>> = steps
+            .iter()
+            .map(|s| match s {
+                Step::Place { out_shape, .. } => crate::tensor::checked_numel(out_shape),
+                _ => None,
             })
-            .collect(),
-        None => steps.par_iter().map(|s| run_step(s, &slots, None).map(|o| o.tensors)).collect(),
-    };
-    *computed = slots.computed;
-    computed.extend(outputs?.into_iter().flatten());
+            .collect();
+        let mut arena = crate::arena::Arena::layout(&lens, crate::arena::Pages::Keep);
+        // Chunk ends: about 1/chunks of the level's output values each, and at least
+        // as many steps as there are threads, so every core has work.
+        let total: usize = lens.iter().flatten().sum();
+        let (mut ends, mut acc) = (vec![], 0usize);
+        for (k, len) in lens.iter().enumerate() {
+            acc += len.unwrap_or(0);
+            let start = ends.last().copied().unwrap_or(0);
+            if chunks > 1 && total > 0 && acc * chunks >= total * (ends.len() + 1) && k + 1 - start >= rayon::current_num_threads() {
+                ends.push(k + 1);
+            }
+        }
+        if ends.last() != Some(&steps.len()) {
+            ends.push(steps.len());
+        }
+        // Outputs written into the arena become tensors once it is whole.
+        let mut placed: Vec<(String, usize, Vec<usize>)> = vec![];
+        let mut outputs: Vec<(String, Tensor)> = vec![];
+        let mut start = 0;
+        for end in ends {
+            let slots = Slots { source: &**weights, computed: std::mem::take(computed) };
+            let chunk = &steps[start..end];
+            let ran: Result<Vec<StepOut>> = match arena.as_mut() {
+                Some((fill, starts)) => {
+                    let dsts = fill.slices(&starts[start..end], &lens[start..end]);
+                    chunk.par_iter().zip(dsts).map(|(s, dst)| run_step(s, &slots, dst)).collect()
+                }
+                None => chunk.par_iter().map(|s| run_step(s, &slots, None)).collect(),
+            };
+            *computed = slots.computed;
+            for (k, mut o) in ran?.into_iter().enumerate() {
+                if let (Some((name, shape)), Some((_, starts))) = (o.in_arena.take(), arena.as_ref()) {
+                    placed.push((name, starts[start + k].expect("a step given a slice has a start"), shape));
+                }
+                outputs.append(&mut o.tensors);
+            }
+            after(weights, from + start..from + end);
+            start = end;
+        }
+        if let Some((fill, _)) = arena {
+            let arena = fill.finish();
+            outputs.extend(placed.into_iter().map(|(name, start, shape)| (name, Tensor::in_arena(&arena, start, shape))));
+        }
+        computed.extend(outputs);
+        from = to;
+    }
     Ok(())
 }
 
