@@ -42,6 +42,17 @@ pub struct Arena {
     /// `SPARE`; a given-back one is unmapped).
     map: Option<memmap2::MmapMut>,
     pages: Pages,
+    /// Ranges of dropped slices, merged (see `release`).
+    freed: Mutex<Vec<Freed>>,
+}
+
+/// A run of neighbouring dropped slices, in f32: `[start, end)`, and how many bytes
+/// of the pages wholly inside it have been given back.
+#[derive(Clone, Copy, Debug)]
+struct Freed {
+    start: usize,
+    end: usize,
+    given: usize,
 }
 
 /// Mappings of dropped arenas, for reuse (see the module doc).
@@ -176,7 +187,7 @@ impl ArenaFill {
 
     /// The filled arena, shared by the tensors that view it.
     pub fn finish(self) -> Arc<Arena> {
-        Arc::new(Arena { map: Some(self.map), pages: self.pages })
+        Arc::new(Arena { map: Some(self.map), pages: self.pages, freed: Mutex::new(vec![]) })
     }
 }
 
@@ -190,22 +201,45 @@ impl Arena {
         self.map().len() / 4
     }
 
-    /// Gives back the pages wholly inside `[start, start + len)` (in f32).
+    /// Marks `[start, start + len)` (in f32) free and gives back the pages wholly
+    /// inside the run of free slices it joins, once that run has at least
+    /// `MIN_RELEASE_BYTES` of them not yet given back. Slices are freed one by one
+    /// and most are smaller than a release is worth (MobileOne-S0's 256x256 1x1
+    /// kernels are 256 KiB, so fewer whole pages), but neighbours in the file go
+    /// together: merged, they give their pages back in a few calls.
     ///
     /// # Safety
     /// No reference into that range may be used afterwards: its pages read as zeros
     /// from now on. `ArenaSlice`'s drop calls it for the slice it alone viewed.
     unsafe fn release(&self, start: usize, len: usize) {
-        if self.pages == Pages::Keep {
+        if self.pages == Pages::Keep || len == 0 {
             return;
         }
-        let (from, to) = ((start * 4).next_multiple_of(PAGE), ((start + len) * 4) / PAGE * PAGE);
-        // Each release is a system call and a TLB shoot-down on every core running
-        // the process: only worth it for a sizeable range.
-        if to >= from + MIN_RELEASE_BYTES {
-            // SAFETY: the caller's contract; a failure only leaves the pages resident.
-            let _ = unsafe { self.map().unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, from, to - from) };
+        let Ok(mut freed) = self.freed.lock() else { return };
+        // Slices sit at multiples of ALIGN: two free runs less than ALIGN apart have
+        // only padding between them (a live slice would start in the gap, and then
+        // reach at least to the next multiple).
+        let at = freed.partition_point(|f| f.end + ALIGN <= start);
+        let mut run = Freed { start, end: start + len, given: 0 };
+        let mut merged = at;
+        while merged < freed.len() && freed[merged].start < run.end + ALIGN {
+            let f = freed[merged];
+            // Interiors of disjoint runs are disjoint pages, all inside the merged
+            // run's interior: what they gave back adds up.
+            run = Freed { start: run.start.min(f.start), end: run.end.max(f.end), given: run.given + f.given };
+            merged += 1;
         }
+        let (from, to) = ((run.start * 4).next_multiple_of(PAGE), (run.end * 4) / PAGE * PAGE);
+        // Each release is a system call and a TLB shoot-down on every core running
+        // the process: only worth it for a sizeable range. The call covers the whole
+        // interior: pages given back before cost the kernel only a page-table walk.
+        if to >= from + run.given + MIN_RELEASE_BYTES {
+            // SAFETY: the caller's contract for this slice; the rest of the run is
+            // slices dropped before, whose callers gave the same promise.
+            let _ = unsafe { self.map().unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, from, to - from) };
+            run.given = to - from;
+        }
+        freed.splice(at..merged, [run]);
     }
 }
 
@@ -278,6 +312,45 @@ mod tests {
         // The last clone goes: tensor 4 shares its first page.
         drop(kept);
         expect(4, &tensors[4]);
+    }
+
+    #[test]
+    fn neighbouring_small_slices_give_their_pages_back_together() {
+        // 16 slices of 64 KiB each (a quarter of MIN_RELEASE_BYTES), then one of 4
+        // MiB (an arena's least): alone none of the small is worth a release,
+        // dropped in turn they are.
+        let small = (64 << 10) / 4;
+        let mut lens = vec![Some(small); 16];
+        lens.push(Some(1 << 20));
+        let (mut fill, starts) = Arena::layout(&lens, Pages::GiveBack).expect("an arena");
+        for slot in fill.slices(&starts, &lens).into_iter().flatten() {
+            slot.fill(1.0);
+        }
+        let arena = fill.finish();
+        let mut tensors: Vec<Option<Tensor>> = starts.iter().zip(&lens).map(|(s, n)| Some(Tensor::in_arena(&arena, s.unwrap(), vec![n.unwrap()]))).collect();
+        // Given back pages read as zeros: look through the mapping itself.
+        let zeros = |k: usize| -> usize {
+            let all: &[f32] = bytemuck::cast_slice(&arena.map()[..]);
+            all[starts[k].unwrap()..starts[k].unwrap() + lens[k].unwrap()].iter().filter(|v| **v == 0.0).count()
+        };
+        // Three slices (192 KiB) dropped: under the bar, nothing given back yet.
+        for t in tensors.iter_mut().take(3) {
+            *t = None;
+        }
+        assert_eq!((0..3).map(zeros).sum::<usize>(), 0);
+        // The fourth joins the run: 256 KiB, given back (all whole pages, here all).
+        tensors[3] = None;
+        assert_eq!((0..4).map(zeros).sum::<usize>(), 4 * small);
+        // Dropped out of order, the next four merge into the run once the gap closes.
+        for k in [5, 6, 7] {
+            tensors[k] = None;
+        }
+        assert_eq!((5..8).map(zeros).sum::<usize>(), 0);
+        tensors[4] = None;
+        assert_eq!((4..8).map(zeros).sum::<usize>(), 4 * small);
+        // Live neighbours keep their values.
+        assert!(tensors[8].as_ref().unwrap().data().iter().all(|v| *v == 1.0));
+        assert!(tensors[16].as_ref().unwrap().data().iter().all(|v| *v == 1.0));
     }
 
     #[test]

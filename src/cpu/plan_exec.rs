@@ -180,7 +180,7 @@ fn run_levels<W: std::ops::Deref<Target = Weights>>(
         let mut outputs: Vec<(String, Tensor)> = vec![];
         let mut start = 0;
         for end in ends {
-            let slots = Slots { source: &**weights, computed: std::mem::take(computed) };
+            let slots = Slots { source: weights, computed: std::mem::take(computed) };
             let chunk = &steps[start..end];
             let ran: Result<Vec<StepOut>> = match arena.as_mut() {
                 Some((fill, starts)) => {
@@ -319,5 +319,36 @@ fn in_step(e: Error, out: &str) -> Error {
         // tensor name, which only the plan knows: the error names the output.
         Error::Tensor { tensor, why } => Error::tensor(out, format!("{}: {}", tensor, why)),
         other => other,
+    }
+}
+
+#[cfg(all(test, feature = "tools"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_releasing_run_splits_large_levels_into_chunks_in_run_order() {
+        // RepVGG-A0: one place per block in the last level, most of the plan's bytes.
+        let (g, w, _) = crate::zoo::build("repvgg_a0", 1, 32, 5).unwrap();
+        let plan = crate::fuse(&g, &crate::FuseOptions::default()).unwrap().plan;
+        let levels = plan.levels();
+        let order = run_order(&levels);
+        let mut chunks = vec![];
+        let mut computed = HashMap::new();
+        run_levels(&plan, &order, &levels, &mut &w, &mut computed, RELEASE_CHUNKS, &mut |_, done| chunks.push(done)).unwrap();
+        // The chunks cover the run order once, in order, each inside one level.
+        assert_eq!(chunks.first().map(|c| c.start), Some(0));
+        assert!(chunks.windows(2).all(|p| p[0].end == p[1].start), "{:?}", chunks);
+        assert_eq!(chunks.last().map(|c| c.end), Some(order.len()));
+        assert!(chunks.iter().all(|c| order[c.clone()].iter().all(|&i| levels[i] == levels[order[c.start]])));
+        let depth = levels.iter().max().unwrap() + 1;
+        assert!(chunks.len() >= depth + RELEASE_CHUNKS / 2, "{} chunks for {} levels: the large level was not split", chunks.len(), depth);
+        // Unchunked, one chunk per level, and the same values.
+        let mut whole = vec![];
+        let mut again = HashMap::new();
+        run_levels(&plan, &order, &levels, &mut &w, &mut again, 1, &mut |_, done| whole.push(done)).unwrap();
+        assert_eq!(whole.len(), depth);
+        assert_eq!(computed.len(), again.len());
+        assert!(computed.iter().all(|(t, x)| again[t] == *x));
     }
 }

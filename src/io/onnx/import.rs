@@ -68,6 +68,13 @@ fn read(path: &Path, bytes: &[u8], mapped: Option<&crate::io::FileBytes>) -> Res
     let stripped = super::wire::strip_initializer_data(bytes).map_err(|e| file_err(format!("not a valid ONNX model (protobuf: {})", e)))?;
     let proto = ModelProto::parse_from_bytes(&stripped.bytes).map_err(|e| file_err(format!("not a valid ONNX model (protobuf: {})", e)))?;
     let g = proto.graph.as_ref().ok_or_else(|| file_err("the model has no graph".into()))?;
+    // The walk above touched every tensor's header, which mapped the pages around
+    // each (most of a model of small tensors): give them all back, so the file is not
+    // resident beside the arena while the weights are decoded (each decode maps its
+    // own bytes again, from the page cache).
+    if let Some(m) = mapped {
+        m.release(0..bytes.len());
+    }
     // protobuf parsing accepts a file cut inside a nested message; a model always
     // declares its opset (written last by exporters) and has nodes and outputs, so
     // their absence means a truncated or foreign file.
@@ -105,17 +112,19 @@ fn read(path: &Path, bytes: &[u8], mapped: Option<&crate::io::FileBytes>) -> Res
             _ => None,
         })
         .collect();
-    // Decoded: a weight's bytes in the map are not needed again here.
-    let release = |i: usize| {
+    // Decoded: a weight's first `read` bytes in the map are not needed again here.
+    let release = |i: usize, read: usize| {
         if let (Some(m), Some(Some(r))) = (mapped, stripped.raw.get(i)) {
-            m.release(r.clone());
+            m.release(r.start..r.start + read.min(r.len()));
         }
     };
     let filled = crate::arena::Arena::fill_parallel(&lens, crate::arena::Pages::GiveBack, |i, slot| {
         slot.map(|out| {
             let t = &g.initializer[i];
-            let d = decode_into(t, raws[i], &mut ExternalData::new(path), out).and_then(|_| float_header(t)).map(|(ft, shape, _)| (ft, shape));
-            release(i);
+            let d = decode_into(t, raws[i], &mut ExternalData::new(path), out, &mut |read| release(i, read))
+                .and_then(|_| float_header(t))
+                .map(|(ft, shape, _)| (ft, shape));
+            release(i, usize::MAX);
             d
         })
     });
@@ -139,7 +148,7 @@ fn read(path: &Path, bytes: &[u8], mapped: Option<&crate::io::FileBytes>) -> Res
                 .map(|(i, (t, raw))| {
                     in_arena(t, raw).then(|| {
                         let d = decode_with(t, *raw, &mut ExternalData::new(path)).map(|(ft, shape, data)| (ft, Tensor::from_parts(shape, data)));
-                        release(i);
+                        release(i, usize::MAX);
                         d
                     })
                 })
