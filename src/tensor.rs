@@ -59,8 +59,15 @@ impl Tensor {
     /// `None` for any other rank.
     pub(crate) fn transposed_2d(&self) -> Option<Tensor> {
         let [r, c] = <[usize; 2]>::try_from(self.shape()).ok()?;
+        Some(Tensor::from_parts(vec![c, r], self.transposed_2d_values(0..c * r)?.collect()))
+    }
+
+    /// Values `range` (flat indices of the `[c, r]` result) of a 2-D tensor `[r, c]`
+    /// transposed, without building the rest; `None` for any other rank.
+    pub(crate) fn transposed_2d_values(&self, range: std::ops::Range<usize>) -> Option<impl Iterator<Item = f32> + '_> {
+        let [r, c] = <[usize; 2]>::try_from(self.shape()).ok()?;
         let d = self.data();
-        Some(Tensor::from_parts(vec![c, r], (0..c * r).map(|k| d[(k % r) * c + k / r]).collect()))
+        Some(range.map(move |k| d[(k % r) * c + k / r]))
     }
 
     /// Builds a tensor from data already known to match the shape (internal callers).

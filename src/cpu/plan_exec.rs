@@ -53,7 +53,7 @@ pub fn execute_plan(plan: &FusionPlan, weights: &Weights) -> Result<HashMap<Stri
 
 /// `execute_plan` that gives memory back as it goes: each source tensor leaves
 /// `weights` once the chunk of steps that reads it last has run (a level runs in
-/// chunks of about an eighth of its output bytes), unless `keep` says the deploy
+/// chunks of about an eighth of the values it reads), unless `keep` says the deploy
 /// graph still names it. For a caller that does not need the training weights
 /// afterwards (`repfuse fuse` without `--verify`): the peak then holds about one
 /// model's weights, not the sources and the results together. Released per level, a
@@ -135,7 +135,7 @@ fn check_outputs(plan: &FusionPlan, computed: &HashMap<String, Tensor>) -> Resul
 /// Runs `plan`'s steps in `order`, level by level, adding their outputs to
 /// `computed`. Steps of one level are independent: they run in parallel (each
 /// primitive is itself parallel over output channels), in about `chunks` chunks of
-/// the level's output bytes; after each chunk `after(weights, done)` is told which
+/// the values the level reads; after each chunk `after(weights, done)` is told which
 /// run-order positions have finished (a releasing executor drops sources there). A
 /// level's place kernels, most of a fused model's bytes, are written straight into
 /// one arena (huge pages, see `arena`), which only takes memory as chunks fill it.
@@ -161,12 +161,16 @@ fn run_levels<W: std::ops::Deref<Target = Weights>>(
             })
             .collect();
         let mut arena = crate::arena::Arena::layout(&lens, crate::arena::Pages::Keep);
-        // Chunk ends: about 1/chunks of the level's output values each, and at least
-        // as many steps as there are threads, so every core has work.
-        let total: usize = lens.iter().flatten().sum();
+        // Chunk ends: about 1/chunks of the values the level reads each (a step's
+        // output is about the size of what it reads: a place's sources, a BN fold's
+        // kernel), and at least as many steps as there are threads, so every core has
+        // work. LeViT-128S's first level is fifty Linear+BN folds and nothing else.
+        let reads: Vec<usize> =
+            steps.iter().map(|s| s.inputs().into_iter().filter_map(|t| computed.get(t).or_else(|| weights.get(t).ok())).map(Tensor::numel).sum()).collect();
+        let total: usize = reads.iter().sum();
         let (mut ends, mut acc) = (vec![], 0usize);
-        for (k, len) in lens.iter().enumerate() {
-            acc += len.unwrap_or(0);
+        for (k, read) in reads.iter().enumerate() {
+            acc += read;
             let start = ends.last().copied().unwrap_or(0);
             if chunks > 1 && total > 0 && acc * chunks >= total * (ends.len() + 1) && k + 1 - start >= rayon::current_num_threads() {
                 ends.push(k + 1);

@@ -125,26 +125,47 @@ pub fn onnx_bytes(src: Option<&OnnxModel>, graph: &Graph, weights: &Weights) -> 
 enum Payload<'a> {
     /// f32 values, written as the given float type.
     Floats(&'a [f32], FloatType),
-    /// A tensor the writer computed (a transposed weight), written as the given type.
-    Owned(crate::tensor::Tensor, FloatType),
+    /// A 2-D tensor written transposed (a token-wise Linear's weight as MatMul reads
+    /// it), as the given type: transposed block by block while it is written, not
+    /// copied whole beforehand (LeViT-128S's linears are most of its 31 MB, and the
+    /// copies had made the write the command's peak).
+    Transposed(&'a crate::tensor::Tensor, FloatType),
     /// Already in the header (a non-float tensor carried as read).
     InHeader,
 }
 
 impl Payload<'_> {
+    /// Bytes of values after the header.
     fn len(&self) -> usize {
-        self.floats().map_or(0, |(d, ft)| float_bytes(d.len(), ft))
+        match self {
+            Payload::Floats(d, ft) => float_bytes(d.len(), *ft),
+            Payload::Transposed(t, ft) => float_bytes(t.numel(), *ft),
+            Payload::InHeader => 0,
+        }
     }
 
-    /// The values to write after the header, and their type in the file.
-    fn floats(&self) -> Option<(&[f32], FloatType)> {
+    /// Writes the values (nothing for `InHeader`).
+    fn write_to(&self, w: &mut dyn std::io::Write) -> std::io::Result<()> {
         match self {
-            Payload::Floats(d, ft) => Some((d, *ft)),
-            Payload::Owned(t, ft) => Some((t.data(), *ft)),
-            Payload::InHeader => None,
+            Payload::Floats(d, ft) => write_floats(w, d, *ft),
+            Payload::Transposed(t, ft) => {
+                let n = t.numel();
+                let mut block = Vec::with_capacity(n.min(TRANSPOSE_BLOCK));
+                for start in (0..n).step_by(TRANSPOSE_BLOCK) {
+                    block.clear();
+                    // 2-D by construction (`build_parts` checked the shape).
+                    block.extend(t.transposed_2d_values(start..(start + TRANSPOSE_BLOCK).min(n)).into_iter().flatten());
+                    write_floats(w, &block, *ft)?;
+                }
+                Ok(())
+            }
+            Payload::InHeader => Ok(()),
         }
     }
 }
+
+/// Values a transposed payload is written in at a time.
+const TRANSPOSE_BLOCK: usize = 1 << 14;
 
 /// The model to write, checked and split the way it is streamed: the model without
 /// its graph, the graph without its initializers, the initializers as headers (name,
@@ -185,13 +206,11 @@ impl Parts<'_> {
             wire::put_len_key(&mut key, init_field, body(h, p));
             w.write_all(&key).map_err(io)?;
             w.write_all(h).map_err(io)?;
-            if let Some((data, ft)) = p.floats() {
-                if data_len(p) > 0 {
-                    key.clear();
-                    wire::put_len_key(&mut key, raw_field, p.len());
-                    w.write_all(&key).map_err(io)?;
-                    write_floats(w, data, ft).map_err(io)?;
-                }
+            if data_len(p) > 0 {
+                key.clear();
+                wire::put_len_key(&mut key, raw_field, p.len());
+                w.write_all(&key).map_err(io)?;
+                p.write_to(w).map_err(io)?;
             }
         }
         Ok(())
@@ -254,10 +273,10 @@ fn build_parts<'a>(src: Option<&OnnxModel>, graph: &Graph, weights: &'a Weights)
             continue; // a weight two token-wise layers share: one transposed copy
         }
         let w = weights.get(t.weight)?;
-        let wt = w.transposed_2d().ok_or_else(|| Error::tensor(t.weight, format!("a Linear weight of shape {:?}", w.shape())))?;
+        let &[r, c] = w.shape() else { return Err(Error::tensor(t.weight, format!("a Linear weight of shape {:?}", w.shape()))) };
         let ft = src.and_then(|m| m.dtypes.get(t.weight)).copied().unwrap_or(default_type);
-        g.initializer.push(header(&t.transposed, wt.shape(), ft));
-        payloads.push(Payload::Owned(wt, ft));
+        g.initializer.push(header(&t.transposed, &[c, r], ft));
+        payloads.push(Payload::Transposed(w, ft));
     }
     // Old-IR models list initializers as graph inputs; drop those we fused away.
     if let Some(m) = src {
@@ -325,9 +344,9 @@ pub fn write_onnx_with(src: Option<&OnnxModel>, graph: &Graph, weights: &Weights
         let io = |e: std::io::Error| Error::Io { path: data_path.clone(), source: e };
         let mut at = 0usize;
         for (p, off) in parts.payloads.iter().zip(&offsets) {
-            if let (Some((d, ft)), Some(off)) = (p.floats(), off) {
+            if let Some(off) = off {
                 w.write_all(&vec![0u8; off - at]).map_err(io)?;
-                write_floats(w, d, ft).map_err(io)?;
+                p.write_to(w).map_err(io)?;
                 at = off + p.len();
             }
         }
@@ -346,4 +365,33 @@ pub fn op_counts(bytes: &[u8]) -> Result<BTreeMap<String, usize>> {
         *h.entry(n.op_type.clone()).or_insert(0) += 1;
     }
     Ok(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::Tensor;
+
+    /// A transposed payload, written block by block, must give the bytes of the
+    /// whole transposed tensor: across block ends (a size that is not a multiple of
+    /// the block) and in every float type.
+    #[test]
+    fn a_transposed_payload_writes_the_transposed_tensor_across_block_ends() {
+        let (r, c) = (131, 127); // 16637 values: one full block and a partial one
+        assert!(r * c > TRANSPOSE_BLOCK && (r * c) % TRANSPOSE_BLOCK != 0);
+        let w = Tensor::from_parts(vec![r, c], (0..r * c).map(|k| k as f32 * 0.25 - 7.0).collect());
+        let whole = w.transposed_2d().unwrap();
+        assert_eq!(whole.shape(), &[c, r]);
+        for (i, j) in [(0, 0), (0, c - 1), (r - 1, 0), (57, 93), (r - 1, c - 1)] {
+            assert_eq!(whole.data()[j * r + i], w.data()[i * c + j], "element ({i}, {j})");
+        }
+        for ft in [FloatType::F32, FloatType::F16, FloatType::BF16] {
+            let (mut streamed, mut expected) = (vec![], vec![]);
+            let p = Payload::Transposed(&w, ft);
+            p.write_to(&mut streamed).unwrap();
+            write_floats(&mut expected, whole.data(), ft).unwrap();
+            assert_eq!(streamed.len(), p.len(), "{ft:?}: payload length");
+            assert!(streamed == expected, "{ft:?}: streamed bytes differ from the whole transpose");
+        }
+    }
 }
