@@ -339,7 +339,10 @@ mod tests {
         let order = run_order(&levels);
         let mut chunks = vec![];
         let mut computed = HashMap::new();
-        run_levels(&plan, &order, &levels, &mut &w, &mut computed, RELEASE_CHUNKS, &mut |_, done| chunks.push(done)).unwrap();
+        // A chunk holds at least one step per thread: two threads (this machine and CI),
+        // so the count below does not depend on the host's cores.
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        pool.install(|| run_levels(&plan, &order, &levels, &mut &w, &mut computed, RELEASE_CHUNKS, &mut |_, done| chunks.push(done))).unwrap();
         // The chunks cover the run order once, in order, each inside one level.
         assert_eq!(chunks.first().map(|c| c.start), Some(0));
         assert!(chunks.windows(2).all(|p| p[0].end == p[1].start), "{:?}", chunks);
