@@ -36,7 +36,15 @@ def save_st(path, tensors):
     h = json.dumps(head).encode(); h += b" " * ((8 - len(h) % 8) % 8)
     open(path, "wb").write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
 
+# REPFUSE_EXPORTER=dynamo: what a user gets from a plain `torch.onnx.export(model.eval(),
+# (x,), path)` on torch 2.15 (dynamo and its optimizer, BN already folded into convs);
+# the default is the TorchScript exporter with the BNs kept as trained.
+EXPORTER = os.environ.get("REPFUSE_EXPORTER", "torchscript")
+
 def export(model, x, path):
+    if EXPORTER == "dynamo":
+        torch.onnx.export(model, (x,), path)
+        return
     torch.onnx.export(model, (x,), path, dynamo=False, opset_version=17, training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False, input_names=["input"], output_names=["output"])
 
 for name in sys.argv[1:]:
