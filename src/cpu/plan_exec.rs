@@ -164,7 +164,12 @@ fn run_levels<W: std::ops::Deref<Target = Weights>>(
         // Chunk ends: about 1/chunks of the values the level reads each (a step's
         // output is about the size of what it reads: a place's sources, a BN fold's
         // kernel), and at least as many steps as there are threads, so every core has
-        // work. LeViT-128S's first level is fifty Linear+BN folds and nothing else.
+        // work (LeViT-128S's first level is fifty Linear+BN folds and nothing else),
+        // but never more than a `chunks`-th of the level's steps: on a many-core host
+        // RepVGG-A0's place level (22 steps) would otherwise be one chunk and keep
+        // every source alive to its end. Each primitive is itself parallel over
+        // output channels, so a chunk of fewer steps than cores still fills them.
+        let floor = rayon::current_num_threads().min(steps.len().div_ceil(chunks.max(1))).max(1);
         let reads: Vec<usize> =
             steps.iter().map(|s| s.inputs().into_iter().filter_map(|t| computed.get(t).or_else(|| weights.get(t).ok())).map(Tensor::numel).sum()).collect();
         let total: usize = reads.iter().sum();
@@ -172,7 +177,7 @@ fn run_levels<W: std::ops::Deref<Target = Weights>>(
         for (k, read) in reads.iter().enumerate() {
             acc += read;
             let start = ends.last().copied().unwrap_or(0);
-            if chunks > 1 && total > 0 && acc * chunks >= total * (ends.len() + 1) && k + 1 - start >= rayon::current_num_threads() {
+            if chunks > 1 && total > 0 && acc * chunks >= total * (ends.len() + 1) && k + 1 - start >= floor {
                 ends.push(k + 1);
             }
         }
@@ -339,17 +344,23 @@ mod tests {
         let order = run_order(&levels);
         let mut chunks = vec![];
         let mut computed = HashMap::new();
-        // A chunk holds at least one step per thread: two threads (this machine and CI),
-        // so the count below does not depend on the host's cores.
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
-        pool.install(|| run_levels(&plan, &order, &levels, &mut &w, &mut computed, RELEASE_CHUNKS, &mut |_, done| chunks.push(done))).unwrap();
+        // A chunk holds at least one step per thread, capped at an eighth of the
+        // level: with 2 threads (this machine, CI) and with 32 (a GPU host) the large
+        // level must split, so the count does not depend on the host's cores.
+        let mut many = vec![];
+        for (threads, chunks, computed) in [(32, &mut many, &mut HashMap::new()), (2, &mut chunks, &mut computed)] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| run_levels(&plan, &order, &levels, &mut &w, computed, RELEASE_CHUNKS, &mut |_, done| chunks.push(done))).unwrap();
+        }
         // The chunks cover the run order once, in order, each inside one level.
         assert_eq!(chunks.first().map(|c| c.start), Some(0));
         assert!(chunks.windows(2).all(|p| p[0].end == p[1].start), "{:?}", chunks);
         assert_eq!(chunks.last().map(|c| c.end), Some(order.len()));
         assert!(chunks.iter().all(|c| order[c.clone()].iter().all(|&i| levels[i] == levels[order[c.start]])));
         let depth = levels.iter().max().unwrap() + 1;
-        assert!(chunks.len() >= depth + RELEASE_CHUNKS / 2, "{} chunks for {} levels: the large level was not split", chunks.len(), depth);
+        for c in [&chunks, &many] {
+            assert!(c.len() >= depth + RELEASE_CHUNKS / 2, "{} chunks for {} levels: the large level was not split", c.len(), depth);
+        }
         // Unchunked, one chunk per level, and the same values.
         let mut whole = vec![];
         let mut again = HashMap::new();
