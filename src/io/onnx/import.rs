@@ -177,17 +177,10 @@ fn read(path: &Path, bytes: &[u8], mapped: Option<&crate::io::FileBytes>) -> Res
         }
     }
     let mut skip: HashSet<usize> = HashSet::new();
+    let declared = super::const_fold::declared_types(g);
     for (k, n) in g.node.iter().enumerate() {
         if skip.contains(&k) {
             continue;
-        }
-        if n.op_type == "Constant" && n.domain.is_empty() {
-            if let Some(t) = attrs::get(n, "value").and_then(|a| a.t.as_ref()) {
-                let mut t = t.clone();
-                t.name = n.output.first().cloned().unwrap_or_default();
-                st.add_initializer(&t, None, None, &mut ext).map_err(&in_file)?;
-                continue;
-            }
         }
         // Read through Identity aliases before looking at the node: PyTorch stores equal
         // initializers once and makes the others with Identity, so a Conv's bias or a
@@ -204,6 +197,15 @@ fn read(path: &Path, bytes: &[u8], mapped: Option<&crate::io::FileBytes>) -> Res
         } else {
             n
         };
+        // Constants, and constants computed from constants (a conv's zero bias, as
+        // torch's unoptimized export writes it), become initializers; a graph output
+        // stays a node's.
+        if !n.output.first().is_some_and(|o| st.graph.outputs.contains(o)) {
+            if let Some(t) = super::const_fold::fold(n, &Folding { st: &st, declared: &declared }) {
+                st.add_initializer(&t, None, None, &mut ext).map_err(&in_file)?;
+                continue;
+            }
+        }
         // MatMul(x, W) + Add(b) is a Linear with bias when nothing else reads the product.
         let fused_add = (n.op_type == "MatMul").then(|| matmul_bias(g.node.as_slice(), k, &consumers, &st)).flatten();
         let used_add = st.import_node(n, k, fused_add.as_ref().map(|(j, b)| (&g.node[*j], b.clone()))).map_err(&in_file)?;
@@ -455,6 +457,34 @@ impl OnnxImport<'_> {
     /// The name of the transpose of 2-D float initializer `name`, added once.
     pub fn transposed(&mut self, name: &str) -> Option<String> {
         self.st.transposed(name)
+    }
+}
+
+/// The reader's constants as `const_fold` asks for them: float initializers (small
+/// enough to fold), integer initializers, and the element types the file declares.
+struct Folding<'a> {
+    st: &'a State,
+    declared: &'a HashMap<&'a str, i32>,
+}
+
+impl super::const_fold::Constants for Folding<'_> {
+    fn constant(&self, name: &str) -> Option<super::const_fold::Const> {
+        use super::const_fold::{int_values, Const, Values, MAX_FOLDED};
+        if let Ok(t) = self.st.weights.get(name) {
+            let ft = self.st.dtypes.get(name).copied()?;
+            return (t.numel() <= MAX_FOLDED).then(|| Const { shape: t.shape().to_vec(), values: Values::Float(t.data().to_vec(), ft) });
+        }
+        let t = self.st.passthrough.get(name)?;
+        Some(Const { shape: dims(t).ok()?, values: Values::Int(int_values(t)?, t.data_type) })
+    }
+
+    fn initializer_shape(&self, name: &str) -> Option<&[usize]> {
+        self.st.graph.params.get(name).map(Vec::as_slice)
+    }
+
+    fn elem_type(&self, name: &str) -> Option<i32> {
+        let initializer = || self.st.dtypes.get(name).map(|ft| ft.onnx() as i32).or_else(|| self.st.passthrough.get(name).map(|t| t.data_type));
+        self.declared.get(name).copied().or_else(initializer)
     }
 }
 

@@ -5,6 +5,7 @@
 mod arith;
 pub(crate) mod attrs;
 mod check;
+mod const_fold;
 mod export;
 mod import;
 mod matmul;

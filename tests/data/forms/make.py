@@ -110,3 +110,25 @@ g.save("unfusable_scale_and_broadcast", y, [1, C, H, H], {"Conv": 1, "Mul": 1, "
 g = G([1, C, H, H])
 y = g.op("Sub", [g.init("c", rng.normal(0, 1, (C, 1, 1))), g.conv("input", C, C, 3)])
 g.save("const_minus_conv", y, [1, C, H, H], {"Conv": 1, "Sub": 0})
+
+# torch's dynamo exporter without its optimizer (`optimize=False`) gives a bias-free
+# conv the bias Expand(CastLike(0.0, input), Expand(Shape(weight)[0:1], [1])), with
+# Constant nodes in their `value_ints` form. A RepVGG block written that way must fuse
+# as if the conv had no bias input.
+def dynamo_conv(g, x, cin, cout, k):
+    w = g.init("w", rng.normal(0, 0.3, (cout, cin, k, k)))
+    s = g.op("Shape", [w], start=0, end=1)
+    one = g.name("one")
+    g.nodes.append(helper.make_node("Constant", [], [one], name=one, value_ints=[1]))
+    s = g.op("Expand", [s, one])
+    zero = g.name("zero")
+    g.nodes.append(helper.make_node("Constant", [], [zero], name=zero, value=numpy_helper.from_array(np.array(0.0, np.float32))))
+    b = g.op("Expand", [g.op("CastLike", [zero, "input"]), s])
+    return g.op("Conv", [x, w, b], kernel_shape=[k, k], pads=[k // 2] * 4)
+
+
+g = G([1, C, H, H])
+a = g.bn(dynamo_conv(g, "input", C, C, 3), C)
+b = g.bn(dynamo_conv(g, "input", C, C, 1), C)
+y = g.op("Relu", [g.op("Add", [g.op("Add", [a, b]), g.bn("input", C)])])
+g.save("dynamo_unoptimized_zero_bias", y, [1, C, H, H], {"Conv": 1, "BatchNormalization": 0, "Add": 0, "Shape": 0, "Expand": 0, "CastLike": 0, "Constant": 0})
