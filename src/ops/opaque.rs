@@ -146,10 +146,9 @@ impl OpDef for Opaque {
         if ELEMENTWISE.contains(&self.op_type.as_str()) {
             return Ok(broadcast(ins));
         }
-        Ok(match &self.shape_hint {
-            Some(h) if ins.len() == 1 => h.apply(ins[0]),
-            _ => None,
-        })
+        // A hint is about input 0; any other input is what the reader read the hint
+        // from (a reduction's constant axes).
+        Ok(self.shape_hint.as_ref().and_then(|h| h.apply(ins[0])))
     }
 
     fn forward_cpu(&self, n: &Node, _ins: &[&Tensor], _w: &Weights) -> Result<Tensor> {

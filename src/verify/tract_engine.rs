@@ -57,13 +57,30 @@ fn engine_err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Unsupported { node: what.to_string(), why: format!("the ONNX engine (tract) cannot run this model: {:#}", e) }
 }
 
+/// An ONNX dimension with a fixed size (not a symbol, not unknown).
+fn is_fixed(d: &tract_onnx::pb::tensor_shape_proto::Dimension) -> bool {
+    matches!(d.value, Some(tract_onnx::pb::tensor_shape_proto::dimension::Value::DimValue(v)) if v > 0)
+}
+
 fn parse(
     bytes: &[u8],
     dir: Option<&Path>,
     inputs: &[ValueInfo],
 ) -> Result<(tract_onnx::prelude::InferenceModel, HashMap<String, tract_onnx::prelude::OutletId>, Vec<String>)> {
-    let onnx = tract_onnx::onnx();
-    let proto = onnx.proto_model_for_read(&mut &bytes[..]).map_err(|e| engine_err("model", e))?;
+    let proto = tract_onnx::onnx().proto_model_for_read(&mut &bytes[..]).map_err(|e| engine_err("model", e))?;
+    // A graph input with a symbolic dimension is fixed to `inputs`' concrete shape
+    // below. Exporters declare the intermediate and output shapes with the same
+    // symbol (torch's dynamo exporter: value_info `["batch", 36, 28, 28]`), which
+    // the engine would hold against the fixed input ("cannot unify batch with 1")
+    // or keep symbolic past the ops it cannot follow otherwise (a Resize sized by
+    // `Shape`, in GhostNetV3): such a model's declarations are left out.
+    let symbolic = proto.graph.as_ref().is_some_and(|g| {
+        g.input.iter().any(|i| match i.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+            Some(tract_onnx::pb::type_proto::Value::TensorType(t)) => t.shape.as_ref().is_some_and(|s| s.dim.iter().any(|d| !is_fixed(d))),
+            None => false,
+        })
+    });
+    let onnx = tract_onnx::onnx().with_ignore_value_info(symbolic).with_ignore_output_shapes(symbolic);
     let out_names: Vec<String> = proto.graph.as_ref().map(|g| g.output.iter().map(|o| o.name.clone()).collect()).unwrap_or_default();
     let in_types: HashMap<String, i32> = proto
         .graph

@@ -367,11 +367,18 @@ impl State {
             }
             _ => {
                 let payload = n.write_to_bytes().map_err(|e| Error::unsupported(&name, format!("cannot re-encode node: {}", e)))?;
-                // Reductions with their axes as an attribute (opset < 18) and Flatten
-                // keep a known shape.
+                // Reductions and Flatten keep a known shape. A reduction's axes are an
+                // attribute before opset 18 and a constant input from it (torch's
+                // dynamo exporter: every squeeze-excite's ReduceMean), whose shape
+                // past it the engine cannot prove when the batch is symbolic.
                 let shape_hint = match n.op_type.as_str() {
-                    t if t.starts_with("Reduce") && data_inputs.len() == 1 => {
-                        attrs::ints(n, "axes").map(|axes| crate::graph::ShapeHint::Reduce { axes, keepdims: attrs::int(n, "keepdims", 1) != 0 })
+                    t if t.starts_with("Reduce") => {
+                        let axes = match data_inputs.as_slice() {
+                            [_] => attrs::ints(n, "axes"),
+                            [_, axes] => self.passthrough.get(axes).and_then(super::const_fold::int_values).filter(|a| !a.is_empty()),
+                            _ => None,
+                        };
+                        axes.map(|axes| crate::graph::ShapeHint::Reduce { axes, keepdims: attrs::int(n, "keepdims", 1) != 0 })
                     }
                     "Flatten" => Some(crate::graph::ShapeHint::Flatten { axis: attrs::int(n, "axis", 1) }),
                     _ => None,
@@ -491,4 +498,32 @@ impl super::const_fold::Constants for Folding<'_> {
 enum KnownOp {
     Op(Op, Vec<String>),
     Alias,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::ShapeHint;
+
+    /// A reduction whose axes are a constant input (opset 18, torch's dynamo
+    /// exporter) keeps a known output shape without the engine's analysis: the hint
+    /// is read from the initializer and applies with that second input present.
+    #[test]
+    fn a_reduction_with_constant_axes_as_an_input_keeps_its_shape() {
+        let mut st = State::default();
+        let mut axes = TensorProto::new();
+        axes.name = "axes".into();
+        axes.dims = vec![2];
+        axes.data_type = onnx_protobuf::tensor_proto::DataType::INT64 as i32;
+        axes.raw_data = [2i64, 3].iter().flat_map(|v| v.to_le_bytes()).collect();
+        st.add_initializer(&axes, None, None, &mut ExternalData::new(Path::new(""))).unwrap();
+        st.graph.inputs.push(ValueInfo { name: "x".into(), shape: vec![2, 4, 5, 5] });
+        let mut n = attrs::node_proto("mean", "ReduceMean", vec!["x".into(), "axes".into()], vec!["m".into()]);
+        n.attribute.push(attrs::make_int("keepdims", 1));
+        st.import_node(&n, 0, None).unwrap();
+        let Op::Opaque(o) = &st.graph.nodes[0].op else { panic!("ReduceMean is carried: {:?}", st.graph.nodes[0].op) };
+        assert_eq!(o.shape_hint, Some(ShapeHint::Reduce { axes: vec![2, 3], keepdims: true }));
+        let shapes = crate::graph::infer_shapes_seeded(&st.graph, Default::default()).unwrap();
+        assert_eq!(shapes.get("m"), Some(&vec![2, 4, 1, 1]));
+    }
 }

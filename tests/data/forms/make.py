@@ -132,3 +132,30 @@ a = g.bn(dynamo_conv(g, "input", C, C, 3), C)
 b = g.bn(dynamo_conv(g, "input", C, C, 1), C)
 y = g.op("Relu", [g.op("Add", [g.op("Add", [a, b]), g.bn("input", C)])])
 g.save("dynamo_unoptimized_zero_bias", y, [1, C, H, H], {"Conv": 1, "BatchNormalization": 0, "Add": 0, "Shape": 0, "Expand": 0, "CastLike": 0, "Constant": 0})
+
+# A dynamic batch as torch's dynamo exporter writes it (opset 18): the input's batch
+# is the symbol `batch`, every intermediate shape is declared in value_info with that
+# symbol, a squeeze-excite's ReduceMean takes its axes as an input, and its gate is
+# resized to the feature map by sizes computed with Shape (GhostNetV3's DFC
+# attention). The RepVGG block after the gate fuses only if the shapes past the
+# carried Resize are known for the fixed batch of 1.
+def repvgg(g, x, c):
+    a = g.bn(g.conv(x, c, c, 3), c)
+    b = g.bn(g.conv(x, c, c, 1), c)
+    return g.op("Add", [g.op("Add", [a, b]), g.bn(x, c)])
+
+
+g = G(["batch", C, H, H])
+r = g.op("Relu", [repvgg(g, "input", C)])
+m = g.op("ReduceMean", [r, g.init("axes", [2, 3], np.int64)], keepdims=1)
+gate = g.op("Sigmoid", [g.conv(m, C, C, 1)])
+sizes = g.op("Concat", [g.op("Shape", [gate], start=0, end=2), g.init("hw", [H, H], np.int64)], axis=0)
+up = g.op("Resize", [gate, "", "", sizes], mode="nearest")
+y = repvgg(g, g.op("Mul", [r, up]), C)
+graph = helper.make_graph(g.nodes, "dynamic_batch_se_resize", [helper.make_tensor_value_info("input", TensorProto.FLOAT, g.shape)], [helper.make_tensor_value_info(y, TensorProto.FLOAT, ["batch", C, H, H])], g.inits)
+model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+model.ir_version = 8
+assert any(d.dim_param == "batch" for v in model.graph.value_info for d in v.type.tensor_type.shape.dim), "value_info carries the batch symbol"
+onnx.checker.check_model(model, full_check=True)
+onnx.save(model, os.path.join(HERE, "dynamic_batch_se_resize.onnx"))
+json.dump({"Conv": 3, "BatchNormalization": 0, "Add": 0}, open(os.path.join(HERE, "dynamic_batch_se_resize.json"), "w"), indent=1)
