@@ -244,6 +244,7 @@ fn build_parts<'a>(src: Option<&OnnxModel>, graph: &Graph, weights: &'a Weights)
             None => g.node.extend(to_protos(n)?),
         }
     }
+    drop_orphans(g, graph);
     // Only what the written nodes read (a stand-in batch norm written back as its
     // source node reads the source's constant, not the stand-in's parameters).
     let read: BTreeSet<String> = g.node.iter().flat_map(|n| n.input.iter().cloned()).chain(g.output.iter().map(|o| o.name.clone())).collect();
@@ -287,6 +288,25 @@ fn build_parts<'a>(src: Option<&OnnxModel>, graph: &Graph, weights: &'a Weights)
     let mut graph = proto.graph.take().expect("base_proto makes a graph");
     let inits = std::mem::take(&mut graph.initializer);
     Ok(Parts { head: proto, graph, inits, payloads })
+}
+
+/// Drops the written nodes that only fed nodes the writer folded away: every output
+/// is read in `graph` but by no written node (the shape a token-wise Reshape read,
+/// once the chain is written as MatMul + Add), repeatedly. A node the source model
+/// itself left unread is not ours to drop and stays.
+fn drop_orphans(g: &mut onnx_protobuf::GraphProto, graph: &Graph) {
+    let read_in_ir: BTreeSet<&str> = graph.nodes.iter().flat_map(|n| n.inputs.iter().map(String::as_str)).collect();
+    loop {
+        let read: BTreeSet<&str> = g.node.iter().flat_map(|n| n.input.iter().map(String::as_str)).chain(g.output.iter().map(|o| o.name.as_str())).collect();
+        let orphan =
+            |n: &NodeProto| n.output.iter().all(|o| o.is_empty() || (read_in_ir.contains(o.as_str()) && !read.contains(o.as_str()) && !subgraph_reads(g, o)));
+        let keep: Vec<bool> = g.node.iter().map(|n| !orphan(n)).collect();
+        if keep.iter().all(|&k| k) {
+            return;
+        }
+        let mut k = keep.into_iter();
+        g.node.retain(|_| k.next().unwrap_or(true));
+    }
 }
 
 /// Whether a subgraph (If/Loop/Scan body) of any node reads `name`.

@@ -218,7 +218,7 @@ fn read(path: &Path, bytes: &[u8], mapped: Option<&crate::io::FileBytes>) -> Res
     // not needed. Again after it, for the constants it proves (`sigmoid(alpha)`).
     super::arith::lift_constant_arith(&mut st.graph, &mut st.weights, &mut st.dtypes).map_err(&in_file)?;
     super::static_shapes::fold_static_shapes(bytes, path, &mut st.graph, &mut st.weights, &mut st.dtypes, &mut st.passthrough, dynamic_dims.is_empty());
-    super::matmul::lift_token_linears(&mut st.graph, &mut st.weights, &mut st.dtypes);
+    super::matmul::lift_token_linears(&mut st.graph, &mut st.weights, &mut st.dtypes, &mut st.passthrough, opset.unwrap_or(0));
     super::arith::lift_constant_arith(&mut st.graph, &mut st.weights, &mut st.dtypes).map_err(&in_file)?;
     let float_type = st.dtypes.values().next().copied().unwrap_or(FloatType::F32);
     tracing::info!(path = %path.display(), nodes = st.graph.nodes.len(), weights = st.weights.len(), opset = ?opset, "read ONNX");

@@ -9,16 +9,41 @@
 //! flattened output is `[M, O]`, every axis between the flatten axis and the last has
 //! size 1, and flattening the input at the same axis gives `[M, I]` rows in the same
 //! order. The weight must be a constant (an initializer, or a Transpose of one).
+//!
+//! With a dynamic batch, TorchScript's export also reads the product's shape for
+//! `reshape_as` (`Shape(MatMul(x, W))`), which no constant replaces. The product
+//! goes, so each such full `Shape` is computed from the input instead:
+//! `Concat(Shape(x)[0:-1], [O])`, which is the product's shape for any `x` (a matmul
+//! by a 2-D weight keeps every axis of `x` but the last, which becomes `O`). That
+//! needs `Shape`'s `end` (opset 15).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
-use onnx_protobuf::{Message, NodeProto};
+use onnx_protobuf::{Message, NodeProto, TensorProto};
 
-use crate::graph::{Graph, Linear, Node, Op};
+use super::attrs::{make_int, node_proto};
+use super::const_fold::{Const, Values};
+use super::tensor::FloatType;
+use crate::graph::{Graph, Linear, Node, Op, Opaque};
 use crate::weights::Weights;
 
-/// Rewrites every matching MatMul -> Flatten -> BatchNorm chain.
-pub(super) fn lift_token_linears(g: &mut Graph, w: &mut Weights, dtypes: &mut std::collections::BTreeMap<String, super::tensor::FloatType>) {
+/// A full `Shape` of a tensor: `Shape` without `start` or `end`.
+fn is_full_shape(n: &Node) -> bool {
+    let Op::Opaque(o) = &n.op else { return false };
+    o.op_type == "Shape"
+        && n.inputs.len() == 1
+        && NodeProto::parse_from_bytes(&o.payload).is_ok_and(|p| p.domain.is_empty() && p.attribute.iter().all(|a| a.name != "start" && a.name != "end"))
+}
+
+/// Rewrites every matching MatMul -> Flatten -> BatchNorm chain. `opset`: the
+/// model's default-domain opset (whether a product's `Shape` can be rewritten).
+pub(super) fn lift_token_linears(
+    g: &mut Graph,
+    w: &mut Weights,
+    dtypes: &mut BTreeMap<String, FloatType>,
+    passthrough: &mut BTreeMap<String, TensorProto>,
+    opset: i64,
+) {
     let mut readers: HashMap<String, usize> = HashMap::new();
     for n in &g.nodes {
         for i in &n.inputs {
@@ -29,11 +54,19 @@ pub(super) fn lift_token_linears(g: &mut Graph, w: &mut Weights, dtypes: &mut st
         *readers.entry(o.clone()).or_default() += 1;
     }
     let producer: HashMap<String, usize> = g.nodes.iter().enumerate().flat_map(|(k, n)| n.outputs.iter().map(move |o| (o.clone(), k))).collect();
-    let consumer = |t: &str| g.nodes.iter().position(|n| n.inputs.iter().any(|i| i == t));
+    // Readers of each tensor that are not full `Shape`s (see the module doc).
+    let mut shape_readers: HashMap<&str, Vec<usize>> = HashMap::new();
+    if opset >= 15 {
+        for (k, n) in g.nodes.iter().enumerate().filter(|(_, n)| is_full_shape(n)) {
+            shape_readers.entry(n.inputs[0].as_str()).or_default().push(k);
+        }
+    }
+    let data_readers = |t: &str| readers.get(t).copied().unwrap_or(0) - shape_readers.get(t).map_or(0, Vec::len);
+    let consumer = |t: &str| g.nodes.iter().position(|n| n.inputs.iter().any(|i| i == t) && !(is_full_shape(n) && opset >= 15));
     let mut rewrites: Vec<(usize, usize, Linear, Option<usize>)> = vec![];
     for (k, n) in g.nodes.iter().enumerate() {
         let Op::Opaque(o) = &n.op else { continue };
-        if o.op_type != "MatMul" || n.inputs.len() != 2 || readers.get(&n.outputs[0]) != Some(&1) {
+        if o.op_type != "MatMul" || n.inputs.len() != 2 || data_readers(&n.outputs[0]) != 1 || g.outputs.contains(&n.outputs[0]) {
             continue;
         }
         // The weight as Linear wants it, [O, I]: the initializer under a 2-D Transpose.
@@ -51,6 +84,14 @@ pub(super) fn lift_token_linears(g: &mut Graph, w: &mut Weights, dtypes: &mut st
             continue;
         }
         rewrites.push((k, f, Linear { weight, bias: None, in_features: in_f, out_features: out_f }, transpose));
+    }
+    // Shapes of the products that go, as (Shape node, x, O).
+    let mut reshaped: Vec<(String, String, usize)> = vec![];
+    for (k, _, l, _) in &rewrites {
+        let (x, product) = (&g.nodes[*k].inputs[0], &g.nodes[*k].outputs[0]);
+        for &s in shape_readers.get(product.as_str()).into_iter().flatten() {
+            reshaped.push((g.nodes[s].name.clone(), x.clone(), l.out_features));
+        }
     }
     for (_, _, l, transpose) in rewrites.iter_mut() {
         if transpose.is_none() {
@@ -79,8 +120,39 @@ pub(super) fn lift_token_linears(g: &mut Graph, w: &mut Weights, dtypes: &mut st
     for d in dead.into_iter().rev() {
         g.nodes.remove(d);
     }
+    for (shape, x, features) in reshaped {
+        shape_from_input(g, passthrough, &shape, x, features);
+    }
     // The Linear now follows its Flatten.
     let _ = g.sort_topologically();
+}
+
+/// Makes the full `Shape` node named `shape` (of a product that goes) compute the
+/// same value from the product's input `x`: `Shape(x, end=-1)`, then a new Concat
+/// with `[features]` writing the old output. The Concat is appended; the caller
+/// sorts the graph.
+fn shape_from_input(g: &mut Graph, passthrough: &mut BTreeMap<String, TensorProto>, shape: &str, x: String, features: usize) {
+    let Some(n) = g.nodes.iter_mut().find(|n| n.name == shape) else { return };
+    let Op::Opaque(o) = &mut n.op else { return };
+    let Ok(mut p) = NodeProto::parse_from_bytes(&o.payload) else { return };
+    let out = n.outputs[0].clone();
+    let lead = format!("{}.repfuse_lead", out);
+    let features_name = format!("{}.repfuse_features", out);
+    p.input = vec![x.clone()];
+    p.output = vec![lead.clone()];
+    p.attribute.push(make_int("end", -1));
+    o.payload = p.write_to_bytes().unwrap_or_default();
+    n.inputs = vec![x];
+    n.outputs = vec![lead.clone()];
+    let concat_name = format!("{}.repfuse_concat", n.name);
+    let mut c = node_proto(&concat_name, "Concat", vec![lead.clone(), features_name.clone()], vec![out.clone()]);
+    c.attribute.push(make_int("axis", 0));
+    let features_const = Const { shape: vec![1], values: Values::Int(vec![features as i64], onnx_protobuf::tensor_proto::DataType::INT64 as i32) };
+    g.params.insert(features_name.clone(), vec![1]);
+    passthrough.insert(features_name.clone(), features_const.to_proto(&features_name));
+    let why = Some(super::import::carried_why(&c));
+    let concat = Opaque { op_type: "Concat".into(), payload: c.write_to_bytes().unwrap_or_default(), shape_hint: None, why };
+    g.nodes.push(Node { name: concat_name, op: Op::Opaque(concat), inputs: vec![lead, features_name], outputs: vec![out] });
 }
 
 /// The weight a MatMul's second input amounts to: a 2-D float initializer behind a

@@ -159,3 +159,35 @@ assert any(d.dim_param == "batch" for v in model.graph.value_info for d in v.typ
 onnx.checker.check_model(model, full_check=True)
 onnx.save(model, os.path.join(HERE, "dynamic_batch_se_resize.onnx"))
 json.dump({"Conv": 3, "BatchNormalization": 0, "Add": 0}, open(os.path.join(HERE, "dynamic_batch_se_resize.json"), "w"), indent=1)
+
+# LeViT's LinearNorm exported by TorchScript with a dynamic batch: `reshape_as` reads
+# the matmul's shape at run time (Shape(MatMul)), which no constant replaces. The
+# deploy form is still one MatMul (+ Add) on the tokens, and nothing computes shapes.
+N, I, O = 6, 8, 12
+g = G(["batch", N, I])
+mm = g.op("MatMul", ["input", g.op("Transpose", [g.init("w", rng.normal(0, 0.3, (O, I)))], perm=[1, 0])])
+bn = g.bn(g.op("Flatten", [mm], axis=2), O)
+y = g.op("Reshape", [bn, g.op("Shape", [mm])])
+y = g.op("Erf", [y])
+graph = helper.make_graph(g.nodes, "token_linear_bn_dynamic_batch", [helper.make_tensor_value_info("input", TensorProto.FLOAT, g.shape)], [helper.make_tensor_value_info(y, TensorProto.FLOAT, ["batch", N, O])], g.inits)
+model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+model.ir_version = 8
+onnx.checker.check_model(model, full_check=True)
+onnx.save(model, os.path.join(HERE, "token_linear_bn_dynamic_batch.onnx"))
+json.dump({"BatchNormalization": 0, "Shape": 0, "Concat": 0, "MatMul": 1, "Gemm": 0, "Flatten": 0, "Reshape": 0}, open(os.path.join(HERE, "token_linear_bn_dynamic_batch.json"), "w"), indent=1)
+
+# The same with the normalised tokens also read flat (a second output): the chain
+# stays Flatten -> Gemm -> Reshape, and the Reshape's run-time shape is computed from
+# the matmul's input, since the matmul itself is gone.
+g = G(["batch", N, I])
+mm = g.op("MatMul", ["input", g.op("Transpose", [g.init("w", rng.normal(0, 0.3, (O, I)))], perm=[1, 0])])
+bn = g.bn(g.op("Flatten", [mm], axis=2), O)
+y = g.op("Erf", [g.op("Reshape", [bn, g.op("Shape", [mm])])])
+z = g.op("Relu", [bn])
+outs = [helper.make_tensor_value_info(y, TensorProto.FLOAT, ["batch", N, O]), helper.make_tensor_value_info(z, TensorProto.FLOAT, ["rows", O])]
+graph = helper.make_graph(g.nodes, "token_linear_bn_dynamic_batch_shared", [helper.make_tensor_value_info("input", TensorProto.FLOAT, g.shape)], outs, g.inits)
+model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+model.ir_version = 8
+onnx.checker.check_model(model, full_check=True)
+onnx.save(model, os.path.join(HERE, "token_linear_bn_dynamic_batch_shared.onnx"))
+json.dump({"BatchNormalization": 0, "MatMul": 0, "Gemm": 1, "Shape": 1, "Concat": 1}, open(os.path.join(HERE, "token_linear_bn_dynamic_batch_shared.json"), "w"), indent=1)
