@@ -48,6 +48,14 @@ pub enum ShapeHint {
         /// Where the second output axis starts (negative counts from the end).
         axis: i64,
     },
+    /// ONNX Reshape to a constant shape: a `-1` takes what the other sizes leave, a
+    /// `0` copies the input's size at that axis (unless `allowzero`).
+    Reshape {
+        /// The shape input's values.
+        shape: Vec<i64>,
+        /// ONNX `allowzero`: a 0 is a size of 0, not a copy.
+        allowzero: bool,
+    },
 }
 
 /// ONNX ops whose output has the broadcast shape of their inputs. Knowing them keeps
@@ -126,6 +134,29 @@ impl ShapeHint {
                 let k = axis(*a)?;
                 Some(vec![s[..k].iter().product(), s[k..].iter().product()])
             }
+            ShapeHint::Reshape { shape, allowzero } => {
+                let mut out = Vec::with_capacity(shape.len());
+                let mut inferred = None;
+                for (i, &d) in shape.iter().enumerate() {
+                    match d {
+                        -1 if inferred.is_none() => {
+                            inferred = Some(i);
+                            out.push(1);
+                        }
+                        0 if !allowzero => out.push(*s.get(i)?),
+                        d if d >= 0 => out.push(usize::try_from(d).ok()?),
+                        _ => return None,
+                    }
+                }
+                let numel = crate::tensor::checked_numel(s)?;
+                let known = crate::tensor::checked_numel(&out)?;
+                match inferred {
+                    Some(i) if known > 0 && numel % known == 0 => out[i] = numel / known,
+                    None if known == numel => {}
+                    _ => return None,
+                }
+                Some(out)
+            }
         }
     }
 }
@@ -182,5 +213,23 @@ impl FromOnnx for Opaque {
 
     fn from_onnx(_n: &NodeProto, _cx: &mut OnnxImport) -> Option<(Op, Vec<String>)> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ShapeHint;
+
+    #[test]
+    fn a_constant_reshape_infers_minus_one_and_copies_zeros() {
+        let reshape = |shape: &[i64], allowzero| ShapeHint::Reshape { shape: shape.to_vec(), allowzero };
+        assert_eq!(reshape(&[-1, 12], false).apply(&[2, 6, 12]), Some(vec![12, 12]));
+        assert_eq!(reshape(&[0, -1, 4, 3], false).apply(&[2, 6, 12]), Some(vec![2, 6, 4, 3]));
+        assert_eq!(reshape(&[12, 12], false).apply(&[2, 6, 12]), Some(vec![12, 12]));
+        // Sizes that do not hold the input's values, two -1s, and a 0 that is a size.
+        assert_eq!(reshape(&[-1, 7], false).apply(&[2, 6, 12]), None);
+        assert_eq!(reshape(&[5, 12], false).apply(&[2, 6, 12]), None);
+        assert_eq!(reshape(&[-1, -1], false).apply(&[2, 6, 12]), None);
+        assert_eq!(reshape(&[0, -1], true).apply(&[2, 6, 12]), None);
     }
 }

@@ -381,6 +381,14 @@ impl State {
                         axes.map(|axes| crate::graph::ShapeHint::Reduce { axes, keepdims: attrs::int(n, "keepdims", 1) != 0 })
                     }
                     "Flatten" => Some(crate::graph::ShapeHint::Flatten { axis: attrs::int(n, "axis", 1) }),
+                    "Reshape" => match data_inputs.as_slice() {
+                        [_, shape] => self
+                            .passthrough
+                            .get(shape)
+                            .and_then(super::const_fold::int_values)
+                            .map(|shape| crate::graph::ShapeHint::Reshape { shape, allowzero: attrs::int(n, "allowzero", 0) != 0 }),
+                        _ => None,
+                    },
                     _ => None,
                 };
                 let why = Some(carried_why(n));

@@ -16,6 +16,10 @@
 //! `Concat(Shape(x)[0:-1], [O])`, which is the product's shape for any `x` (a matmul
 //! by a 2-D weight keeps every axis of `x` but the last, which becomes `O`). That
 //! needs `Shape`'s `end` (opset 15).
+//!
+//! torch's dynamo exporter writes the flatten as `Reshape(product, [rows, O])` (a
+//! constant shape, `rows` -1 with a dynamic batch); that is the same rows, and
+//! becomes `Reshape(x, [rows, I])`.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -76,7 +80,12 @@ pub(super) fn lift_token_linears(
         let [out_f, in_f] = if transpose.is_some() { [ws[0], ws[1]] } else { [ws[1], ws[0]] };
         let Some(f) = consumer(&n.outputs[0]) else { continue };
         let Op::Opaque(fo) = &g.nodes[f].op else { continue };
-        if fo.op_type != "Flatten" || readers.get(&g.nodes[f].outputs[0]) != Some(&1) {
+        let flattens = match fo.op_type.as_str() {
+            "Flatten" => g.nodes[f].inputs.len() == 1,
+            "Reshape" => reshape_to_rows(&g.nodes[f], passthrough).is_some_and(|(_, c)| c == out_f as i64),
+            _ => false,
+        };
+        if !flattens || readers.get(&g.nodes[f].outputs[0]) != Some(&1) {
             continue;
         }
         let Some(b) = consumer(&g.nodes[f].outputs[0]) else { continue };
@@ -104,13 +113,27 @@ pub(super) fn lift_token_linears(
         let flat_in = format!("{}.repfuse_flat", g.nodes[k].outputs[0]);
         let flat_out = g.nodes[f].outputs[0].clone();
         // The flatten now reads the matmul's input; the Linear makes its old output.
+        // A Reshape to `[-1, O]` becomes one to `[-1, I]` (a new constant: the old
+        // one may be shared).
+        let mut inputs = vec![x];
+        let rows_of = reshape_to_rows(&g.nodes[f], passthrough).map(|(rows, _)| rows);
+        if let Some(rows) = rows_of {
+            let c = Const { shape: vec![2], values: Values::Int(vec![rows, linear.in_features as i64], onnx_protobuf::tensor_proto::DataType::INT64 as i32) };
+            let rows = format!("{}.repfuse_rows", flat_in);
+            g.params.insert(rows.clone(), vec![2]);
+            passthrough.insert(rows.clone(), c.to_proto(&rows));
+            inputs.push(rows);
+        }
         let Op::Opaque(fo) = &mut g.nodes[f].op else { unreachable!() };
+        if let (Some(crate::graph::ShapeHint::Reshape { shape, .. }), Some(rows)) = (&mut fo.shape_hint, rows_of) {
+            *shape = vec![rows, linear.in_features as i64];
+        }
         if let Ok(mut p) = NodeProto::parse_from_bytes(&fo.payload) {
-            p.input = vec![x.clone()];
+            p.input = inputs.clone();
             p.output = vec![flat_in.clone()];
             fo.payload = p.write_to_bytes().unwrap_or_default();
         }
-        g.nodes[f].inputs = vec![x];
+        g.nodes[f].inputs = inputs;
         g.nodes[f].outputs = vec![flat_in.clone()];
         let name = g.nodes[k].name.clone();
         g.nodes[k] = Node { name, op: Op::Linear(linear), inputs: vec![flat_in], outputs: vec![flat_out] };
@@ -125,6 +148,19 @@ pub(super) fn lift_token_linears(
     }
     // The Linear now follows its Flatten.
     let _ = g.sort_topologically();
+}
+
+/// For a Reshape to a constant `[rows, c]`, rows `-1` or positive (torch's dynamo
+/// exporter writes `flatten(0, 1)` of `[B, N, C]` tokens so: `[-1, C]` with a
+/// dynamic batch, `[B * N, C]` without), `(rows, c)`. On a product `[.., c]` that
+/// the Reshape accepts, `rows` is the product of its leading axes, so the same rows
+/// of the input `[.., I]` are `[rows, I]`.
+fn reshape_to_rows(n: &Node, passthrough: &BTreeMap<String, TensorProto>) -> Option<(i64, i64)> {
+    let shape = passthrough.get(n.inputs.get(1)?)?;
+    match super::const_fold::int_values(shape)?.as_slice() {
+        &[rows, c] if (rows == -1 || rows > 0) && c > 0 => Some((rows, c)),
+        _ => None,
+    }
 }
 
 /// Makes the full `Shape` node named `shape` (of a product that goes) compute the

@@ -191,3 +191,18 @@ model.ir_version = 8
 onnx.checker.check_model(model, full_check=True)
 onnx.save(model, os.path.join(HERE, "token_linear_bn_dynamic_batch_shared.onnx"))
 json.dump({"BatchNormalization": 0, "MatMul": 0, "Gemm": 1, "Shape": 1, "Concat": 1}, open(os.path.join(HERE, "token_linear_bn_dynamic_batch_shared.json"), "w"), indent=1)
+
+# LeViT's LinearNorm as torch's dynamo exporter writes it: the flatten is a Reshape
+# to constant rows (`[-1, O]` with a dynamic batch, `[N, O]` without) and the
+# weight is a plain `[I, O]` initializer. Deploy form: one MatMul (+ Add), as PyTorch's.
+for name, batch, rows in [("token_linear_bn_dynamo_dynamic_batch", "batch", -1), ("token_linear_bn_dynamo", 1, N)]:
+    g = G([batch, N, I])
+    mm = g.op("MatMul", ["input", g.init("w", rng.normal(0, 0.3, (I, O)))])
+    bn = g.bn(g.op("Reshape", [mm, g.init("rows", [rows, O], np.int64)], allowzero=1), O)
+    y = g.op("Erf", [g.op("Reshape", [bn, g.init("back", [-1, N, O], np.int64)])])
+    graph = helper.make_graph(g.nodes, name, [helper.make_tensor_value_info("input", TensorProto.FLOAT, g.shape)], [helper.make_tensor_value_info(y, TensorProto.FLOAT, [batch, N, O])], g.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, os.path.join(HERE, name + ".onnx"))
+    json.dump({"BatchNormalization": 0, "Gemm": 0, "MatMul": 1, "Reshape": 0}, open(os.path.join(HERE, name + ".json"), "w"), indent=1)
