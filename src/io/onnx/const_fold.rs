@@ -10,7 +10,8 @@
 //!
 //! Only what needs no activation value and no shape beyond an initializer's own:
 //! `Constant` in all its attribute forms, `Shape` of an initializer, `Cast`,
-//! `CastLike` (to the type the file declares for its second input) and `Expand`.
+//! `CastLike` (to the type the file declares for its second input), `Expand`, and
+//! `Concat` of 1-D integer constants (a reshape's target assembled from parts).
 //! Graph-input shapes are left alone (they may be symbolic); shape arithmetic past
 //! them is `static_shapes`'s, with the ONNX engine's proof. A folded output is at
 //! most [`MAX_FOLDED`] values: a bias or a shape, never an activation-sized block
@@ -134,6 +135,7 @@ fn fold_value(n: &NodeProto, c: &dyn Constants) -> Option<Const> {
             let Values::Int(to, _) = c.constant(input(1)?)?.values else { return None };
             expand(c.constant(input(0)?)?, &to)?
         }
+        "Concat" => concat_ints(n, c)?,
         _ => return None,
     };
     (checked_numel(&folded.shape)? <= MAX_FOLDED).then_some(folded)
@@ -164,6 +166,23 @@ fn cast(x: Const, to: i32) -> Option<Const> {
         _ => return None,
     };
     Some(Const { shape: x.shape, values })
+}
+
+/// `Concat` of 1-D integer constants of one type (a shape assembled from parts).
+fn concat_ints(n: &NodeProto, c: &dyn Constants) -> Option<Const> {
+    if !matches!(attrs::int(n, "axis", i64::MIN), 0 | -1) || n.input.is_empty() {
+        return None;
+    }
+    let (mut all, mut ty) = (vec![], None);
+    for i in &n.input {
+        let Const { shape, values: Values::Int(v, t) } = c.constant(i)? else { return None };
+        if shape.len() != 1 || ty.is_some_and(|ty| ty != t) {
+            return None;
+        }
+        ty = Some(t);
+        all.extend(v);
+    }
+    Some(Const { shape: vec![all.len()], values: Values::Int(all, ty?) })
 }
 
 /// `x` broadcast to `to` (numpy rules: axes aligned from the right, a size 1 on
@@ -308,5 +327,19 @@ mod tests {
         assert_eq!(fold_value(&node("Cast", &["big"], vec![attrs::make_int("to", DataType::INT32 as i64)]), &t), None);
         assert_eq!(fold_value(&node("Cast", &["big"], vec![attrs::make_int("to", DataType::INT64 as i64)]), &t), Some(Const::ints(vec![i64::MAX])));
         assert_eq!(fold_value(&node("Expand", &["one", "huge"], vec![]), &t), None);
+    }
+
+    #[test]
+    fn a_shape_assembled_from_integer_parts_is_one_constant() {
+        let t = Table(
+            HashMap::from([("a", Const::ints(vec![-1])), ("b", Const::ints(vec![4, 64])), ("f", floats(vec![1], vec![1.0]))]),
+            HashMap::new(),
+            HashMap::new(),
+        );
+        let axis = |a| vec![attrs::make_int("axis", a)];
+        assert_eq!(fold_value(&node("Concat", &["a", "b"], axis(0)), &t), Some(Const::ints(vec![-1, 4, 64])));
+        // Floats (data, not a shape) and a missing axis are left to the importer.
+        assert_eq!(fold_value(&node("Concat", &["a", "f"], axis(0)), &t), None);
+        assert_eq!(fold_value(&node("Concat", &["a", "b"], vec![]), &t), None);
     }
 }
