@@ -80,7 +80,8 @@ fn parse(
             None => false,
         })
     });
-    let onnx = tract_onnx::onnx().with_ignore_value_info(symbolic).with_ignore_output_shapes(symbolic);
+    // (Declared output shapes the engine ignores by default.)
+    let onnx = tract_onnx::onnx().with_ignore_value_info(symbolic);
     let out_names: Vec<String> = proto.graph.as_ref().map(|g| g.output.iter().map(|o| o.name.clone()).collect()).unwrap_or_default();
     let in_types: HashMap<String, i32> = proto
         .graph
