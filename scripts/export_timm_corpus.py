@@ -36,16 +36,39 @@ def save_st(path, tensors):
     h = json.dumps(head).encode(); h += b" " * ((8 - len(h) % 8) % 8)
     open(path, "wb").write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
 
-# REPFUSE_EXPORTER=dynamo: what a user gets from a plain `torch.onnx.export(model.eval(),
-# (x,), path)` on torch 2.15 (dynamo and its optimizer, BN already folded into convs);
-# the default is the TorchScript exporter with the BNs kept as trained.
+# REPFUSE_EXPORTER picks how the model is exported (benches/results/real-models.md,
+# sessions 17 and 18):
+#   torchscript (default)  TorchScript, opset 17, the BNs kept as trained;
+#   dynamo                 a plain `torch.onnx.export(model.eval(), (x,), path)` on torch
+#                          2.15: dynamo and its optimizer (BN already folded into convs);
+#   dyn_dynbatch           dynamo with a dynamic batch (`dynamic_shapes`);
+#   dyn_noopt              dynamo with `optimize=False` (nothing folded, constants as nodes);
+#   ts_dynbatch            TorchScript with a dynamic batch (`dynamic_axes`);
+#   ts_dynbatch_train      the same, with the BNs kept as trained;
+#   ts_opset11             TorchScript at opset 11.
+# The dynamic variants trace a batch of 2 (a batch of 1 would be specialised away).
 EXPORTER = os.environ.get("REPFUSE_EXPORTER", "torchscript")
 
 def export(model, x, path):
+    ts = dict(dynamo=False, input_names=["input"], output_names=["output"])
+    dyn_axes = {"dynamic_axes": {"input": {0: "batch"}, "output": {0: "batch"}}}
+    x2 = torch.cat([x, x])
     if EXPORTER == "dynamo":
         torch.onnx.export(model, (x,), path)
-        return
-    torch.onnx.export(model, (x,), path, dynamo=False, opset_version=17, training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False, input_names=["input"], output_names=["output"])
+    elif EXPORTER == "dyn_dynbatch":
+        torch.onnx.export(model, (x2,), path, dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=64)},))
+    elif EXPORTER == "dyn_noopt":
+        torch.onnx.export(model, (x,), path, optimize=False)
+    elif EXPORTER == "ts_dynbatch":
+        torch.onnx.export(model, (x2,), path, **ts, **dyn_axes)
+    elif EXPORTER == "ts_dynbatch_train":
+        torch.onnx.export(model, (x2,), path, **ts, **dyn_axes, training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False)
+    elif EXPORTER == "ts_opset11":
+        torch.onnx.export(model, (x,), path, **ts, opset_version=11)
+    elif EXPORTER == "torchscript":
+        torch.onnx.export(model, (x,), path, **ts, opset_version=17, training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False)
+    else:
+        raise SystemExit(f"unknown REPFUSE_EXPORTER={EXPORTER}")
 
 for name in sys.argv[1:]:
     d = os.path.join(OUT, name); os.makedirs(d, exist_ok=True)
