@@ -279,10 +279,15 @@ fn build_parts<'a>(src: Option<&OnnxModel>, graph: &Graph, weights: &'a Weights)
         g.initializer.push(header(&t.transposed, &[c, r], ft));
         payloads.push(Payload::Transposed(w, ft));
     }
-    // Old-IR models list initializers as graph inputs; drop those we fused away.
+    // Old-IR models (and `keep_initializers_as_inputs=True`) list initializers as
+    // graph inputs; drop those not written. Asked of the source file's initializers,
+    // not of the graph read from it: the reader drops initializers that only feed
+    // what it folded (LeViT's attention-bias tables), and such an input left declared
+    // would be one ONNX Runtime requires a value for.
     if let Some(m) = src {
-        let was_init: BTreeSet<&String> = m.graph.params.keys().collect();
-        g.input.retain(|i| !was_init.contains(&i.name) || written.contains(&i.name));
+        let was_init: BTreeSet<&str> =
+            m.proto.graph.iter().flat_map(|sg| &sg.initializer).map(|t| t.name.as_str()).chain(m.graph.params.keys().map(String::as_str)).collect();
+        g.input.retain(|i| !was_init.contains(i.name.as_str()) || written.contains(&i.name));
     }
     super::check::check_written_model(&proto)?;
     let mut graph = proto.graph.take().expect("base_proto makes a graph");

@@ -206,3 +206,19 @@ for name, batch, rows in [("token_linear_bn_dynamo_dynamic_batch", "batch", -1),
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, os.path.join(HERE, name + ".onnx"))
     json.dump({"BatchNormalization": 0, "Gemm": 0, "MatMul": 1, "Reshape": 0}, open(os.path.join(HERE, name + ".json"), "w"), indent=1)
+
+# `keep_initializers_as_inputs=True` (and old IR versions) list every initializer as a
+# graph input too. An attention-bias table read only through a constant Gather (LeViT)
+# is folded at read time and dropped; its input declaration must go with it, or ONNX
+# Runtime asks the caller for a value.
+g = G([1, C, H, H])
+table = g.init("table", rng.normal(0, 1, (C, 3)))
+bias = g.op("Reshape", [g.op("Gather", [table, g.init("idx", rng.integers(0, 3, H * H), np.int64)], axis=1), g.init("shape", [1, C, H, H], np.int64)])
+y = g.op("Add", [g.bn(g.conv("input", C, C, 3), C), bias])
+inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, g.shape)] + [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in g.inits]
+graph = helper.make_graph(g.nodes, "initializers_as_inputs", inputs, [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, C, H, H])], g.inits)
+model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+model.ir_version = 8
+onnx.checker.check_model(model, full_check=True)
+onnx.save(model, os.path.join(HERE, "initializers_as_inputs.onnx"))
+json.dump({"BatchNormalization": 0, "Gather": 0, "Conv": 1}, open(os.path.join(HERE, "initializers_as_inputs.json"), "w"), indent=1)
