@@ -125,6 +125,30 @@ fn fuse_verify_and_verify_agree_on_an_fp16_model() {
 }
 
 #[test]
+fn a_float16_fold_that_loses_its_bits_is_refused_and_the_rest_still_fuses() {
+    // A layer scale of 1e-5 folded into a float16 conv makes subnormal weights
+    // (tests/data/forms/make.py): that region fails its check alone, so it is kept
+    // as it was, with the measured error as the reason, and the conv+BN still folds.
+    let dir = tempfile::tempdir().unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fp16_layer_scale.onnx");
+    let out = dir.path().join("deploy.onnx");
+    let o = run(&[os("fuse"), src.as_os_str(), os("-o"), out.as_os_str(), os("--backend"), os("cpu"), os("--verify"), os("--json")]);
+    assert_exit(&o, 0, "fuse --verify fp16_layer_scale");
+    assert!(out.exists());
+    let v = json(&o, "fuse --json");
+    let refused = v["report"]["refused"].as_array().unwrap();
+    assert!(
+        refused.iter().any(|r| r["reason"].as_str().is_some_and(|s| s.contains("rounded to F16") && s.contains("over tolerance"))),
+        "{}",
+        v["report"]["refused"]
+    );
+    assert_eq!(v["report"]["fused"].as_array().map(Vec::len), Some(1), "the conv+BN fold stays: {}", v["report"]["fused"]);
+    assert!(v["regions"].as_array().unwrap().iter().all(|r| r["error"]["over_tolerance"] == 0), "{}", v["regions"]);
+    let o = run(&[os("verify"), src.as_os_str(), out.as_os_str()]);
+    assert_exit(&o, 0, "verify fp16_layer_scale against what fuse --verify wrote");
+}
+
+#[test]
 fn fuse_with_verify_exits_0_and_says_pass() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.onnx");

@@ -97,7 +97,7 @@ fn fuse<'py>(
     f32: bool,
     inject_fault: bool,
 ) -> PyResult<(Option<Bound<'py, PyBytes>>, String)> {
-    let opts = DeployOptions { fuse: FuseOptions { compose_cost_limit, widen_shortcuts }, verify, f32, inject_fault };
+    let opts = DeployOptions { fuse: FuseOptions { compose_cost_limit, widen_shortcuts, ..Default::default() }, verify, f32, inject_fault };
     let fuser = Fuser::new(self::backend(backend)?);
     let (bytes, doc) = py
         .detach(|| -> repfuse::Result<(Option<Vec<u8>>, String)> {

@@ -98,7 +98,7 @@ pub fn fuse(a: &FuseArgs) -> Result<i32> {
     let read_ms = t.elapsed().as_secs_f64() * 1e3;
     pb.set_message("fusing and verifying");
     let opts = DeployOptions {
-        fuse: FuseOptions { compose_cost_limit: a.compose_cost_limit, widen_shortcuts: a.widen_shortcuts },
+        fuse: FuseOptions { compose_cost_limit: a.compose_cost_limit, widen_shortcuts: a.widen_shortcuts, ..Default::default() },
         verify: a.verify,
         f32: a.f32,
         inject_fault: a.inject_fault,

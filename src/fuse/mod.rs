@@ -41,11 +41,15 @@ pub struct FuseOptions {
     /// Paradigm 6b: absorb ConvNeXt-style residual shortcuts by widening the block
     /// (exact, but more FLOPs; the report shows how many). Off by default.
     pub widen_shortcuts: bool,
+    /// Original nodes no rewrite may remove, each with the reason reported for the
+    /// refusal. The pipeline fills it when a region fused alone fails verification
+    /// (a float16 model whose fused weights underflow), and fuses again without them.
+    pub frozen: BTreeMap<String, String>,
 }
 
 impl Default for FuseOptions {
     fn default() -> Self {
-        FuseOptions { compose_cost_limit: 1.5, widen_shortcuts: false }
+        FuseOptions { compose_cost_limit: 1.5, widen_shortcuts: false, frozen: BTreeMap::new() }
     }
 }
 
@@ -113,7 +117,7 @@ pub fn fuse(graph: &Graph, opts: &FuseOptions) -> Result<Fusion> {
             compose_cost_limit: opts.compose_cost_limit,
             widen_shortcuts: opts.widen_shortcuts,
         };
-        let wave = next_wave(&mut ctx);
+        let wave = next_wave(&mut ctx, &origins, &opts.frozen);
         if wave.is_empty() {
             return finish(g.into_owned(), plan, report, refusals, origins, &graph.params, &shapes);
         }
@@ -135,8 +139,16 @@ pub fn fuse(graph: &Graph, opts: &FuseOptions) -> Result<Fusion> {
 /// when they remove different nodes and neither writes (or re-routes the readers of)
 /// a tensor the other touches. Two patches may both read one tensor: MobileOne's
 /// parallel conv+BN branches of one input fold in one wave, not one wave per branch.
-fn next_wave(ctx: &mut Ctx) -> Vec<Patch> {
+fn next_wave(ctx: &mut Ctx, origins: &origins::Origins, frozen: &BTreeMap<String, String>) -> Vec<Patch> {
     let graph = ctx.graph;
+    // The first frozen original node a patch would remove, if any.
+    let frozen_in = |p: &Patch| -> Option<(&str, &String)> {
+        if frozen.is_empty() {
+            return None;
+        }
+        let union = origins.union(p.remove.iter().map(|&k| graph.nodes[k].name.as_str()));
+        union.iter().find_map(|&i| frozen.get_key_value(origins.source_name(i)).map(|(k, v)| (k.as_str(), v)))
+    };
     for (_, rule) in RULES {
         let mut wave: Vec<Patch> = vec![];
         let mut nodes = vec![false; graph.nodes.len()];
@@ -152,6 +164,11 @@ fn next_wave(ctx: &mut Ctx) -> Vec<Patch> {
             }
             ctx.queried.borrow_mut().clear();
             let Some(p) = rule(ctx, i) else { continue };
+            if let Some((node, why)) = frozen_in(&p) {
+                let nodes: Vec<&str> = p.remove.iter().map(|&k| graph.nodes[k].name.as_str()).collect();
+                ctx.refuse(p.rule, &nodes, format!("`{}` is kept: {}", node, why));
+                continue;
+            }
             let removed = p.remove.iter().map(|&k| &graph.nodes[k]);
             owned.clear();
             owned.extend(removed.clone().chain(&p.add).flat_map(|n| n.outputs.iter().map(|t| tensor_key(t))).chain(ctx.queried.borrow().iter().copied()));

@@ -38,6 +38,11 @@ impl<'g> Origins<'g> {
         ids.into()
     }
 
+    /// The name of original node `i` (a position `union` returns).
+    pub fn source_name(&self, i: u32) -> &'g str {
+        &self.source.nodes[i as usize].name
+    }
+
     /// The node named `made` stands for `origin`.
     pub fn record(&mut self, made: &str, origin: Rc<[u32]>) {
         self.made.insert(made.to_string(), origin);

@@ -222,3 +222,20 @@ model.ir_version = 8
 onnx.checker.check_model(model, full_check=True)
 onnx.save(model, os.path.join(HERE, "initializers_as_inputs.onnx"))
 json.dump({"BatchNormalization": 0, "Gather": 0, "Conv": 1}, open(os.path.join(HERE, "initializers_as_inputs.json"), "w"), indent=1)
+
+# Not a form (written beside this folder, so the form test does not fuse it without
+# verification): a float16 model with FastViT's layer scale of 1e-5 after a conv.
+# Folding the scale into the conv makes weights of ~3e-6, under float16's smallest
+# normal (6.1e-5), where they keep only a few bits; `fuse --verify` must refuse that
+# fold and still fold the conv+BN before it (tests/cli.rs).
+g = G([1, C, H, H])
+y = g.op("Relu", [g.bn(g.conv("input", C, C, 3), C)])
+y = g.op("Mul", [g.conv(y, C, C, 3), g.init("ls", np.full((C, 1, 1), 1e-5))])
+for t in g.inits:
+    if t.data_type == TensorProto.FLOAT:
+        t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name))
+graph = helper.make_graph(g.nodes, "fp16_layer_scale", [helper.make_tensor_value_info("input", TensorProto.FLOAT16, g.shape)], [helper.make_tensor_value_info(y, TensorProto.FLOAT16, [1, C, H, H])], g.inits)
+model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+model.ir_version = 8
+onnx.checker.check_model(model, full_check=True)
+onnx.save(model, os.path.join(HERE, "..", "fp16_layer_scale.onnx"))
