@@ -220,7 +220,18 @@ fn read(path: &Path, bytes: &[u8], mapped: Option<&crate::io::FileBytes>) -> Res
     super::static_shapes::fold_static_shapes(bytes, path, &mut st.graph, &mut st.weights, &mut st.dtypes, &mut st.passthrough, dynamic_dims.is_empty());
     super::matmul::lift_token_linears(&mut st.graph, &mut st.weights, &mut st.dtypes, &mut st.passthrough, opset.unwrap_or(0));
     super::arith::lift_constant_arith(&mut st.graph, &mut st.weights, &mut st.dtypes).map_err(&in_file)?;
-    let float_type = st.dtypes.values().next().copied().unwrap_or(FloatType::F32);
+    // The type new tensors are written in: the one holding most of the weights' values.
+    // (A float16 export also has a few float32 constants, an eps or a scale, and
+    // the first name in order may be one: iFormer's fused convs were written in
+    // float32 into a float16 graph, a file ONNX Runtime refuses.)
+    let float_type = {
+        let mut values: BTreeMap<u8, (usize, FloatType)> = BTreeMap::new();
+        for (name, ft) in &st.dtypes {
+            let n = st.weights.get(name).map_or(0, |t| t.numel());
+            values.entry(*ft as u8).or_insert((0, *ft)).0 += n;
+        }
+        values.into_values().max_by_key(|(n, _)| *n).map_or(FloatType::F32, |(_, ft)| ft)
+    };
     tracing::info!(path = %path.display(), nodes = st.graph.nodes.len(), weights = st.weights.len(), opset = ?opset, "read ONNX");
     Ok(OnnxModel {
         path: path.to_path_buf(),

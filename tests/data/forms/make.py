@@ -228,8 +228,12 @@ json.dump({"BatchNormalization": 0, "Gather": 0, "Conv": 1}, open(os.path.join(H
 # Folding the scale into the conv makes weights of ~3e-6, under float16's smallest
 # normal (6.1e-5), where they keep only a few bits; `fuse --verify` must refuse that
 # fold and still fold the conv+BN before it (tests/cli.rs).
+# A float32 Constant (an exporter's eps), named to sort first, is cast to float16 and
+# added: the fused convs must still be written in float16.
 g = G([1, C, H, H])
 y = g.op("Relu", [g.bn(g.conv("input", C, C, 3), C)])
+g.nodes.append(helper.make_node("Constant", [], ["/eps"], name="/eps", value=numpy_helper.from_array(np.array(1e-3, np.float32))))
+y = g.op("Add", [y, g.op("Cast", ["/eps"], to=TensorProto.FLOAT16)])
 y = g.op("Mul", [g.conv(y, C, C, 3), g.init("ls", np.full((C, 1, 1), 1e-5))])
 for t in g.inits:
     if t.data_type == TensorProto.FLOAT:
