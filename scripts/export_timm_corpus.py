@@ -45,7 +45,10 @@ def save_st(path, tensors):
 #   dyn_noopt              dynamo with `optimize=False` (nothing folded, constants as nodes);
 #   ts_dynbatch            TorchScript with a dynamic batch (`dynamic_axes`);
 #   ts_dynbatch_train      the same, with the BNs kept as trained;
-#   ts_opset11             TorchScript at opset 11.
+#   ts_opset11             TorchScript at opset 11;
+#   ts_init_as_inputs      TorchScript with `keep_initializers_as_inputs=True`;
+#   ts_fp16                TorchScript of the model in float16 (a float16 input);
+#   ts_extdata_per_tensor  TorchScript, then every weight in its own external file.
 # The dynamic variants trace a batch of 2 (a batch of 1 would be specialised away).
 EXPORTER = os.environ.get("REPFUSE_EXPORTER", "torchscript")
 
@@ -65,6 +68,13 @@ def export(model, x, path):
         torch.onnx.export(model, (x2,), path, **ts, **dyn_axes, training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False)
     elif EXPORTER == "ts_opset11":
         torch.onnx.export(model, (x,), path, **ts, opset_version=11)
+    elif EXPORTER == "ts_init_as_inputs":
+        torch.onnx.export(model, (x,), path, **ts, keep_initializers_as_inputs=True)
+    elif EXPORTER == "ts_fp16":
+        torch.onnx.export(copy.deepcopy(model).half(), (x.half(),), path, **ts)
+    elif EXPORTER == "ts_extdata_per_tensor":
+        torch.onnx.export(model, (x,), path, **ts)
+        onnx.save(onnx.load(path), path, save_as_external_data=True, all_tensors_to_one_file=False, size_threshold=0)
     elif EXPORTER == "torchscript":
         torch.onnx.export(model, (x,), path, **ts, opset_version=17, training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False)
     else:
