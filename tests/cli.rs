@@ -349,6 +349,26 @@ fn bench_runs_and_reports_its_baselines() {
     }
 }
 
+/// `bench --model FILE` times a model file's weight arithmetic like a zoo model's
+/// (what it reports must describe that file); a name that is neither is refused.
+#[test]
+fn bench_model_takes_a_model_file_and_refuses_an_unknown_name() {
+    let file = fixture("z14_dbb_block");
+    let o =
+        run(&[os("bench"), os("--model"), file.as_os_str(), os("--reps"), os("1"), os("--backend"), os("cpu"), os("--forward-size"), os("32"), os("--json")]);
+    assert_exit(&o, 0, "bench --model FILE");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let m = &v["models"][0];
+    assert_eq!(m["model"].as_str(), file.to_str());
+    let model = repfuse::io::load_model(&file).unwrap();
+    assert_eq!(m["params_train"].as_u64(), Some(model.graph.param_count() as u64));
+    assert!(m["bytes_read"].as_u64().is_some_and(|b| b > 0) && m["cpu_plan_ms"].as_f64().is_some_and(|t| t > 0.0), "{}", m);
+    assert!(m["forward"].is_null(), "a file has no zoo builder to rebuild at another size: {}", m);
+    let o = run(&[os("bench"), os("--model"), os("no_such_model"), os("--reps"), os("1"), os("--backend"), os("cpu")]);
+    assert_exit(&o, 1, "bench --model no_such_model");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no_such_model"), "{}", show(&o));
+}
+
 #[test]
 fn quiet_prints_nothing_and_verbose_traces_the_stages() {
     let dir = tempfile::tempdir().unwrap();

@@ -70,6 +70,20 @@ fn gpu_plan_primitives_match_cpu_on_every_zoo_block() {
             let c = blocks::mobileone_block(b, &c, 8, 1, 1, 1, 2);
             blocks::mobileone_block(b, &c, 8, 3, 1, 1, 3)
         }),
+        // A BN folded into the 1x1 conv after it: a diagonal (one mid channel per
+        // input channel) composed with a dense and with a grouped 1x1 conv, and a
+        // grouped 1x1 then 3x3 (several mids per group): `compose` sums only the
+        // mids that read the element's input channel and feed its output channel.
+        ("bn_then_1x1", |b, x| {
+            let t = b.bn(x);
+            let t = b.conv(&t, ConvSpec::same(8, 1, 1, 1));
+            let t = b.bn(&t);
+            b.conv(&t, ConvSpec::same(4, 1, 1, 2))
+        }),
+        ("seq_grouped_1x1_kxk", |b, x| {
+            let c = b.conv_bn(x, ConvSpec::same(12, 1, 1, 3));
+            b.conv_bn(&c, ConvSpec::same(6, 3, 1, 3))
+        }),
         ("seq_kxk_1x1", |b, x| {
             let c = b.conv_bn(x, ConvSpec::same(4, 3, 1, 2));
             b.conv_bn(&c, ConvSpec::same(8, 1, 1, 1))

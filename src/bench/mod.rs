@@ -197,6 +197,7 @@ fn shader_copy_ms(ctx: &GpuContext, bytes: usize, reps: usize) -> Result<(f64, u
 }
 
 /// What `bench_model` measures and how often.
+#[derive(Clone, Copy)]
 pub struct BenchOptions {
     /// Timed runs per measurement; the median is reported (forward passes cap at 3).
     pub reps: usize,
@@ -204,9 +205,22 @@ pub struct BenchOptions {
     pub forward_size: Option<usize>,
 }
 
-/// Benchmarks zoo model `name` (built at 224x224): rewrite, CPU plan and, with `gpu`, GPU plan.
+/// Benchmarks `name`: a zoo model (built at 224x224) or a model file (`.onnx`, or
+/// `.json` with its `.safetensors`), so a real model's kernels are timed on any
+/// adapter: rewrite, CPU plan and, with `gpu`, GPU plan. The forward timing needs a
+/// zoo model (it rebuilds the model at another input size); files skip it.
 pub fn bench_model(name: &str, gpu: Option<&GpuContext>, o: &BenchOptions) -> Result<ModelBench> {
-    let (g, w, _) = crate::zoo::build(name, 1, 224, 1).ok_or_else(|| crate::Error::Graph(format!("no zoo model `{}`", name)))?;
+    let path = std::path::Path::new(name);
+    let is_file = [".onnx", ".json"].iter().any(|e| name.to_ascii_lowercase().ends_with(e)) && path.is_file();
+    let (g, w) = if is_file {
+        let m = crate::io::load_model(path)?;
+        (m.graph, m.weights)
+    } else {
+        let (g, w, _) =
+            crate::zoo::build(name, 1, 224, 1).ok_or_else(|| crate::Error::Graph(format!("no zoo model `{}` and no model file of that name", name)))?;
+        (g, w)
+    };
+    let o = &BenchOptions { forward_size: o.forward_size.filter(|_| !is_file), ..*o };
     let opts = FuseOptions::default();
     let rewrite_ms = median_ms(o.reps, || fuse(&g, &opts))?;
     let f = fuse(&g, &opts)?;

@@ -136,8 +136,9 @@ enum Command {
     },
     /// Time fusion (CPU and GPU) and forward passes against same-run baselines.
     Bench {
-        /// Zoo models to fuse (default: repvgg_a0, repvgg_b0, mobileone_s0, unless
-        /// --onnx or --scaling is given).
+        /// Zoo models, or model files (.onnx, or .json with its .safetensors), whose
+        /// weight arithmetic to time kernel by kernel (default: repvgg_a0, repvgg_b0,
+        /// mobileone_s0, unless --onnx or --scaling is given).
         #[arg(long)]
         model: Vec<String>,
         /// ONNX files to run through `repfuse fuse` stage by stage, next to a
