@@ -211,7 +211,8 @@ pub struct BenchOptions {
 /// zoo model (it rebuilds the model at another input size); files skip it.
 pub fn bench_model(name: &str, gpu: Option<&GpuContext>, o: &BenchOptions) -> Result<ModelBench> {
     let path = std::path::Path::new(name);
-    let is_file = [".onnx", ".json"].iter().any(|e| name.to_ascii_lowercase().ends_with(e)) && path.is_file();
+    // An existing file is a model file; `load_model` names the formats it reads.
+    let is_file = path.is_file();
     let (g, w) = if is_file {
         let m = crate::io::load_model(path)?;
         (m.graph, m.weights)
