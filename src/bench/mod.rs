@@ -147,15 +147,8 @@ fn memcpy_ms(bytes: usize, reps: usize) -> Result<f64> {
 fn device_copy_ms(ctx: &GpuContext, bytes: usize, reps: usize) -> Result<f64> {
     let n = bytes.div_ceil(4).max(1);
     // Plain copy buffers: no storage binding, so no binding-size limit.
-    let buf = |label| {
-        ctx.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(label),
-            size: n as u64 * 4,
-            usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        })
-    };
-    let (a, b) = (buf("copy_src"), buf("copy_dst"));
+    let usage = wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+    let (a, b) = (sized_buffer(ctx, "copy_src", n as u64 * 4, usage)?, sized_buffer(ctx, "copy_dst", n as u64 * 4, usage)?);
     median_ms(reps, || {
         let mut e = ctx.device.create_command_encoder(&Default::default());
         e.copy_buffer_to_buffer(&a, 0, &b, 0, n as u64 * 4);
@@ -164,36 +157,59 @@ fn device_copy_ms(ctx: &GpuContext, bytes: usize, reps: usize) -> Result<f64> {
 }
 
 /// `copy.wgsl` moving `bytes` (half read, half written), the compute roofline:
-/// (median ms, workgroups) of the fastest of a few dispatch sizes, since the best
-/// grid differs between adapters (lavapipe pays for every idle invocation).
+/// (median ms, workgroups per piece) of the fastest of a few dispatch sizes, since the
+/// best grid differs between adapters (lavapipe pays for every idle invocation). The
+/// bytes go in pieces of at most one storage binding, all dispatched in one pass, as
+/// the plan's windows are: a model whose plan moves more than one binding (RepVGG-B1
+/// and up on lavapipe's 128 MiB) still gets its baseline.
 fn shader_copy_ms(ctx: &GpuContext, bytes: usize, reps: usize) -> Result<(f64, u32)> {
     use crate::gpu::shaders::KernelId;
-    let vec4s = (bytes / 32).max(1);
-    let half = vec4s as u64 * 16;
-    ctx.check_binding(half)?;
-    let buf = |label, usage| ctx.device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size: half, usage, mapped_at_creation: false });
-    let src = buf("shader_copy_src", wgpu::BufferUsages::STORAGE);
-    let dst = buf("shader_copy_dst", wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC);
+    let half = (bytes / 32).max(1) as u64 * 16;
+    let pieces = binding_pieces(half, ctx.limits.max_storage_buffer_binding_size, ctx.limits.min_storage_buffer_offset_alignment as u64);
+    let src = sized_buffer(ctx, "shader_copy_src", half, wgpu::BufferUsages::STORAGE)?;
+    let dst = sized_buffer(ctx, "shader_copy_dst", half, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC)?;
     let kernel = ctx.kernel(KernelId::Copy)?;
-    let group = ctx.bind_group(&kernel, &[src.as_entire_binding(), dst.as_entire_binding()]);
+    fn range(b: &wgpu::Buffer, (offset, size): (u64, u64)) -> wgpu::BindingResource<'_> {
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: b, offset, size: std::num::NonZeroU64::new(size) })
+    }
+    let groups: Vec<wgpu::BindGroup> = pieces.iter().map(|&p| ctx.bind_group(&kernel, &[range(&src, p), range(&dst, p)])).collect();
     let mut best = (f64::INFINITY, 0);
     for per_invocation in [1usize, 4, 16, 64] {
-        let groups = vec4s.div_ceil(256 * per_invocation).clamp(1, 65535) as u32;
+        let workgroups = |(_, size): (u64, u64)| (size as usize / 16).div_ceil(256 * per_invocation).clamp(1, 65535) as u32;
         let ms = median_ms(reps, || {
             let mut e = ctx.device.create_command_encoder(&Default::default());
             {
                 let mut p = e.begin_compute_pass(&Default::default());
                 p.set_pipeline(&kernel.pipeline);
-                p.set_bind_group(0, &group, &[]);
-                p.dispatch_workgroups(groups, 1, 1);
+                for (group, &piece) in groups.iter().zip(&pieces) {
+                    p.set_bind_group(0, group, &[]);
+                    p.dispatch_workgroups(workgroups(piece), 1, 1);
+                }
             }
             ctx.submit_and_read(e, &[(&dst, 0, 1)])
         })?;
         if ms < best.0 {
-            best = (ms, groups);
+            best = (ms, workgroups(pieces[0]));
         }
     }
     Ok(best)
+}
+
+/// An uninitialised buffer of `size` bytes, refused with `Error::Limit` above the
+/// adapter's largest buffer (wgpu would record a validation error instead).
+fn sized_buffer(ctx: &GpuContext, label: &str, size: u64, usage: wgpu::BufferUsages) -> Result<wgpu::Buffer> {
+    if size > ctx.limits.max_buffer_size {
+        return Err(crate::Error::Limit { what: format!("max_buffer_size ({})", label), need: size, have: ctx.limits.max_buffer_size });
+    }
+    Ok(ctx.device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size, usage, mapped_at_creation: false }))
+}
+
+/// `total` bytes as (offset, size) pieces of at most `binding` bytes, each offset a
+/// multiple of `align` and every size a multiple of 16 (one vec4).
+fn binding_pieces(total: u64, binding: u64, align: u64) -> Vec<(u64, u64)> {
+    let align = align.max(16);
+    let piece = (binding.min(total) / align * align).max(align.min(total));
+    (0..total.div_ceil(piece)).map(|i| (i * piece, piece.min(total - i * piece))).collect()
 }
 
 /// What `bench_model` measures and how often.
@@ -385,4 +401,25 @@ pub fn bench_conv(ctx: &GpuContext, c: usize, hw: usize, reps: usize) -> Result<
         cpu_ms,
         cpu_gflops: gflop / (cpu_ms / 1e3),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::binding_pieces;
+
+    #[test]
+    fn binding_pieces_cover_the_bytes_once_each_within_the_binding_and_aligned() {
+        for (total, binding, align) in
+            [(16u64, 1 << 27, 256), (300 << 20, 128 << 20, 256), ((128 << 20) + 16, 128 << 20, 256), (4096, 1000, 256), (1 << 20, 1 << 20, 64)]
+        {
+            let pieces = binding_pieces(total, binding, align);
+            let mut next = 0;
+            for &(offset, size) in &pieces {
+                assert_eq!(offset, next, "{:?}", pieces);
+                assert!(size > 0 && size <= binding && size % 16 == 0 && offset % align == 0, "{:?}", pieces);
+                next += size;
+            }
+            assert_eq!(next, total, "{:?}", pieces);
+        }
+    }
 }

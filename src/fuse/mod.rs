@@ -104,6 +104,7 @@ pub fn fuse(graph: &Graph, opts: &FuseOptions) -> Result<Fusion> {
     let max_patches = 16 * graph.nodes.len() + 16;
     let mut shapes = shapes_before;
     let mut names = apply::NodeNames::new(&g);
+    let mut spare_nodes = vec![];
     for _ in 0..max_patches {
         let index = GraphIndex::new(&g);
         let mut ctx = Ctx {
@@ -126,7 +127,7 @@ pub fn fuse(graph: &Graph, opts: &FuseOptions) -> Result<Fusion> {
         let rule = wave[0].rule;
         let layout = apply::check_wave(&g, &index, &wave, &names, rule)?;
         let (nodes, params) = record(&g, &mut plan, &mut report, &mut origins, wave);
-        apply::commit(&mut g, nodes, params, layout, &mut names, &mut shapes, rule)?;
+        apply::commit(&mut g, &mut spare_nodes, nodes, params, layout, &mut names, &mut shapes, rule)?;
     }
     Err(Error::Graph(format!("rewrite did not reach a fixpoint after {} patches (a rule bug)", max_patches)))
 }
