@@ -5,7 +5,7 @@
 struct ComposeJob {
     first_kernel: u32, first_bias: u32, first_groups: u32, mid: u32, first_per: u32, first_kh: u32, first_kw: u32,
     second_kernel: u32, second_bias: u32, second_groups: u32, out_channels: u32, second_per: u32, second_kh: u32, second_kw: u32,
-    in_channels: u32, groups: u32, out_kernel: u32, out_bias: u32,
+    in_channels: u32, groups: u32, out_kernel: u32, out_bias: u32, tile: u32,
 }
 
 @group(0) @binding(1) var<storage, read> jobs: array<ComposeJob>;
@@ -45,6 +45,69 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     if (out_b != NONE) {
         n = nk + o_count;
     }
+    if (job.tile == 4u) {
+        // 4x4 tiles of (output, input) channels at one tap; the host chose this only
+        // when each tile lies in one group of every conv, so one mid range serves it.
+        let tiles = nk / 16u;
+        let per4 = per / 4u;
+        for (var i = gid.x; i < tiles + n - nk; i += nwg.x * WG) {
+            if (i >= tiles) {
+                arena[out_b + i - tiles] = composed_bias(job, i - tiles);
+                continue;
+            }
+            let t = i % taps;
+            let cl0 = ((i / taps) % per4) * 4u;
+            let o0 = (i / (taps * per4)) * 4u;
+            let c0 = (o0 / (o_count / groups)) * per + cl0;
+            let g_b = o0 / (o_count / gb);
+            let mids_a = m / ga;
+            let g_a = c0 / ca;
+            let ci0 = c0 - g_a * ca;
+            let lo = max(g_b * mb, g_a * mids_a);
+            let hi = min(g_b * mb + mb, g_a * mids_a + mids_a);
+            // Rows: output channels o0..o0+3; lanes: input channels c0..c0+3.
+            var acc0 = vec4<f32>(0.0);
+            var acc1 = vec4<f32>(0.0);
+            var acc2 = vec4<f32>(0.0);
+            var acc3 = vec4<f32>(0.0);
+            // Strides between consecutive output channels (second kernel) and
+            // consecutive input channels (first kernel), and each one's base.
+            var b_row = mb;
+            var a_lane = 1u;
+            var b_at = b_k + o0 * mb - g_b * mb;
+            var a_at = a_k + ci0;
+            if (first_1x1) {
+                b_row = mb * taps;
+                b_at = b_k + (o0 * mb - g_b * mb) * taps + t;
+            } else {
+                a_lane = taps;
+                a_at = a_k + ci0 * taps + t;
+            }
+            var a_mid = ca;
+            var b_mid = 1u;
+            if (first_1x1) {
+                b_mid = taps;
+            } else {
+                a_mid = ca * taps;
+            }
+            for (var mid = lo; mid < hi; mid++) {
+                let bi = b_at + mid * b_mid;
+                let ai = a_at + mid * a_mid;
+                let a = vec4<f32>(arena[ai], arena[ai + a_lane], arena[ai + 2u * a_lane], arena[ai + 3u * a_lane]);
+                acc0 += arena[bi] * a;
+                acc1 += arena[bi + b_row] * a;
+                acc2 += arena[bi + 2u * b_row] * a;
+                acc3 += arena[bi + 3u * b_row] * a;
+            }
+            let row = per * taps;
+            let at = out_k + (o0 * per + cl0) * taps + t;
+            store_lanes(at, taps, acc0);
+            store_lanes(at + row, taps, acc1);
+            store_lanes(at + 2u * row, taps, acc2);
+            store_lanes(at + 3u * row, taps, acc3);
+        }
+        return;
+    }
     for (var i = gid.x; i < n; i += nwg.x * WG) {
         var acc = 0.0;
         if (i < nk) {
@@ -74,22 +137,37 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
             }
             arena[out_k + i] = acc;
         } else {
-            let o = i - nk;
-            if (b_b != NONE) {
-                acc = arena[b_b + o];
-            }
-            if (a_b != NONE) {
-                let g_b = o / (o_count / gb);
-                let btaps = bh * bw;
-                for (var j = 0u; j < mb; j++) {
-                    var tap_sum = 0.0;
-                    for (var t = 0u; t < btaps; t++) {
-                        tap_sum += arena[b_k + (o * mb + j) * btaps + t];
-                    }
-                    acc += tap_sum * arena[a_b + g_b * mb + j];
-                }
-            }
-            arena[out_b + o] = acc;
+            arena[out_b + i - nk] = composed_bias(job, i - nk);
         }
     }
+}
+
+/// Four consecutive input channels' values at `at`, `at + stride`, ...
+fn store_lanes(at: u32, stride: u32, v: vec4<f32>) {
+    arena[at] = v.x;
+    arena[at + stride] = v.y;
+    arena[at + 2u * stride] = v.z;
+    arena[at + 3u * stride] = v.w;
+}
+
+/// The composed bias of output channel `o`: b2 + sum over mids of the second
+/// kernel's taps times the first bias.
+fn composed_bias(job: ComposeJob, o: u32) -> f32 {
+    var acc = 0.0;
+    if (job.second_bias != NONE) {
+        acc = arena[job.second_bias + o];
+    }
+    if (job.first_bias != NONE) {
+        let mb = job.second_per;
+        let g_b = o / (job.out_channels / job.second_groups);
+        let btaps = job.second_kh * job.second_kw;
+        for (var j = 0u; j < mb; j++) {
+            var tap_sum = 0.0;
+            for (var t = 0u; t < btaps; t++) {
+                tap_sum += arena[job.second_kernel + (o * mb + j) * btaps + t];
+            }
+            acc += tap_sum * arena[job.first_bias + g_b * mb + j];
+        }
+    }
+    return acc;
 }

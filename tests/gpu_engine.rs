@@ -88,6 +88,28 @@ fn gpu_plan_primitives_match_cpu_on_every_zoo_block() {
             let c = b.conv_bn(x, ConvSpec::same(4, 3, 1, 2));
             b.conv_bn(&c, ConvSpec::same(8, 1, 1, 1))
         }),
+        // Channel counts in fours: `compose` works in 4x4 tiles of (output, input)
+        // channels, dense and two groups, 1x1 first and KxK first. The ReLU keeps the
+        // leading 3x3 (which brings 8 channels) out of the composition; a padded 1x1
+        // before an unpadded KxK (DBB's form) is what composes exactly.
+        ("tiled_1x1_kxk", |b, x| {
+            let c = b.conv_bn(x, ConvSpec::same(8, 3, 1, 1));
+            let c = b.relu(&c);
+            let t = b.conv_bn(&c, ConvSpec::same(12, 1, 1, 1).pad(1));
+            b.conv_bn(&t, ConvSpec::same(8, 3, 1, 1).pad(0))
+        }),
+        ("tiled_grouped_1x1_kxk", |b, x| {
+            let c = b.conv_bn(x, ConvSpec::same(8, 3, 1, 1));
+            let c = b.relu(&c);
+            let t = b.conv_bn(&c, ConvSpec::same(16, 1, 1, 2).pad(1));
+            b.conv_bn(&t, ConvSpec::same(8, 3, 1, 2).pad(0))
+        }),
+        ("tiled_kxk_1x1", |b, x| {
+            let c = b.conv_bn(x, ConvSpec::same(8, 3, 1, 1));
+            let c = b.relu(&c);
+            let t = b.conv_bn(&c, ConvSpec::same(12, 3, 1, 1));
+            b.conv_bn(&t, ConvSpec::same(8, 1, 1, 1))
+        }),
     ];
     // `place` as this adapter runs it, as a GPU does (teams of 32 lanes), in slices short enough that every row is split across invocations (alone,
     // and 1x1 rows in teams of 2), and in mid-sized slices whose 3x3 rows are split

@@ -219,5 +219,8 @@ gpu_record! {
         out_kernel: u32,
         /// Composed bias offset or NONE.
         out_bias: u32,
+        /// 4 when the kernel is composed in 4x4 tiles of (output, input) channels
+        /// (every tile within one group of each conv, see `compose_tile`), else 1.
+        tile: u32,
     }
 }
