@@ -653,7 +653,7 @@ fn encode(step: &Step, arena: &Arena, shape_of: &dyn Fn(&str) -> Result<Vec<usiz
 /// for 1 (a dense DBB 1x1->3x3 composition was 0.05 GB/s one element at a time).
 /// Otherwise 1, one element at a time.
 fn compose_tile(out_channels: usize, groups: usize, second_groups: usize, per: usize, first_per: usize) -> u32 {
-    let whole = |n: usize| n % 4 == 0;
+    let whole = |n: usize| n.is_multiple_of(4);
     let blocks = groups > 0 && second_groups > 0 && whole(out_channels / groups) && whole(out_channels / second_groups);
     if blocks && whole(per) && whole(first_per) {
         4
