@@ -9,6 +9,11 @@ struct ComposeJob {
 }
 
 @group(0) @binding(1) var<storage, read> jobs: array<ComposeJob>;
+// The arena as vec4s, read at the first kernel only (as place.wgsl's `sources4`:
+// no job of a dispatch writes what another reads): a tile's four input channels of a
+// dense-enough 1x1 first kernel are one aligned vec4, one bounds check on lavapipe
+// instead of four.
+@group(0) @binding(2) var<storage, read_write> arena4: array<vec4<f32>>;
 
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -90,14 +95,26 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
             } else {
                 a_mid = ca * taps;
             }
-            for (var mid = lo; mid < hi; mid++) {
-                let bi = b_at + mid * b_mid;
-                let ai = a_at + mid * a_mid;
-                let a = vec4<f32>(arena[ai], arena[ai + a_lane], arena[ai + 2u * a_lane], arena[ai + 3u * a_lane]);
-                acc0 += arena[bi] * a;
-                acc1 += arena[bi + b_row] * a;
-                acc2 += arena[bi + 2u * b_row] * a;
-                acc3 += arena[bi + 3u * b_row] * a;
+            if (first_1x1) {
+                // Lanes are consecutive: offsets 64-aligned, ci0 and ca multiples of 4.
+                for (var mid = lo; mid < hi; mid++) {
+                    let bi = b_at + mid * b_mid;
+                    let a = arena4[(a_at + mid * a_mid) / 4u];
+                    acc0 += arena[bi] * a;
+                    acc1 += arena[bi + b_row] * a;
+                    acc2 += arena[bi + 2u * b_row] * a;
+                    acc3 += arena[bi + 3u * b_row] * a;
+                }
+            } else {
+                for (var mid = lo; mid < hi; mid++) {
+                    let bi = b_at + mid * b_mid;
+                    let ai = a_at + mid * a_mid;
+                    let a = vec4<f32>(arena[ai], arena[ai + a_lane], arena[ai + 2u * a_lane], arena[ai + 3u * a_lane]);
+                    acc0 += arena[bi] * a;
+                    acc1 += arena[bi + b_row] * a;
+                    acc2 += arena[bi + 2u * b_row] * a;
+                    acc3 += arena[bi + 3u * b_row] * a;
+                }
             }
             let row = per * taps;
             let at = out_k + (o0 * per + cl0) * taps + t;

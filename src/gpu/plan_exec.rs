@@ -385,8 +385,9 @@ fn record_dispatch(
     let sources = (kernel == KernelId::Place).then(|| ctx.table("place sources", bytemuck::cast_slice(&b.sources)));
     let mut bindings = vec![buf.as_entire_binding(), table.as_entire_binding()];
     bindings.extend(sources.as_ref().map(|t| t.as_entire_binding()));
-    if kernel == KernelId::Place {
-        // place.wgsl's vec4 view of the same arena, read at sources only.
+    if kernel == KernelId::Place || kernel == KernelId::Compose {
+        // place.wgsl's and compose.wgsl's vec4 view of the same arena, read at
+        // sources only.
         bindings.push(buf.as_entire_binding());
     }
     let bg = ctx.bind_group(&k, &bindings);
