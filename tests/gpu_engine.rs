@@ -349,3 +349,33 @@ fn gpu_every_forward_op_matches_the_reference_on_the_gpu() {
         assert!(s.passed(), "{}: {:?}", name, s);
     }
 }
+
+#[test]
+fn gpu_a_merge_over_one_storage_binding_is_cut_by_output_channel() {
+    // The binding lowered to 64 KiB: each stride-2 block's merge (a 3x3 and a 1x1
+    // branch, ~160 KB dense, less grouped or depthwise) is over it, so it runs cut
+    // into pieces of output rows and joined; the result must equal the CPU's.
+    common::gpu();
+    let mut ctx = GpuContext::new().unwrap();
+    ctx.limits.max_storage_buffer_binding_size = 64 << 10;
+    let mut b = GraphBuilder::new(9);
+    let x = b.input("x", &[1, 32, 8, 8]);
+    let t = blocks::repvgg_block(&mut b, &x, 64, 2, 1);
+    // Pieces of one whole group of 32 rows, then of four groups of 16.
+    let t = blocks::repvgg_block(&mut b, &t, 128, 2, 4);
+    let t = blocks::repvgg_block(&mut b, &t, 128, 2, 8);
+    let t = blocks::mobileone_block(&mut b, &t, 128, 3, 2, 128, 2);
+    b.output(&t);
+    let (g, w) = b.finish();
+    assert_plan_matches_on(&ctx, "cut merges", &g, &w, &FuseOptions::default());
+    // An identity branch is a Dirac the plan computes: that merge is not cut, and a
+    // binding too small for it is refused by name, not run wrong.
+    let mut b = GraphBuilder::new(9);
+    let x = b.input("x", &[1, 64, 8, 8]);
+    let t = blocks::repvgg_block(&mut b, &x, 64, 1, 1);
+    b.output(&t);
+    let (g, w) = b.finish();
+    let f = fuse(&g, &FuseOptions::default()).unwrap();
+    let e = repfuse::gpu::execute_plan_gpu(&ctx, &f.plan, &w).unwrap_err().to_string();
+    assert!(e.contains("cannot be cut by output channel"), "{}", e);
+}

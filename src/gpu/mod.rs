@@ -6,6 +6,7 @@ mod forward;
 mod plan_exec;
 pub mod records;
 pub mod shaders;
+mod split;
 
 pub use context::{grid, ConvKernel, GpuContext, POLL_TIMEOUT};
 pub use forward::{act_code, forward_gpu, ConvParams, ElementwiseParams, GpuStep, GpuValue, LinearParams, PoolParams};

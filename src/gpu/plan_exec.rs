@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::context::GpuContext;
 use super::shaders::KernelId;
+use super::split;
 use crate::error::{Error, Result};
 use crate::plan::{FusionPlan, Step};
 use crate::tensor::Tensor;
@@ -25,7 +26,7 @@ impl Arena {
         // 64-element alignment keeps every tensor on a 256-byte boundary (a binding
         // offset needs it; place.wgsl reads sources as vec4s where they are 16-byte aligned).
         self.offset.insert(name.to_string(), self.len);
-        self.len += numel.div_ceil(64).max(1) * 64;
+        self.len += split::padded(numel);
     }
     fn at(&self, name: &str) -> Result<u32> {
         let off = self.offset.get(name).ok_or_else(|| Error::tensor(name, "not in the GPU arena"))?;
@@ -119,6 +120,46 @@ fn components(plan: &FusionPlan) -> Vec<usize> {
     (0..n).map(|i| find(&mut parent, i)).collect()
 }
 
+/// The regions of `components`' output in order of first step, and each one's steps
+/// in plan order.
+fn regions(comp: &[usize]) -> (Vec<usize>, HashMap<usize, Vec<usize>>) {
+    let mut order: Vec<usize> = vec![];
+    let mut members: HashMap<usize, Vec<usize>> = HashMap::new();
+    for (i, &c) in comp.iter().enumerate() {
+        members
+            .entry(c)
+            .or_insert_with(|| {
+                order.push(c);
+                vec![]
+            })
+            .push(i);
+    }
+    (order, members)
+}
+
+/// Every tensor the `steps` of one region read or write, each once.
+fn region_tensors<'p>(plan: &'p FusionPlan, steps: &[usize]) -> Vec<&'p str> {
+    let mut tensors: Vec<&str> = vec![];
+    for &i in steps {
+        for t in plan.steps[i].inputs().into_iter().chain(plan.steps[i].outputs()) {
+            if !tensors.contains(&t) {
+                tensors.push(t);
+            }
+        }
+    }
+    tensors
+}
+
+/// Arena elements a region's tensors take in a window.
+fn region_need(tensors: &[&str], numel_of: &dyn Fn(&str) -> Result<usize>) -> Result<usize> {
+    tensors.iter().try_fold(0usize, |sum, t| Ok(sum + split::padded(numel_of(t)?)))
+}
+
+/// Largest window, in f32 elements: one storage binding (and one buffer).
+fn window_limit(ctx: &GpuContext) -> usize {
+    (ctx.limits.max_storage_buffer_binding_size.min(ctx.limits.max_buffer_size) / 4).min(u32::MAX as u64) as usize
+}
+
 /// A window with its dispatches by (dependency level, kernel).
 type WindowJobs = (Window, BTreeMap<(usize, KernelId), Batch>);
 
@@ -179,6 +220,11 @@ pub fn execute_plan_gpu_timed(ctx: &GpuContext, plan: &FusionPlan, weights: &Wei
 pub fn execute_plan_gpu_bounded(ctx: &GpuContext, plan: &FusionPlan, weights: &Weights, submission_bytes: u64) -> Result<(HashMap<String, Tensor>, GpuTiming)> {
     let started = std::time::Instant::now();
     plan.check_sources(weights)?;
+    let (source_plan, split) = (plan, cut_oversized_regions(ctx, plan, weights)?);
+    let (plan, weights) = match &split {
+        Some(s) => (&s.plan, &s.weights),
+        None => (plan, weights),
+    };
     let out_shapes = plan.output_shapes(weights)?;
     let shape_of = |n: &str| -> Result<Vec<usize>> { out_shapes.get(n).cloned().map_or_else(|| Ok(weights.get(n)?.shape().to_vec()), Ok) };
     let windows = pack_windows(ctx, plan, &out_shapes, &shape_of)?;
@@ -216,8 +262,29 @@ pub fn execute_plan_gpu_bounded(ctx: &GpuContext, plan: &FusionPlan, weights: &W
             }
         }
     }
-    plan.check_outputs(&out)?;
+    if let Some(s) = &split {
+        s.join(&mut out)?;
+    }
+    source_plan.check_outputs(&out)?;
     Ok((out, GpuTiming { wall_ms: started.elapsed().as_secs_f64() * 1e3, compute_ms, kernels }))
+}
+
+/// The plan with its merges over one window cut by output channel (`split`), or
+/// `None` when every region fits.
+fn cut_oversized_regions(ctx: &GpuContext, plan: &FusionPlan, weights: &Weights) -> Result<Option<split::Split>> {
+    let out_shapes = plan.output_shapes(weights)?;
+    let numel_of = |n: &str| -> Result<usize> { out_shapes.get(n).map_or_else(|| weights.get(n).map(|t| t.numel()), |s| Ok(s.iter().product())) };
+    let comp = components(plan);
+    let (_, members) = regions(&comp);
+    let mut need = HashMap::with_capacity(members.len());
+    for (c, steps) in &members {
+        need.insert(*c, region_need(&region_tensors(plan, steps), &numel_of)?);
+    }
+    let cut = split::split_oversized(plan, weights, &comp, &need, window_limit(ctx))?;
+    if let Some(s) = &cut {
+        tracing::info!(steps = plan.steps.len(), cut_steps = s.plan.steps.len(), "GPU plan: merges over one storage binding cut by output channel");
+    }
+    Ok(cut)
 }
 
 /// Uploads, computes and reads back one submission's windows, adding their computed
@@ -281,35 +348,19 @@ fn pack_windows(
     shape_of: &dyn Fn(&str) -> Result<Vec<usize>>,
 ) -> Result<Vec<Window>> {
     let numel_of = |n: &str| -> Result<usize> { Ok(shape_of(n)?.iter().product()) };
-    let comp = components(plan);
-    // Steps per component, in plan order; components in order of first step.
-    let mut order: Vec<usize> = vec![];
-    let mut members: HashMap<usize, Vec<usize>> = HashMap::new();
-    for (i, &c) in comp.iter().enumerate() {
-        members.entry(c).or_insert_with(|| {
-            order.push(c);
-            vec![]
-        });
-        members.get_mut(&c).expect("inserted").push(i);
-    }
-    let limit = (ctx.limits.max_storage_buffer_binding_size.min(ctx.limits.max_buffer_size) / 4).min(u32::MAX as u64) as usize;
+    let (order, members) = regions(&components(plan));
+    let limit = window_limit(ctx);
     let mut windows: Vec<Window> = vec![];
     for c in order {
         let steps = &members[&c];
-        let mut tensors: Vec<&str> = vec![];
-        for &i in steps {
-            for t in plan.steps[i].inputs().into_iter().chain(plan.steps[i].outputs()) {
-                if !tensors.contains(&t) {
-                    tensors.push(t);
-                }
-            }
-        }
-        let mut need = 0usize;
-        for t in &tensors {
-            need += numel_of(t)?.div_ceil(64).max(1) * 64;
-        }
+        let tensors = region_tensors(plan, steps);
+        let need = region_need(&tensors, &numel_of)?;
         if need > limit {
-            return Err(Error::Limit { what: "max_storage_buffer_binding_size (one fused region)".into(), need: need as u64 * 4, have: limit as u64 * 4 });
+            let what = format!(
+                "max_storage_buffer_binding_size (the fused region writing `{}`, which cannot be cut by output channel)",
+                plan.steps[steps[0]].outputs()[0]
+            );
+            return Err(Error::Limit { what, need: need as u64 * 4, have: limit as u64 * 4 });
         }
         if windows.last().is_none_or(|w| w.planned + need > limit) {
             windows.push(Window { arena: Arena { offset: HashMap::new(), len: 0 }, steps: vec![], computed: vec![], computed_start: 0, planned: 0 });
