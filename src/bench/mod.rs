@@ -83,6 +83,9 @@ pub struct KernelBench {
     pub fraction_of_copy: f64,
     /// Its GB/s over the same-run shader copy's (`copy.wgsl`).
     pub fraction_of_shader_copy: f64,
+    /// GFLOP/s of a compute-bound kernel (`compose`), to set beside the conv
+    /// forward's; `None` for kernels bound by memory traffic.
+    pub gflop_per_s: Option<f64>,
 }
 
 /// CPU forward pass of the training form against the deploy form on one input.
@@ -281,6 +284,7 @@ pub fn bench_model(name: &str, gpu: Option<&GpuContext>, o: &BenchOptions) -> Re
                                 gb_per_s: gbs,
                                 fraction_of_copy: gbs / copy_gbs,
                                 fraction_of_shader_copy: gbs / shader_gbs,
+                                gflop_per_s: (k.flops > 0).then(|| k.flops as f64 / (k.ms.max(1e-9) * 1e6)),
                             }
                         })
                         .collect()

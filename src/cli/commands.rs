@@ -348,6 +348,7 @@ pub fn bench(a: &BenchArgs) -> Result<i32> {
                         format!("{:.2}", k.gb_per_s),
                         format!("{:.1}%", k.fraction_of_copy * 100.0),
                         format!("{:.1}%", k.fraction_of_shader_copy * 100.0),
+                        k.gflop_per_s.map_or_else(|| "-".into(), |g| format!("{:.2}", g)),
                     ]
                 })
             })
@@ -355,7 +356,7 @@ pub fn bench(a: &BenchArgs) -> Result<i32> {
         .collect();
     if !kernel_rows.is_empty() {
         crate::say!("");
-        table::print(&["model", "kernel", "ms", "MB r+w", "GB/s", "of device copy", "of shader copy"], &kernel_rows);
+        table::print(&["model", "kernel", "ms", "MB r+w", "GB/s", "of device copy", "of shader copy", "GFLOP/s"], &kernel_rows);
         for r in &results {
             if let Some(g) = &r.gpu {
                 crate::say!(

@@ -72,6 +72,8 @@ struct Batch {
     max_elems: usize,
     /// Bytes the batch's steps read and write.
     bytes: u64,
+    /// Floating-point operations of its steps (`KernelTime::flops`).
+    flops: u64,
 }
 
 impl Batch {
@@ -207,6 +209,10 @@ pub struct KernelTime {
     pub bytes: u64,
     /// Dispatches (one per dependency level it appears in).
     pub dispatches: usize,
+    /// Floating-point operations of a compute-bound kernel (`compose`: 2 per
+    /// multiply-add of its composed kernels and biases), so its GFLOP/s can be put
+    /// beside the conv forward's; 0 for the kernels bound by memory traffic.
+    pub flops: u64,
 }
 
 /// `execute_plan_gpu`, also returning wall and timestamp-measured compute time.
@@ -256,6 +262,7 @@ pub fn execute_plan_gpu_bounded(ctx: &GpuContext, plan: &FusionPlan, weights: &W
                 Some(x) => {
                     x.ms += k.ms;
                     x.bytes += k.bytes;
+                    x.flops += k.flops;
                     x.dispatches += k.dispatches;
                 }
                 None => kernels.push(k),
@@ -300,7 +307,7 @@ fn run_submission(
     let dispatches: usize = group.iter().map(|(_, b)| b.len()).sum();
     let timer = Timer::new(ctx, dispatches);
     let mut buffers = Vec::with_capacity(group.len());
-    let mut timed: Vec<(KernelId, u64)> = vec![];
+    let mut timed: Vec<(KernelId, u64, u64)> = vec![];
     let mut windows = Vec::with_capacity(group.len());
     for (wi, (w, batches)) in group.into_iter().enumerate() {
         let buf = ctx.empty(&format!("arena{}", wi), w.arena.len)?;
@@ -311,7 +318,7 @@ fn run_submission(
         }
         for ((_, kernel), b) in batches {
             let timestamp_writes = timer.writes(timed.len());
-            timed.push((kernel, b.bytes));
+            timed.push((kernel, b.bytes, b.flops));
             record_dispatch(ctx, &mut encoder, &buf, kernel, &b, timestamp_writes)?;
         }
         buffers.push(buf);
@@ -402,6 +409,7 @@ fn batch_jobs(plan: &FusionPlan, windows: &[Window], shape_of: &dyn Fn(&str) -> 
             let b = batches.entry((levels[i], kernel)).or_default();
             b.push(job, elems);
             b.bytes += bytes as u64;
+            b.flops += compose_flops(step, shape_of)?;
         }
         out.push(batches);
     }
@@ -512,7 +520,7 @@ impl Timer {
     }
 
     /// Plan compute time and per-kernel times from the resolved `ticks`.
-    fn times(&self, ctx: &GpuContext, ticks: Option<&[u64]>, timed: &[(KernelId, u64)]) -> (Option<f64>, Vec<KernelTime>) {
+    fn times(&self, ctx: &GpuContext, ticks: Option<&[u64]>, timed: &[(KernelId, u64, u64)]) -> (Option<f64>, Vec<KernelTime>) {
         let Some(ticks) = ticks else { return (None, vec![]) };
         if timed.is_empty() {
             return (Some(0.0), vec![]);
@@ -522,15 +530,16 @@ impl Timer {
             return (Some(ms(ticks[0], ticks[1])), vec![]);
         }
         let mut kernels: Vec<KernelTime> = vec![];
-        for (k, (kernel, bytes)) in timed.iter().enumerate() {
+        for (k, (kernel, bytes, flops)) in timed.iter().enumerate() {
             let t = ms(ticks[2 * k], ticks[2 * k + 1]);
             match kernels.iter_mut().find(|x| x.kernel == kernel.name()) {
                 Some(x) => {
                     x.ms += t;
                     x.bytes += bytes;
+                    x.flops += flops;
                     x.dispatches += 1;
                 }
-                None => kernels.push(KernelTime { kernel: kernel.name(), ms: t, bytes: *bytes, dispatches: 1 }),
+                None => kernels.push(KernelTime { kernel: kernel.name(), ms: t, bytes: *bytes, dispatches: 1, flops: *flops }),
             }
         }
         (Some(ms(ticks[0], ticks[2 * timed.len() - 1])), kernels)
@@ -714,6 +723,38 @@ fn compose_tile(out_channels: usize, groups: usize, second_groups: usize, per: u
     }
 }
 
+/// Floating-point operations of a `Compose` step as `compose.wgsl` does them (2 per
+/// multiply-add: each composed value sums the mids that read its input channel and
+/// feed its output channel, each bias the second kernel's taps times the first
+/// bias); 0 for the other steps.
+fn compose_flops(step: &Step, shape_of: &dyn Fn(&str) -> Result<Vec<usize>>) -> Result<u64> {
+    let Step::Compose { first, second, in_channels, out_shape, groups, out_bias, .. } = step else { return Ok(0) };
+    let [m, ca, ..] = dims4(&shape_of(&first.kernel)?)?;
+    let [o_count, mb, bh, bw] = dims4(&shape_of(&second.kernel)?)?;
+    let taps = out_shape.iter().skip(2).product::<usize>().max(1);
+    let (groups, gb, ga) = ((*groups).max(1), second.groups.max(1), first.groups.max(1));
+    let (per, mids_a) = (in_channels / groups, m / ga);
+    let mut macs = 0u64;
+    for o in 0..o_count {
+        let g_b = o / (o_count / gb).max(1);
+        let (lo_b, hi_b) = (g_b * mb, g_b * mb + mb);
+        let first_c = (o / (o_count / groups).max(1)) * per;
+        // The element's input channels, in runs that share one group of the first conv.
+        let mut c = first_c;
+        while c < first_c + per {
+            let g_a = c / ca.max(1);
+            let run_end = ((g_a + 1) * ca).min(first_c + per);
+            let overlap = hi_b.min(g_a * mids_a + mids_a).saturating_sub(lo_b.max(g_a * mids_a));
+            macs += ((run_end - c) * overlap * taps) as u64;
+            c = run_end;
+        }
+    }
+    if out_bias.is_some() && first.bias.is_some() {
+        macs += (o_count * mb * bh * bw) as u64;
+    }
+    Ok(2 * macs)
+}
+
 /// A fill job's BN fields when it has no batch norm.
 fn fill_no_bn() -> FillJob {
     FillJob { gamma: NONE, beta: NONE, mean: NONE, variance: NONE, ..FillJob::default() }
@@ -724,6 +765,44 @@ mod tests {
     /// The dispatch sizes `place` by the elements a team of invocations writes; those
     /// numbers are the shader's `RUN` and `LANES` (their defaults are the GPU shape,
     /// overridden per adapter), so the two must not drift apart.
+    #[test]
+    fn compose_flops_count_each_mid_that_links_an_input_to_an_output_channel() {
+        use crate::plan::{ConvOperand, Step};
+        // (first [M, C/ga, kh, kw], ga, second [O, M/gb, kh, kw], gb, in C, groups)
+        let cases = [
+            ([12, 8, 1, 1], 1, [8, 12, 3, 3], 1, 8, 1),
+            ([16, 4, 1, 1], 2, [8, 8, 3, 3], 2, 8, 2),
+            ([8, 1, 1, 1], 8, [4, 4, 1, 1], 2, 8, 1),
+            ([12, 3, 3, 3], 2, [8, 12, 1, 1], 1, 6, 1),
+        ];
+        for (a, ga, b, gb, c_in, groups) in cases {
+            let taps = if a[2] == 1 { b[2] * b[3] } else { a[2] * a[3] };
+            let (o_count, m) = (b[0], a[0]);
+            let per = c_in / groups;
+            let step = Step::Compose {
+                first: ConvOperand { kernel: "a".into(), bias: Some("ab".into()), groups: ga },
+                second: ConvOperand { kernel: "b".into(), bias: None, groups: gb },
+                in_channels: c_in,
+                out_shape: vec![o_count, per, taps, 1],
+                groups,
+                out_kernel: "k".into(),
+                out_bias: Some("kb".into()),
+            };
+            let shape_of = |n: &str| Ok(if n == "a" { a.to_vec() } else { b.to_vec() });
+            // Brute force: a mid links (o, c) when it is among the second conv's
+            // inputs of o's group and the first conv's outputs of c's group.
+            let mut macs = 0;
+            for o in 0..o_count {
+                for cl in 0..per {
+                    let c = (o / (o_count / groups)) * per + cl;
+                    macs += (0..m).filter(|&mid| mid / (m / gb) == o / (o_count / gb) && mid / (m / ga) == c / (c_in / ga)).count() * taps;
+                }
+            }
+            macs += o_count * b[1] * b[2] * b[3];
+            assert_eq!(super::compose_flops(&step, &shape_of).unwrap(), 2 * macs as u64, "{:?} {:?}", a, b);
+        }
+    }
+
     #[test]
     fn compose_tiles_only_blocks_inside_one_group_of_every_conv() {
         use super::compose_tile;
