@@ -104,6 +104,17 @@ fn gpu_plan_primitives_match_cpu_on_every_zoo_block() {
             let t = b.conv_bn(&c, ConvSpec::same(16, 1, 1, 2).pad(1));
             b.conv_bn(&t, ConvSpec::same(8, 3, 1, 2).pad(0))
         }),
+        // `fold_bn` (a conv+BN that feeds no `place`) per row, per element and per
+        // vec4: rows of 6 (a 1x1 over six channels), of 81 (nine input channels of a
+        // 3x3: longer than its 64-element row path, not a whole number of vec4s) and
+        // of 36 (four channels' 3x3).
+        ("fold_bn_row_paths", |b, x| {
+            let c = b.conv_bn(x, ConvSpec::same(9, 1, 1, 1));
+            let c = b.relu(&c);
+            let c = b.conv_bn(&c, ConvSpec::same(4, 3, 1, 1));
+            let c = b.relu(&c);
+            b.conv_bn(&c, ConvSpec::same(4, 3, 1, 1))
+        }),
         ("tiled_kxk_1x1", |b, x| {
             let c = b.conv_bn(x, ConvSpec::same(8, 3, 1, 1));
             let c = b.relu(&c);

@@ -27,8 +27,8 @@ pub enum Bind {
 fn layout_of(k: KernelId) -> &'static [Bind] {
     use Bind::*;
     match k {
-        KernelId::FoldBn | KernelId::Fill => &[ReadWrite, Read],
-        KernelId::Compose => &[ReadWrite, Read, ReadWrite],
+        KernelId::Fill => &[ReadWrite, Read],
+        KernelId::FoldBn | KernelId::Compose => &[ReadWrite, Read, ReadWrite],
         KernelId::Place => &[ReadWrite, Read, Read, ReadWrite],
         KernelId::Conv2d | KernelId::Conv2dTiled | KernelId::Conv2dBlocked | KernelId::Linear | KernelId::Elementwise => {
             &[Uniform, Read, Read, Read, ReadWrite]

@@ -444,9 +444,8 @@ fn record_dispatch(
     let sources = (kernel == KernelId::Place).then(|| ctx.table("place sources", bytemuck::cast_slice(&b.sources)));
     let mut bindings = vec![buf.as_entire_binding(), table.as_entire_binding()];
     bindings.extend(sources.as_ref().map(|t| t.as_entire_binding()));
-    if kernel == KernelId::Place || kernel == KernelId::Compose {
-        // place.wgsl's and compose.wgsl's vec4 view of the same arena, read at
-        // sources only.
+    if matches!(kernel, KernelId::Place | KernelId::Compose | KernelId::FoldBn) {
+        // The kernel's vec4 view of the same arena, read at sources only.
         bindings.push(buf.as_entire_binding());
     }
     let bg = ctx.bind_group(&k, &bindings);
@@ -577,7 +576,17 @@ fn encode(step: &Step, arena: &Arena, shape_of: &dyn Fn(&str) -> Result<Vec<usiz
                 row: u(row),
                 eps: bn.eps,
             };
-            (Job::FoldBn(job), o * row + o)
+            // fold_bn.wgsl takes rows a whole number of vec4s long four elements at a
+            // time, other rows up to its ROW_PER_INVOCATION (64) whole, longer ones
+            // element by element.
+            let invocations = if row.is_multiple_of(4) {
+                o * row / 4 + o
+            } else if row <= 64 {
+                o
+            } else {
+                o * row + o
+            };
+            (Job::FoldBn(job), invocations)
         }
         Step::BnToConv { bn, channels, out_kernel, out_bias } => {
             let job = FillJob {
