@@ -20,7 +20,13 @@
 // A lone invocation first sums up to four sources that cover its whole slice with
 // the destination's window in registers and writes each element once (MobileOne's
 // parallel branches: its place went from 17.9-18.3 to 10.3-10.7 ms on lavapipe);
-// a team writes the first such source. Every other source's taps are then added in
+// a team writes the first such source. Where the slice is whole groups of four
+// channels at aligned addresses it also takes up to two 1x1 sources at the kernel's
+// centre (RepVGG's 1x1 branch and identity) in the same pass (`sum_groups`), so a
+// RepVGG slice is written once, as vec4s when no other source is left, instead of
+// a read-add-write of one element in nine per 1x1 source after it (RepVGG-B0's
+// place 33-39 -> 20-25 ms on lavapipe, with the CPU adapter's longer slices).
+// Every other source's taps are then added in
 // source order (the reference's order up to the summed ones going first, which the
 // GPU-vs-CPU tolerance covers); every element has one owner, so there are no
 // atomics and no barriers, and the index arithmetic that needs a division (which channel of which
@@ -53,9 +59,31 @@ fn store4(i: u32, v: vec4<f32>) {
 // (k = 1..4 summed sources; see the register sum in `main`): four elements per load
 // while every source address is a multiple of 4, the tail one by one. Each k has its
 // own loop: a loop over k inside would keep the accumulators in memory on lavapipe.
-fn sum_sources(dst: u32, n: u32, k: u32, a: vec4<u32>, m: vec4<f32>) {
+fn sum_sources(dst: u32, n: u32, k: u32, a: vec4<u32>, m: vec4<f32>, own: bool) {
     var done = 0u;
-    if (((a.x | a.y | a.z | a.w) & 3u) == 0u) {
+    if (own && ((a.x | a.y | a.z | a.w | dst) & 3u) == 0u) {
+        let b = a >> vec4<u32>(2u);
+        let d = dst >> 2u;
+        let n4 = n >> 2u;
+        if (k == 1u) {
+            for (var e = 0u; e < n4; e++) {
+                sources4[d + e] = m.x * sources4[b.x + e];
+            }
+        } else if (k == 2u) {
+            for (var e = 0u; e < n4; e++) {
+                sources4[d + e] = m.x * sources4[b.x + e] + m.y * sources4[b.y + e];
+            }
+        } else if (k == 3u) {
+            for (var e = 0u; e < n4; e++) {
+                sources4[d + e] = m.x * sources4[b.x + e] + m.y * sources4[b.y + e] + m.z * sources4[b.z + e];
+            }
+        } else if (k == 4u) {
+            for (var e = 0u; e < n4; e++) {
+                sources4[d + e] = m.x * sources4[b.x + e] + m.y * sources4[b.y + e] + m.z * sources4[b.z + e] + m.w * sources4[b.w + e];
+            }
+        }
+        done = n4 * 4u;
+    } else if (((a.x | a.y | a.z | a.w) & 3u) == 0u) {
         let b = a >> vec4<u32>(2u);
         let n4 = n >> 2u;
         if (k == 1u) {
@@ -92,6 +120,78 @@ fn sum_sources(dst: u32, n: u32, k: u32, a: vec4<u32>, m: vec4<f32>) {
     } else if (k == 4u) {
         for (var e = done; e < n; e++) {
             arena[dst + e] = m.x * arena[a.x + e] + m.y * arena[a.y + e] + m.z * arena[a.z + e] + m.w * arena[a.w + e];
+        }
+    }
+}
+
+// A 1x1 source taken into the register sum of a wider kernel (RepVGG's 1x1 branch,
+// an identity's Dirac): for slice channel r in [lo, hi) its value is
+// m * arena[at + r], added at tap p of that channel's taps (p4 = p / 4).
+struct Centre { at: u32, lo: u32, hi: u32, m: f32, p4: u32 }
+
+// The centre source's values for slice channels r .. r + 3 (0 outside [lo, hi)):
+// one vec4 load where all four are in range and aligned.
+fn centre_values(c: Centre, r: u32) -> vec4<f32> {
+    if (r >= c.lo && r + 4u <= c.hi && ((c.at + r) & 3u) == 0u) {
+        return c.m * sources4[(c.at + r) >> 2u];
+    }
+    var w = vec4<f32>(0.0);
+    if (r + 4u <= c.lo || r >= c.hi) {
+        return w;
+    }
+    if (r >= c.lo && r < c.hi) { w.x = c.m * arena[c.at + r]; }
+    if (r + 1u >= c.lo && r + 1u < c.hi) { w.y = c.m * arena[c.at + r + 1u]; }
+    if (r + 2u >= c.lo && r + 2u < c.hi) { w.z = c.m * arena[c.at + r + 2u]; }
+    if (r + 3u >= c.lo && r + 3u < c.hi) { w.w = c.m * arena[c.at + r + 3u]; }
+    return w;
+}
+
+// The k summed sources' vec4 i (vec4 indices b), four elements per load.
+fn sum4(k: u32, b: vec4<u32>, m: vec4<f32>, i: u32) -> vec4<f32> {
+    var v = m.x * sources4[b.x + i];
+    if (k >= 2u) { v += m.y * sources4[b.y + i]; }
+    if (k >= 3u) { v += m.z * sources4[b.z + i]; }
+    if (k >= 4u) { v += m.w * sources4[b.w + i]; }
+    return v;
+}
+
+// `sum_sources` for slices of whole groups of four channels, with up to two 1x1
+// sources (`cn` of c0, c1) added at their tap in the same pass, so the slice is
+// written once and never read back (RepVGG's 3x3 + 1x1 + identity; before, each
+// 1x1 tap was a read-add-write one element in nine). Four channels of `taps`
+// elements are `taps` vec4s; with taps % 4 == 1 and p % 4 == 0 (odd square kernels'
+// centre, any tap of a 1x1 kernel) channel j's tap p is lane j of vec4
+// j * (taps - 1) / 4 + p / 4, so a 1x1 source adds its four values where that
+// index is i: one compare and select per vec4. Every address is 16-byte aligned.
+// `own`: nothing else touches the slice in this dispatch, so stores are vec4s.
+fn sum_groups(dst: u32, groups: u32, taps: u32, k: u32, a: vec4<u32>, m: vec4<f32>, cn: u32, c0: Centre, c1: Centre, own: bool) {
+    let q = vec4<u32>(0u, 1u, 2u, 3u) * ((taps - 1u) / 4u);
+    let idx0 = q + vec4<u32>(c0.p4);
+    let idx1 = q + vec4<u32>(c1.p4);
+    let zero = vec4<f32>(0.0);
+    for (var g = 0u; g < groups; g++) {
+        let w0 = centre_values(c0, 4u * g);
+        var w1 = zero;
+        if (cn >= 2u) {
+            w1 = centre_values(c1, 4u * g);
+        }
+        let b = (a >> vec4<u32>(2u)) + vec4<u32>(g * taps);
+        let d = (dst >> 2u) + g * taps;
+        if (k == 1u && own) {
+            for (var i = 0u; i < taps; i++) {
+                let at = vec4<u32>(i);
+                sources4[d + i] = m.x * sources4[b.x + i] + select(zero, w0, idx0 == at) + select(zero, w1, idx1 == at);
+            }
+            continue;
+        }
+        for (var i = 0u; i < taps; i++) {
+            let at = vec4<u32>(i);
+            let v = sum4(k, b, m, i) + select(zero, w0, idx0 == at) + select(zero, w1, idx1 == at);
+            if (own) {
+                sources4[d + i] = v;
+            } else {
+                store4(4u * (d + i), v);
+            }
         }
     }
 }
@@ -202,7 +302,7 @@ fn add_run(dst: u32, src: u32, lo: u32, hi: u32, first: u32, lanes: u32, taps: u
 
 struct PlaceJob {
     out_kernel: u32, out_bias: u32, out_channels: u32, per: u32, kh: u32, kw: u32,
-    groups: u32, in_channels: u32, first_source: u32, sources: u32, summable: u32,
+    groups: u32, in_channels: u32, first_source: u32, sources: u32, summable: u32, centre: u32,
 }
 
 struct PlaceSourceJob {
@@ -281,6 +381,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         // then skipped below (`summed`, a bit per source).
         var summed = 0u;
         if (lanes == 1u) {
+            // Sources that do not reach this output channel: nothing to add.
+            var settled = 0u;
             var k = 0u;
             var a0 = 0u; var a1 = 0u; var a2 = 0u; var a3 = 0u;
             var m0 = 0.0; var m1 = 0.0; var m2 = 0.0; var m3 = 0.0;
@@ -292,6 +394,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                 let src = source_at(job.first_source + s);
                 let os = source_channel(src, o);
                 if (os == NONE) {
+                    settled |= 1u << s;
                     continue;
                 }
                 let si = src.in_per_group;
@@ -309,7 +412,50 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                 k++;
                 summed |= 1u << s;
             }
-            sum_sources(row + cl0 * taps, (cl1 - cl0) * taps, k, vec4<u32>(a0, a1, a2, a3), vec4<f32>(m0, m1, m2, m3));
+            let a = vec4<u32>(a0, a1, a2, a3);
+            let m = vec4<f32>(m0, m1, m2, m3);
+            let dst = row + cl0 * taps;
+            // Up to two 1x1 sources (the host's `centre` bits) join the sum where the
+            // slice is whole groups of four channels at aligned addresses (`sum_groups`).
+            var cn = 0u;
+            var cen0 = Centre(0u, 0u, 0u, 0.0, 0u);
+            var cen1 = cen0;
+            let n = (cl1 - cl0) * taps;
+            let aligned = ((a.x | a.y | a.z | a.w | dst | n) & 3u) == 0u;
+            if (k > 0u && aligned && (cl1 - cl0) % 4u == 0u) {
+                for (var bits = job.centre & ~summed; bits != 0u && cn < 2u; bits &= bits - 1u) {
+                    let s = countTrailingZeros(bits);
+                    let src = source_at(job.first_source + s);
+                    let os = source_channel(src, o);
+                    if (os == NONE) {
+                        settled |= 1u << s;
+                        continue;
+                    }
+                    let bn = bn_scale(src, os);
+                    if (cl0 == 0u && job.out_bias != NONE) {
+                        bias += source_bias(src, os, bn);
+                    }
+                    // Its channels [lo, hi) of the slice; `at` wraps below the kernel
+                    // where the source starts past the slice, and is only read in range.
+                    let first = src.in_offset + group_base(src, os);
+                    let lo = max(c0 + cl0, first);
+                    let hi = max(min(c0 + cl1, first + src.in_per_group), lo);
+                    let at = src.kernel + os * src.in_per_group + c0 + cl0 - first;
+                    let cen = Centre(at, lo - c0 - cl0, hi - c0 - cl0, src.scale * bn, (src.offset_h * kw_d + src.offset_w) / 4u);
+                    if (cn == 0u) { cen0 = cen; } else { cen1 = cen; }
+                    cn++;
+                    summed |= 1u << s;
+                }
+            }
+            // Every source of the job summed or out of reach: this invocation alone
+            // writes the slice in this dispatch, and only here (vec4 stores are safe).
+            let all = select((1u << job.sources) - 1u, 0xffffffffu, job.sources >= 32u);
+            let own = job.sources <= 32u && ((summed | settled) & all) == all;
+            if (cn > 0u) {
+                sum_groups(dst, (cl1 - cl0) / 4u, taps, k, a, m, cn, cen0, cen1, own);
+            } else {
+                sum_sources(dst, n, k, a, m, own && aligned);
+            }
             written = k > 0u;
         }
         for (var s = 0u; s < job.sources; s++) {

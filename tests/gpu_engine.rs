@@ -115,6 +115,23 @@ fn gpu_plan_primitives_match_cpu_on_every_zoo_block() {
             let c = b.relu(&c);
             b.conv_bn(&c, ConvSpec::same(4, 3, 1, 1))
         }),
+        // `place` takes 1x1 sources at the centre into its register sum of a wider
+        // kernel, at most two: a 5x5 (tap 12) with a dense 1x1, a two-group 1x1
+        // (half the row each) and an identity, the third left to the later loop
+        // (so the slice is not the invocation's alone); then a 3x3 whose 1x3
+        // branch is left to it; then one whose every source is taken (vec4 stores).
+        ("centre_taps", |b, x| {
+            let c = b.conv_bn(x, ConvSpec::same(8, 1, 1, 1));
+            let c = b.relu(&c);
+            let ys =
+                [b.conv_bn(&c, ConvSpec::same(8, 5, 1, 1)), b.conv_bn(&c, ConvSpec::same(8, 1, 1, 1)), b.conv_bn(&c, ConvSpec::same(8, 1, 1, 2)), b.bn(&c)];
+            let c = b.add(&ys);
+            let c = b.relu(&c);
+            let ys = [b.conv_bn(&c, ConvSpec::same(8, 3, 1, 1)), b.conv_bn(&c, ConvSpec::same(8, 1, 1, 2)), b.conv_bn(&c, ConvSpec::kernel_hw(8, 1, 3, 1))];
+            let c = b.add(&ys);
+            let c = b.relu(&c);
+            blocks::repvgg_block(b, &c, 8, 1, 1)
+        }),
         ("tiled_kxk_1x1", |b, x| {
             let c = b.conv_bn(x, ConvSpec::same(8, 3, 1, 1));
             let c = b.relu(&c);
@@ -122,12 +139,14 @@ fn gpu_plan_primitives_match_cpu_on_every_zoo_block() {
             b.conv_bn(&t, ConvSpec::same(8, 1, 1, 1))
         }),
     ];
-    // `place` as this adapter runs it, as a GPU does (teams of 32 lanes), in slices short enough that every row is split across invocations (alone,
-    // and 1x1 rows in teams of 2), and in mid-sized slices whose 3x3 rows are split
-    // across teams of 4 lanes owning 1 or 2 channels each.
+    // `place` as this adapter runs it, as a GPU does (teams of 32 lanes), in slices
+    // short enough that every row is split across invocations (alone, and 1x1 rows
+    // in teams of 2), in mid-sized slices whose 3x3 rows are split across teams of 4
+    // lanes owning 1 or 2 channels each, and alone in slices of four 3x3 channels
+    // (the register sum's groups of four, in slices that start inside a row).
     common::gpu();
     let shape = |run, lanes| GpuContext::new().unwrap().with_place_shape(PlaceShape::checked(run, lanes).unwrap());
-    let contexts = [GpuContext::new().unwrap(), shape(1024, 32), shape(4, 1), shape(4, 2), shape(64, 4)];
+    let contexts = [GpuContext::new().unwrap(), shape(1024, 32), shape(4, 1), shape(4, 2), shape(64, 4), shape(36, 1)];
     for ctx in &contexts {
         for (name, block) in cases {
             let mut b = GraphBuilder::new(3);

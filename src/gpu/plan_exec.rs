@@ -465,6 +465,22 @@ fn same_window_mask(sources: &[PlaceSourceJob], kh: usize, kw: usize) -> u32 {
     sources.iter().take(32).enumerate().filter(|(_, s)| same(s)).fold(0, |m, (i, _)| m | 1 << i)
 }
 
+/// The 1x1 sources (contiguous channels) that `place.wgsl`'s `sum_groups` adds in its
+/// register sum: four channels of a kernel of `taps` elements are `taps` vec4s, and
+/// with taps % 4 == 1 and the source's tap p % 4 == 0 channel j's tap is lane j of
+/// one of them (an odd square kernel's centre). Not into a 1x1 kernel: there a
+/// group is one vec4, and the per-group set-up made MobileOne-S0's pointwise place
+/// slower on lavapipe (6.4-7.3 -> 8.5-9.0 ms); its 1x1 sources of a whole row are
+/// summed as they are. Only the first 32 sources have a bit.
+fn centre_mask(sources: &[PlaceSourceJob], kh: usize, kw: usize) -> u32 {
+    let taps = kh * kw;
+    let fits = |s: &PlaceSourceJob| {
+        let (h, w) = (s.offset_h as usize, s.offset_w as usize);
+        (s.kh, s.kw, s.in_stride) == (1, 1, 1) && h < kh && w < kw && taps > 1 && taps % 4 == 1 && (h * kw + w).is_multiple_of(4)
+    };
+    sources.iter().take(32).enumerate().filter(|(_, s)| fits(s)).fold(0, |m, (i, _)| m | 1 << i)
+}
+
 /// Timestamp queries around the plan's dispatches: a pair per dispatch, so each
 /// kernel's time is known (and the plan's: the first start to the last end). A
 /// query set holds at most 4096 queries (wgpu); plans with more dispatches are timed
@@ -683,6 +699,7 @@ fn encode(step: &Step, arena: &Arena, shape_of: &dyn Fn(&str) -> Result<Vec<usiz
                 first_source: 0,
                 sources: u(sources.len()),
                 summable: same_window_mask(&srcs, kh, kw),
+                centre: centre_mask(&srcs, kh, kw),
             };
             (Job::Place(job, srcs), o * per * kh * kw + o)
         }
@@ -854,5 +871,21 @@ mod tests {
         assert_eq!(same_window_mask(&sources, 3, 3), 0b100_0001);
         assert_eq!(same_window_mask(&sources, 1, 1), 0);
         assert_eq!(same_window_mask(&vec![plain; 40], 3, 3), u32::MAX);
+    }
+
+    /// 1x1 sources at a tap that is lane j of a vec4 for each of four channels j
+    /// (3x3 and 5x5 centres) are offered to `sum_groups`; off-centre taps, strided
+    /// channels, wider sources, even windows and 1x1 destinations are not.
+    #[test]
+    fn centre_sources_are_1x1_at_a_tap_that_keeps_lanes() {
+        use super::{centre_mask, PlaceSourceJob};
+        let one = |offset_h, offset_w, in_stride| PlaceSourceJob { kh: 1, kw: 1, offset_h, offset_w, in_stride, step_h: 1, step_w: 1, ..Default::default() };
+        let wide = PlaceSourceJob { kh: 3, kw: 3, in_stride: 1, step_h: 1, step_w: 1, ..Default::default() };
+        let sources = [wide, one(1, 1, 1), one(0, 0, 1), one(1, 0, 1), one(1, 1, 2), one(2, 2, 1)];
+        assert_eq!(centre_mask(&sources, 3, 3), 0b10_0110, "3x3: taps 4, 0 and 8; not tap 3");
+        assert_eq!(centre_mask(&sources, 5, 5), 0b10_0100, "5x5: taps 0 and 12; not taps 6 and 5");
+        assert_eq!(centre_mask(&[one(0, 0, 1)], 1, 1), 0);
+        assert_eq!(centre_mask(&[one(1, 1, 1)], 2, 2), 0, "4 taps: lanes do not line up");
+        assert_eq!(centre_mask(&vec![one(1, 1, 1); 40], 3, 3), u32::MAX);
     }
 }

@@ -123,6 +123,10 @@ gpu_record! {
         /// Bit s: source s (of the first 32) has this kernel's window with contiguous
         /// channels, so the register sum may take it.
         summable: u32,
+        /// Bit s: source s (of the first 32) is a 1x1 kernel with contiguous channels
+        /// whose tap lies inside this kernel's window where `sum_groups` can add it
+        /// (see `centre_mask`).
+        centre: u32,
     }
 }
 

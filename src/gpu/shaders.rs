@@ -124,7 +124,10 @@ impl KernelId {
 pub struct PlaceShape {
     /// Elements a slice aims at: long enough to amortise the per-source set-up (BN
     /// scale, channel mapping), which on a CPU adapter is scalar work (lavapipe,
-    /// RepVGG-A0's place: 128 -> 1024 took it from 53 to 24-35 ms). Crate-private,
+    /// RepVGG-A0's place: 128 -> 1024 took it from 53 to 24-35 ms; with the register
+    /// sum's vec4 stores, 256 / 512 / 1024 / 4096 gave 28-31 / 22 / 13-14 / 10-11 ms,
+    /// the 4096 taking a 3x3 row of up to 452 channels whole: 4096 there). 1024 on a
+    /// GPU, unmeasured (no GPU was lent). Crate-private,
     /// like `lanes`: only `for_adapter` and `checked` make a shape, so the dispatch
     /// never divides by 0 and a team never strides by 0 or races.
     pub(crate) run: usize,
@@ -139,7 +142,7 @@ pub struct PlaceShape {
 impl PlaceShape {
     /// The shape for a CPU adapter (`software`) or a GPU.
     pub fn for_adapter(software: bool) -> Self {
-        PlaceShape { run: 1024, lanes: if software { 1 } else { 32 } }
+        PlaceShape { run: if software { 4096 } else { 1024 }, lanes: if software { 1 } else { 32 } }
     }
 
     /// `run` at least 1 and `lanes` a power of two dividing the workgroup (256), so
