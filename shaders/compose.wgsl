@@ -5,14 +5,15 @@
 struct ComposeJob {
     first_kernel: u32, first_bias: u32, first_groups: u32, mid: u32, first_per: u32, first_kh: u32, first_kw: u32,
     second_kernel: u32, second_bias: u32, second_groups: u32, out_channels: u32, second_per: u32, second_kh: u32, second_kw: u32,
-    in_channels: u32, groups: u32, out_kernel: u32, out_bias: u32, tile: u32,
+    in_channels: u32, groups: u32, out_kernel: u32, out_bias: u32, tile: u32, diagonal: u32,
 }
 
 @group(0) @binding(1) var<storage, read> jobs: array<ComposeJob>;
-// The arena as vec4s, read at the first kernel only (as place.wgsl's `sources4`:
-// no job of a dispatch writes what another reads): a tile's four input channels of a
-// dense-enough 1x1 first kernel are one aligned vec4, one bounds check on lavapipe
-// instead of four.
+// The arena as vec4s (as place.wgsl's `sources4`: no job of a dispatch writes what
+// another reads): a tile's four input channels of a dense-enough 1x1 first kernel
+// are one aligned vec4, one bounds check on lavapipe instead of four; the diagonal
+// path reads and writes whole vec4s through it, its output only written, and only
+// through this view.
 @group(0) @binding(2) var<storage, read_write> arena4: array<vec4<f32>>;
 
 @compute @workgroup_size(256)
@@ -49,6 +50,35 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     var n = nk;
     if (out_b != NONE) {
         n = nk + o_count;
+    }
+    if (job.diagonal == 1u) {
+        // A diagonal first kernel (the host's `compose_is_diagonal`): the second
+        // kernel with input channel c of group g scaled by first[g * per + c], laid
+        // out as the composed one. Four elements of one row per invocation: one
+        // division for the row, the scales gathered (one vec4 for 1x1 rows), vec4
+        // stores (the composed kernel is only written in this dispatch).
+        let quads = nk / 4u;
+        let row = per * taps;
+        let o_per_group = o_count / groups;
+        for (var q = gid.x; q < quads + n - nk; q += nwg.x * WG) {
+            if (q >= quads) {
+                arena[out_b + q - quads] = composed_bias(job, q - quads);
+                continue;
+            }
+            let e = 4u * q;
+            let o = e / row;
+            let within = e - o * row;
+            let c = (o / o_per_group) * per;
+            var s = vec4<f32>(0.0);
+            if (taps == 1u) {
+                // Aligned: offsets 64-aligned, per and within multiples of 4.
+                s = arena4[(a_k + c + within) / 4u];
+            } else {
+                s = vec4<f32>(arena[a_k + c + within / taps], arena[a_k + c + (within + 1u) / taps], arena[a_k + c + (within + 2u) / taps], arena[a_k + c + (within + 3u) / taps]);
+            }
+            arena4[(out_k + e) / 4u] = arena4[(b_k + e) / 4u] * s;
+        }
+        return;
     }
     if (job.tile == 4u) {
         // 4x4 tiles of (output, input) channels at one tap; the host chose this only

@@ -80,6 +80,23 @@ fn gpu_plan_primitives_match_cpu_on_every_zoo_block() {
             let t = b.bn(&t);
             b.conv(&t, ConvSpec::same(4, 1, 1, 2))
         }),
+        // A batch norm before a dense 1x1, a two-group 1x1 and an unpadded 3x3:
+        // `compose`'s diagonal path (the second kernel with input channels scaled),
+        // rows of 8, 4 and 8 * 9.
+        ("diagonal_first", |b, x| {
+            let c = b.conv_bn(x, ConvSpec::same(8, 1, 1, 1));
+            let c = b.relu(&c);
+            let t = b.bn(&c);
+            let t = b.conv(&t, ConvSpec::same(12, 1, 1, 1));
+            let t = b.relu(&t);
+            let t = b.bn(&t);
+            let t = b.conv(&t, ConvSpec::same(12, 1, 1, 3));
+            let t = b.relu(&t);
+            let t = b.conv_bn(&t, ConvSpec::same(8, 1, 1, 1));
+            let t = b.relu(&t);
+            let t = b.bn(&t);
+            b.conv(&t, ConvSpec::same(8, 3, 1, 1).pad(0))
+        }),
         ("seq_grouped_1x1_kxk", |b, x| {
             let c = b.conv_bn(x, ConvSpec::same(12, 1, 1, 3));
             b.conv_bn(&c, ConvSpec::same(6, 3, 1, 3))

@@ -726,9 +726,11 @@ fn encode(step: &Step, arena: &Arena, shape_of: &dyn Fn(&str) -> Result<Vec<usiz
                 out_kernel: arena.at(out_kernel)?,
                 out_bias: arena.at_opt(out_bias.as_ref())?,
                 tile: compose_tile(o, *groups, second.groups, *in_channels / (*groups).max(1), ca),
+                diagonal: u32::from(compose_is_diagonal([m, ca, ah, aw], first.groups, [o, mb, bh, bw], second.groups, *in_channels, *groups)),
             };
             let n: usize = out_shape.iter().product();
-            (Job::Compose(job), n / (job.tile * job.tile) as usize + o)
+            let per_invocation = if job.diagonal == 1 { 4 } else { (job.tile * job.tile) as usize };
+            (Job::Compose(job), n / per_invocation + o)
         }
     })
 }
@@ -747,6 +749,24 @@ fn compose_tile(out_channels: usize, groups: usize, second_groups: usize, per: u
     } else {
         1
     }
+}
+
+/// Whether `compose.wgsl` may take the composition as a diagonal: a 1x1 first kernel
+/// with one mid channel per group reading one input channel (a batch norm folded
+/// into the conv after it, RepViT's and LeViT's BN-then-1x1), composed into the
+/// second kernel's own groups, so out[o, c, t] = second[o, c, t] * first[g * per + c]
+/// with the composed and second kernels laid out alike; rows a whole number of vec4s
+/// long, so four elements share a row. Element by element, with ~8 integer divisions
+/// each, RepViT-M1's such compositions took most of its 51 ms `compose` on lavapipe.
+fn compose_is_diagonal(first: [usize; 4], first_groups: usize, second: [usize; 4], second_groups: usize, in_channels: usize, groups: usize) -> bool {
+    let [m, ca, ah, aw] = first;
+    let [_, mb, bh, bw] = second;
+    [m, ca, ah, aw] == [first_groups, 1, 1, 1]
+        && m == in_channels
+        && groups == second_groups
+        && groups > 0
+        && in_channels / groups == mb
+        && (mb * bh * bw).is_multiple_of(4)
 }
 
 /// Floating-point operations of a `Compose` step as `compose.wgsl` does them (2 per
@@ -827,6 +847,22 @@ mod tests {
             macs += o_count * b[1] * b[2] * b[3];
             assert_eq!(super::compose_flops(&step, &shape_of).unwrap(), 2 * macs as u64, "{:?} {:?}", a, b);
         }
+    }
+
+    #[test]
+    fn compose_takes_a_diagonal_first_kernel_into_the_second_groups_only() {
+        use super::compose_is_diagonal;
+        // A batch norm (8 channels, 8 groups, one mid each) before a dense and before
+        // a two-group 1x1, and before a 3x3 of rows 8 * 9 long.
+        assert!(compose_is_diagonal([8, 1, 1, 1], 8, [16, 8, 1, 1], 1, 8, 1));
+        assert!(compose_is_diagonal([8, 1, 1, 1], 8, [16, 4, 1, 1], 2, 8, 2));
+        assert!(compose_is_diagonal([8, 1, 1, 1], 8, [16, 8, 3, 3], 1, 8, 1));
+        // Not: two mids per group, a 3x3 first, composed groups unlike the second's,
+        // rows of 6 (not whole vec4s).
+        assert!(!compose_is_diagonal([8, 1, 1, 1], 4, [16, 8, 1, 1], 1, 8, 1));
+        assert!(!compose_is_diagonal([8, 1, 3, 3], 8, [16, 8, 1, 1], 1, 8, 1));
+        assert!(!compose_is_diagonal([8, 1, 1, 1], 8, [16, 8, 1, 1], 1, 8, 2));
+        assert!(!compose_is_diagonal([6, 1, 1, 1], 6, [16, 6, 1, 1], 1, 6, 1));
     }
 
     #[test]

@@ -226,5 +226,9 @@ gpu_record! {
         /// 4 when the kernel is composed in 4x4 tiles of (output, input) channels
         /// (every tile within one group of each conv, see `compose_tile`), else 1.
         tile: u32,
+        /// 1 when the first kernel is a diagonal (see `compose_is_diagonal`): the
+        /// composed kernel is the second with each input channel scaled, four
+        /// elements per invocation.
+        diagonal: u32,
     }
 }
