@@ -415,11 +415,23 @@ fn gpu_a_merge_over_one_storage_binding_is_cut_by_output_channel() {
     b.output(&t);
     let (g, w) = b.finish();
     assert_plan_matches_on(&ctx, "cut merges", &g, &w, &FuseOptions::default());
-    // An identity branch is a Dirac the plan computes: that merge is not cut, and a
-    // binding too small for it is refused by name, not run wrong.
+    // Identity branches the plan computes (a batch norm as a depthwise conv, a bare
+    // shortcut as a Dirac) are cut with their merge, row for row: each piece's
+    // identity rows read the merge's input channels from the piece's first row on.
     let mut b = GraphBuilder::new(9);
     let x = b.input("x", &[1, 64, 8, 8]);
     let t = blocks::repvgg_block(&mut b, &x, 64, 1, 1);
+    let c = b.conv_bn(&t, ConvSpec::same(64, 3, 1, 1));
+    let t = b.add(&[c, t]);
+    b.output(&t);
+    let (g, w) = b.finish();
+    assert_plan_matches_on(&ctx, "cut merges with identities", &g, &w, &FuseOptions::default());
+    // A merge of concatenated convs (sources at output offsets) is not cut: a binding
+    // too small for it is refused by name, not run wrong.
+    let mut b = GraphBuilder::new(9);
+    let x = b.input("x", &[1, 64, 8, 8]);
+    let (l, r) = (b.conv_bn(&x, ConvSpec::same(40, 3, 1, 1)), b.conv_bn(&x, ConvSpec::same(40, 3, 1, 1)));
+    let t = b.concat(&[l, r]);
     b.output(&t);
     let (g, w) = b.finish();
     let f = fuse(&g, &FuseOptions::default()).unwrap();

@@ -6,9 +6,11 @@
 //! its two branches, ~150 MB). A merge (`Place`) computes each output channel from
 //! the same rows of its sources, so it is cut here into merges of consecutive output
 //! rows, each a region of its own, and the rows are joined after the download. Only
-//! merges whose every source is a weight of the model (not computed by another
-//! step), covers every output channel one-to-one and cuts on group boundaries are
-//! cut; any other region over the binding is still refused by the window packing.
+//! merges whose every source covers every output channel one-to-one and is a weight
+//! of the model, or a depthwise identity computed for this merge alone (a batch
+//! norm as a conv, a Dirac: RepVGG's identity branch, cut with it), and that cut on
+//! group boundaries are cut; any other region over the binding is still refused by
+//! the window packing.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -41,28 +43,56 @@ pub(super) fn split_oversized(
     region_need: &HashMap<usize, usize>,
     limit: usize,
 ) -> Result<Option<Split>> {
-    let steps_of = |c: usize| component.iter().filter(|&&x| x == c).count();
-    let mut cut: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut cut: BTreeMap<usize, (usize, Vec<usize>)> = BTreeMap::new();
     for (i, step) in plan.steps.iter().enumerate() {
         let need = region_need[&component[i]];
-        if need <= limit || steps_of(component[i]) != 1 {
+        if need <= limit {
             continue;
         }
-        if let Some(rows) = rows_per_piece(step, weights, need, limit)? {
-            cut.insert(i, rows);
+        let others: Vec<usize> = (0..plan.steps.len()).filter(|&j| j != i && component[j] == component[i]).collect();
+        let Some(producers) = identity_producers(plan, step, &others) else { continue };
+        let computed: HashMap<&str, &Step> = producers.iter().flat_map(|&j| plan.steps[j].outputs().into_iter().map(move |t| (t, &plan.steps[j]))).collect();
+        if let Some(rows) = rows_per_piece(step, weights, &computed, need, limit)? {
+            cut.insert(i, (rows, producers));
         }
     }
     if cut.is_empty() {
         return Ok(None);
     }
+    let absorbed: Vec<usize> = cut.values().flat_map(|(_, p)| p.iter().copied()).collect();
     let mut out = Split { plan: FusionPlan::default(), weights: weights.clone(), joins: vec![] };
     for (i, step) in plan.steps.iter().enumerate() {
         match cut.get(&i) {
-            Some(&rows) => cut_place(step, rows, weights, &mut out)?,
+            Some((rows, producers)) => {
+                let producers: Vec<&Step> = producers.iter().map(|&j| &plan.steps[j]).collect();
+                cut_place(step, *rows, &producers, weights, &mut out)?
+            }
+            None if absorbed.contains(&i) => {}
             None => out.plan.steps.push(step.clone()),
         }
     }
     Ok(Some(out))
+}
+
+/// The steps of a merge's region other than the merge (`others`) when each one is a
+/// depthwise identity (`BnToConv`, or a `Dirac` with a group per channel) whose
+/// every output is the kernel or bias of one of the merge's sources: those are cut
+/// with the merge, row for row. `None` when the region holds anything else.
+fn identity_producers(plan: &FusionPlan, merge: &Step, others: &[usize]) -> Option<Vec<usize>> {
+    let Step::Place { sources, .. } = merge else { return None };
+    let read: Vec<&str> = sources.iter().flat_map(|s| [Some(s.kernel.as_str()), s.bias.as_deref()]).flatten().collect();
+    for &j in others {
+        let step = &plan.steps[j];
+        let depthwise = match step {
+            Step::BnToConv { .. } => true,
+            Step::Dirac { channels, groups, .. } => channels == groups,
+            _ => false,
+        };
+        if !depthwise || !step.outputs().iter().all(|t| read.contains(t)) {
+            return None;
+        }
+    }
+    Some(others.to_vec())
 }
 
 impl Split {
@@ -83,25 +113,32 @@ impl Split {
 /// Output rows per piece for a `Place` that can be cut, the largest divisor of its
 /// output channels that fits the binding and keeps every group whole (or every piece
 /// inside one group); `None` when it cannot be cut.
-fn rows_per_piece(step: &Step, weights: &Weights, need: usize, limit: usize) -> Result<Option<usize>> {
+fn rows_per_piece(step: &Step, weights: &Weights, computed: &HashMap<&str, &Step>, need: usize, limit: usize) -> Result<Option<usize>> {
     let Step::Place { out_shape, groups, sources, .. } = step else { return Ok(None) };
     let o = out_shape[0];
     let mut tensors = 2;
     for s in sources {
         let whole = s.out_offset == 0 && s.map.out_stride == 1 && s.map.in_stride == 1 && s.map.in_offset == 0;
         let inputs = source_tensors(s);
-        if !whole || !inputs.iter().all(|t| weights.contains(t)) || weights.get(&s.kernel)?.shape()[0] != o {
+        let from_model = inputs.iter().all(|t| weights.contains(t)) && weights.get(&s.kernel)?.shape()[0] == o;
+        // A computed identity: one group per output channel of a dense merge (its
+        // pieces then read their rows' input channels through the channel map).
+        let identity = computed.contains_key(s.kernel.as_str()) && s.groups == o && *groups == 1 && identity_rows(computed[s.kernel.as_str()]) == Some(o);
+        if !whole || !(from_model || identity) {
             return Ok(None);
         }
         tensors += inputs.len();
     }
+    // The identities' batch norms (counted once per output: an overestimate).
+    tensors += computed.values().map(|st| st.inputs().len()).sum::<usize>();
     // Each piece of r rows needs about r/o of the region, plus each tensor's padding.
     let room = limit.saturating_sub(tensors * 64);
     let max_rows = ((o as u128 * room as u128) / need as u128) as usize;
     let group_rows = o / (*groups).max(1);
     // A source expanded to more groups than its own is not cut (no rule makes one
-    // large enough to need it); otherwise whole groups per piece, or pieces inside one.
-    if sources.iter().any(|s| s.groups != *groups) {
+    // large enough to need it), computed identities aside; otherwise whole groups per
+    // piece, or pieces inside one.
+    if sources.iter().any(|s| s.groups != *groups && !computed.contains_key(s.kernel.as_str())) {
         return Ok(None);
     }
     let fits = |r: usize| r.is_multiple_of(group_rows) || group_rows.is_multiple_of(r);
@@ -118,9 +155,49 @@ fn source_tensors(s: &PlaceSource) -> Vec<&str> {
     v
 }
 
-/// `step` (a `Place` that `rows_per_piece` accepted) as pieces of `rows` output rows;
-/// `model` is the weights before any cut, whose names a piece must not take.
-fn cut_place(step: &Step, rows: usize, model: &Weights, out: &mut Split) -> Result<()> {
+/// Channels of a depthwise identity step (`identity_producers`).
+fn identity_rows(step: &Step) -> Option<usize> {
+    match step {
+        Step::BnToConv { channels, .. } | Step::Dirac { channels, .. } => Some(*channels),
+        _ => None,
+    }
+}
+
+/// Rows `range` of a depthwise identity step, its inputs and outputs named by `tag`
+/// (its batch norm's rows sliced into `out.weights`).
+fn cut_identity(step: &Step, range: &std::ops::Range<usize>, tag: &dyn Fn(&str) -> String, model: &Weights, out: &mut Split) -> Result<Step> {
+    let rows = range.len();
+    Ok(match step {
+        Step::BnToConv { bn, out_kernel, out_bias, .. } => {
+            let mut bn = bn.clone();
+            for n in [&mut bn.gamma, &mut bn.beta, &mut bn.mean, &mut bn.var] {
+                slice_weight(n, range, tag, model, out)?;
+                *n = tag(n);
+            }
+            Step::BnToConv { bn, channels: rows, out_kernel: tag(out_kernel), out_bias: tag(out_bias) }
+        }
+        Step::Dirac { kernel, out_kernel, .. } => Step::Dirac { channels: rows, groups: rows, kernel: *kernel, out_kernel: tag(out_kernel) },
+        _ => unreachable!("only identities are cut with a merge"),
+    })
+}
+
+/// Puts rows `range` of the weight `name` into `out.weights` as `tag(name)` (once).
+fn slice_weight(name: &str, range: &std::ops::Range<usize>, tag: &dyn Fn(&str) -> String, model: &Weights, out: &mut Split) -> Result<()> {
+    let piece = tag(name);
+    if model.contains(&piece) {
+        return Err(Error::tensor(&piece, "the model has a weight named like a piece of a cut merge"));
+    }
+    if !out.weights.contains(&piece) {
+        let t = row_slice(out.weights.get(name)?, range, &piece)?;
+        out.weights.insert(piece, t);
+    }
+    Ok(())
+}
+
+/// `step` (a `Place` that `rows_per_piece` accepted) as pieces of `rows` output rows,
+/// with the identity steps (`producers`) that compute some of its sources cut
+/// alike; `model` is the weights before any cut, whose names a piece must not take.
+fn cut_place(step: &Step, rows: usize, producers: &[&Step], model: &Weights, out: &mut Split) -> Result<()> {
     let Step::Place { out_shape, groups, in_channels, sources, out_kernel, out_bias } = step else { unreachable!("only merges are cut") };
     let o = out_shape[0];
     let group_rows = o / (*groups).max(1);
@@ -129,24 +206,34 @@ fn cut_place(step: &Step, rows: usize, model: &Weights, out: &mut Split) -> Resu
     // group's inputs.
     let g = if rows >= group_rows { rows / group_rows } else { 1 };
     let per = in_channels / groups;
+    let computed: Vec<&str> = producers.iter().flat_map(|p| p.outputs()).collect();
     let mut kernels = vec![];
     let mut biases = vec![];
+    let mut identity_pieces: Vec<Vec<String>> = vec![vec![]; computed.len()];
     for start in (0..o).step_by(rows) {
         let range = start..start + rows;
         let tag = |name: &str| format!("{}#rows{}..{}", name, range.start, range.end);
+        for p in producers {
+            let piece = cut_identity(p, &range, &tag, model, out)?;
+            out.plan.steps.push(piece);
+        }
+        for (pieces, name) in identity_pieces.iter_mut().zip(&computed) {
+            pieces.push(tag(name));
+        }
         let mut srcs = Vec::with_capacity(sources.len());
         for s in sources {
             let mut cut = s.clone();
             cut.groups = g;
             for name in source_tensors(s) {
-                let piece = tag(name);
-                if model.contains(&piece) {
-                    return Err(Error::tensor(&piece, "the model has a weight named like a piece of a cut merge"));
+                if !computed.contains(&name) {
+                    slice_weight(name, &range, &tag, model, out)?;
                 }
-                if !out.weights.contains(&piece) {
-                    let t = row_slice(out.weights.get(name)?, &range, &piece)?;
-                    out.weights.insert(piece, t);
-                }
+            }
+            if computed.contains(&s.kernel.as_str()) {
+                // A piece of a depthwise identity: a group per row, row r reading the
+                // merge's input channel start + r.
+                cut.groups = rows;
+                cut.map.in_offset = start;
             }
             cut.kernel = tag(&s.kernel);
             cut.bias = s.bias.as_deref().map(tag);
@@ -173,6 +260,19 @@ fn cut_place(step: &Step, rows: usize, model: &Weights, out: &mut Split) -> Resu
     out.joins.push((out_kernel.clone(), out_shape.clone(), kernels));
     if let Some(b) = out_bias {
         out.joins.push((b.clone(), vec![o], biases));
+    }
+    // The identities' own tensors, which the plan also returns.
+    for p in producers {
+        for (name, pieces) in computed.iter().zip(&identity_pieces) {
+            if p.outputs().contains(name) {
+                let shape = match p {
+                    Step::Dirac { kernel, .. } => vec![o, 1, kernel[0], kernel[1]],
+                    Step::BnToConv { out_kernel, .. } if out_kernel == name => vec![o, 1, 1, 1],
+                    _ => vec![o],
+                };
+                out.joins.push((name.to_string(), shape, pieces.clone()));
+            }
+        }
     }
     Ok(())
 }
