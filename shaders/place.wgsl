@@ -37,14 +37,19 @@
 // adapter when it builds the pipeline (`shaders::PlaceShape`).
 
 // Sources read four elements per access. Binding 0 (`arena`, from jobs_common.wgsl) takes
-// every write and every scalar read; binding 3 is the same buffer seen as vec4s and
-// is only read, and only at sources: a dispatch runs one dependency level, so no
-// job of it writes a tensor another job reads, and the two views never meet on
-// memory written in the dispatch (no alias for a compiler to assume away). Writes
-// stay scalar because WGSL lets a write to one component of a vector touch all four
-// (Metal's does), which would race with the neighbour that owns the next element.
-// lavapipe runs every lane's access as its own bounds-checked scalar loop, so one
-// load per four elements is most of the gain: see gpu-place.md, session 11.
+// every scalar access; binding 3 is the same buffer seen as vec4s. A dispatch runs
+// one dependency level, so no job of it writes a tensor another job reads, and the
+// two views never meet on memory written in the dispatch (no alias for a compiler to
+// assume away): binding 3 is read at sources, and written only by the register sum
+// of an invocation that owns its whole slice (`own`: every source of the job summed
+// or out of reach), which then writes that slice only through it, in whole aligned
+// vec4s. Other writes stay scalar because WGSL lets a write to one component of a
+// vector touch all four (Metal's does), which would race with the neighbour that
+// owns the next element. lavapipe runs every lane's access as its own bounds-checked
+// scalar loop, so one access per four elements is most of the gain: loads (see
+// gpu-place.md, session 11), then the register sum's stores (session 21). WebGPU in
+// a browser forbids a writable binding overlapping another; wgpu on Vulkan, Metal
+// and DX12 does not check it.
 @group(0) @binding(3) var<storage, read_write> sources4: array<vec4<f32>>;
 
 // Writes four consecutive destination elements.

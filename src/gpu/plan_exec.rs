@@ -445,7 +445,9 @@ fn record_dispatch(
     let mut bindings = vec![buf.as_entire_binding(), table.as_entire_binding()];
     bindings.extend(sources.as_ref().map(|t| t.as_entire_binding()));
     if matches!(kernel, KernelId::Place | KernelId::Compose | KernelId::FoldBn) {
-        // The kernel's vec4 view of the same arena, read at sources only.
+        // The kernel's vec4 view of the same arena: read at sources, written only
+        // where an invocation owns whole vec4s of an output that no scalar access
+        // touches in the dispatch (see place.wgsl's note at `sources4`).
         bindings.push(buf.as_entire_binding());
     }
     let bg = ctx.bind_group(&k, &bindings);
