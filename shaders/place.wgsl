@@ -60,52 +60,41 @@ fn store4(i: u32, v: vec4<f32>) {
     arena[i + 3u] = v.w;
 }
 
+// Writes four destination elements from element `i`: one vec4 store where the
+// invocation owns the slice (`own`, i then 16-byte aligned), else four scalar ones.
+fn put4(own: bool, i: u32, v: vec4<f32>) {
+    if (own) {
+        sources4[i >> 2u] = v;
+    } else {
+        store4(i, v);
+    }
+}
+
 // Writes dst[e] = sum over the first k of a[j][e] * m[j] for e < n, each element once
 // (k = 1..4 summed sources; see the register sum in `main`): four elements per load
-// while every source address is a multiple of 4, the tail one by one. Each k has its
-// own loop: a loop over k inside would keep the accumulators in memory on lavapipe.
+// (and per store when `own`: dst is then aligned too) while every source address is
+// a multiple of 4, the tail one by one. Each k has its own loop: a loop over k
+// inside would keep the accumulators in memory on lavapipe.
 fn sum_sources(dst: u32, n: u32, k: u32, a: vec4<u32>, m: vec4<f32>, own: bool) {
     var done = 0u;
-    if (own && ((a.x | a.y | a.z | a.w | dst) & 3u) == 0u) {
-        let b = a >> vec4<u32>(2u);
-        let d = dst >> 2u;
-        let n4 = n >> 2u;
-        if (k == 1u) {
-            for (var e = 0u; e < n4; e++) {
-                sources4[d + e] = m.x * sources4[b.x + e];
-            }
-        } else if (k == 2u) {
-            for (var e = 0u; e < n4; e++) {
-                sources4[d + e] = m.x * sources4[b.x + e] + m.y * sources4[b.y + e];
-            }
-        } else if (k == 3u) {
-            for (var e = 0u; e < n4; e++) {
-                sources4[d + e] = m.x * sources4[b.x + e] + m.y * sources4[b.y + e] + m.z * sources4[b.z + e];
-            }
-        } else if (k == 4u) {
-            for (var e = 0u; e < n4; e++) {
-                sources4[d + e] = m.x * sources4[b.x + e] + m.y * sources4[b.y + e] + m.z * sources4[b.z + e] + m.w * sources4[b.w + e];
-            }
-        }
-        done = n4 * 4u;
-    } else if (((a.x | a.y | a.z | a.w) & 3u) == 0u) {
+    if (((a.x | a.y | a.z | a.w) & 3u) == 0u) {
         let b = a >> vec4<u32>(2u);
         let n4 = n >> 2u;
         if (k == 1u) {
             for (var e = 0u; e < n4; e++) {
-                store4(dst + 4u * e, m.x * sources4[b.x + e]);
+                put4(own, dst + 4u * e, m.x * sources4[b.x + e]);
             }
         } else if (k == 2u) {
             for (var e = 0u; e < n4; e++) {
-                store4(dst + 4u * e, m.x * sources4[b.x + e] + m.y * sources4[b.y + e]);
+                put4(own, dst + 4u * e, m.x * sources4[b.x + e] + m.y * sources4[b.y + e]);
             }
         } else if (k == 3u) {
             for (var e = 0u; e < n4; e++) {
-                store4(dst + 4u * e, m.x * sources4[b.x + e] + m.y * sources4[b.y + e] + m.z * sources4[b.z + e]);
+                put4(own, dst + 4u * e, m.x * sources4[b.x + e] + m.y * sources4[b.y + e] + m.z * sources4[b.z + e]);
             }
         } else if (k == 4u) {
             for (var e = 0u; e < n4; e++) {
-                store4(dst + 4u * e, m.x * sources4[b.x + e] + m.y * sources4[b.y + e] + m.z * sources4[b.z + e] + m.w * sources4[b.w + e]);
+                put4(own, dst + 4u * e, m.x * sources4[b.x + e] + m.y * sources4[b.y + e] + m.z * sources4[b.z + e] + m.w * sources4[b.w + e]);
             }
         }
         done = n4 * 4u;
@@ -191,12 +180,7 @@ fn sum_groups(dst: u32, groups: u32, taps: u32, k: u32, a: vec4<u32>, m: vec4<f3
         }
         for (var i = 0u; i < taps; i++) {
             let at = vec4<u32>(i);
-            let v = sum4(k, b, m, i) + select(zero, w0, idx0 == at) + select(zero, w1, idx1 == at);
-            if (own) {
-                sources4[d + i] = v;
-            } else {
-                store4(4u * (d + i), v);
-            }
+            put4(own, 4u * (d + i), sum4(k, b, m, i) + select(zero, w0, idx0 == at) + select(zero, w1, idx1 == at));
         }
     }
 }
