@@ -277,10 +277,7 @@ fn cut_place(step: &Step, rows: usize, producers: &[&Step], model: &Weights, out
     Ok(())
 }
 
-/// Rows `range` of `t` (its first axis) as a tensor of its own.
+/// Rows `range` of `t` (its first axis): a view of its storage, not a copy.
 fn row_slice(t: &Tensor, range: &std::ops::Range<usize>, name: &str) -> Result<Tensor> {
-    let row = t.numel() / t.shape()[0].max(1);
-    let mut shape = t.shape().to_vec();
-    shape[0] = range.len();
-    Tensor::new(name, shape, t.data()[range.start * row..range.end * row].to_vec())
+    t.row_view(range.clone()).ok_or_else(|| Error::tensor(name, format!("rows {:?} are outside shape {:?}", range, t.shape())))
 }
