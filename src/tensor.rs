@@ -56,8 +56,7 @@ impl Tensor {
         if n != data.len() {
             return Err(Error::tensor(name, format!("shape {:?} needs {} values, got {}", shape, n, data.len())));
         }
-        let len = data.len();
-        Ok(Tensor { shape, data: Arc::new(Storage::Owned(data)), start: 0, len })
+        Ok(Tensor::whole(shape, Storage::Owned(data)))
     }
 
     /// A 2-D tensor `[r, c]` as `[c, r]` (a Linear weight as MatMul reads it, or back);
@@ -78,8 +77,13 @@ impl Tensor {
     /// Builds a tensor from data already known to match the shape (internal callers).
     pub(crate) fn from_parts(shape: Vec<usize>, data: Vec<f32>) -> Self {
         debug_assert_eq!(shape.iter().product::<usize>(), data.len());
-        let len = data.len();
-        Tensor { shape, data: Arc::new(Storage::Owned(data)), start: 0, len }
+        Tensor::whole(shape, Storage::Owned(data))
+    }
+
+    /// The tensor of `shape` over all of `storage` (the one place a window starts).
+    fn whole(shape: Vec<usize>, storage: Storage) -> Self {
+        let len = storage.floats().len();
+        Tensor { shape, data: Arc::new(storage), start: 0, len }
     }
 
     /// The tensor of `shape` whose values are `arena[start..start + numel]`; the
@@ -87,7 +91,7 @@ impl Tensor {
     /// range's pages are given back when its last clone goes.
     pub(crate) fn in_arena(arena: &Arc<Arena>, start: usize, shape: Vec<usize>) -> Self {
         let n = shape.iter().product();
-        Tensor { shape, data: Arc::new(Storage::InArena(ArenaSlice::new(arena, start, n))), start: 0, len: n }
+        Tensor::whole(shape, Storage::InArena(ArenaSlice::new(arena, start, n)))
     }
 
     /// A tensor of `shape` filled with 0.
