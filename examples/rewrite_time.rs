@@ -35,14 +35,24 @@ fn main() -> repfuse::Result<()> {
         None => repfuse::io::onnx::read_onnx(std::path::Path::new(&what))?.graph,
     };
     let mut times = vec![];
+    let mut waves = 0;
     for _ in 0..reps {
         let t = Instant::now();
         let f = fuse(&graph, &FuseOptions::default())?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
+        waves = f.report.waves;
         std::hint::black_box(f);
     }
     times.sort_by(f64::total_cmp);
     let ms = times[times.len() / 2];
-    println!("{}: {} nodes, rewrite {:.3} ms median of {}, {:.2} us/node", what, graph.nodes.len(), ms, reps, ms * 1e3 / graph.nodes.len() as f64);
+    println!(
+        "{}: {} nodes, {} waves, rewrite {:.3} ms median of {}, {:.2} us/node",
+        what,
+        graph.nodes.len(),
+        waves,
+        ms,
+        reps,
+        ms * 1e3 / graph.nodes.len() as f64
+    );
     Ok(())
 }

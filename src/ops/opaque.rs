@@ -197,11 +197,24 @@ impl OpDef for Opaque {
     fn to_onnx(&self, n: &Node) -> Result<Vec<NodeProto>> {
         let mut q = NodeProto::parse_from_bytes(&self.payload)
             .map_err(|e| Error::unsupported(&n.name, format!("carried node `{}` cannot be decoded: {}", self.op_type, e)))?;
-        q.input = q
-            .input
-            .iter()
-            .map(|i| if i.is_empty() { i.clone() } else { n.inputs.iter().find(|x| *x == i).cloned().unwrap_or_else(|| i.clone()) })
-            .collect();
+        // The node's inputs are the payload's non-empty ones, in order (the reader
+        // made them so), under the names they have now: a reader rewrite (`x + 0`
+        // dropped, its readers reading `x`) or a rule may have renamed them since.
+        // An empty input is an absent optional one and stays empty.
+        let present = q.input.iter().filter(|i| !i.is_empty()).count();
+        if present != n.inputs.len() {
+            return Err(Error::Graph(format!(
+                "internal error: carried node `{}` ({}) has {} inputs in the graph but {} in its source encoding",
+                n.name,
+                self.op_type,
+                n.inputs.len(),
+                present
+            )));
+        }
+        let mut now = n.inputs.iter();
+        for i in q.input.iter_mut().filter(|i| !i.is_empty()) {
+            i.clone_from(now.next().expect("counted above"));
+        }
         Ok(vec![q])
     }
 }

@@ -243,3 +243,17 @@ model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 model.ir_version = 8
 onnx.checker.check_model(model, full_check=True)
 onnx.save(model, os.path.join(HERE, "..", "fp16_layer_scale.onnx"))
+
+# MobileOne-S4's 1x1 block without identity or scale branch, under a squeeze-excite:
+# the branch sum is `bn(conv(x)) + 0 + 0` and the SE reads it twice, through a carried
+# ReduceMean and through the gating Mul. The reader drops the `+ 0`s, so both readers
+# read the BN's output (then the fused conv's); the carried node must be written
+# reading that name too, not the dropped Add's (an invalid file, which the writer's
+# last check refused: MobileOne-S4 could not be written).
+g = G([1, C, H, H])
+s = g.op("Add", [g.op("Add", [g.bn(g.conv("input", C, C, 1), C), g.init("zero", np.array(0.0))]), g.init("zero", np.array(0.0))])
+m = g.op("ReduceMean", [s], axes=[2, 3], keepdims=1)
+se = g.op("Conv", [m, g.init("w", rng.normal(0, 0.3, (C // 2, C, 1, 1))), g.init("b", rng.normal(0, 0.2, C // 2))], kernel_shape=[1, 1])
+se = g.op("Conv", [g.op("Relu", [se]), g.init("w", rng.normal(0, 0.3, (C, C // 2, 1, 1))), g.init("b", rng.normal(0, 0.2, C))], kernel_shape=[1, 1])
+y = g.op("Relu", [g.op("Mul", [s, g.op("Sigmoid", [se])])])
+g.save("add_zero_se", y, [1, C, H, H], {"Conv": 3, "BatchNormalization": 0, "Add": 0})
