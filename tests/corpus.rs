@@ -15,10 +15,11 @@ fn case_name(dir: &Path) -> String {
     dir.file_name().unwrap().to_string_lossy().into_owned()
 }
 
-/// What ONNX Runtime makes of `model` on the fixture's recorded input.
+/// What ONNX Runtime makes of `model` on the fixture's recorded input, with the
+/// fixture's training form's one-ulp input sensitivity.
 fn ort_on_fixture(model: &Path, dir: &Path) -> serde_json::Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ort_fixture.py");
-    let out = Command::new(common::ort_python()).arg(script).arg(model).arg(dir.join("io.safetensors")).output().unwrap();
+    let out = Command::new(common::ort_python()).arg(script).arg(model).arg(dir.join("io.safetensors")).arg(dir.join("train.onnx")).output().unwrap();
     assert!(out.status.success(), "{}: onnx checker / ONNX Runtime failed on what repfuse wrote:\n{}", model.display(), String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
 }
@@ -45,10 +46,12 @@ fn corpus_onnxruntime_runs_every_fused_real_model_like_pytorch() {
         let (err, torch) = (r["max_abs"].as_f64().unwrap(), r["torch_deploy_max_abs"].as_f64().unwrap());
         // Where repfuse folds more than PyTorch does (LCNetV2: 21 more BNs), its
         // rounding differs more from PyTorch's; then the engine's rounding bound for
-        // the model applies if it is the larger.
+        // the model applies if it is the larger, or the one from the model's measured
+        // conditioning (LCNetV2-L amplifies a rounding of its input 650x).
         let t = repfuse::verify::Tolerance::for_engine(repfuse::verify::depth_all(&m.graph), repfuse::verify::UNIT_F32);
         let rounding = t.sigmas * t.unit * r["ref_abs_max"].as_f64().unwrap();
-        let bound = (TIMES_TORCH * torch).max(rounding);
+        let conditioned = repfuse::verify::SENSITIVITY_SIGMAS * r["sensitivity"].as_f64().unwrap();
+        let bound = (TIMES_TORCH * torch).max(rounding).max(conditioned);
         assert!(
             err <= bound,
             "{}: fused model in ONNX Runtime is {:.2e} from PyTorch's output, PyTorch's own fusion {:.2e}, bound {:.2e}",

@@ -199,3 +199,35 @@ fn the_onnx_engine_check_catches_a_dropped_eps_and_a_kernel_one_tap_off() {
         }
     }
 }
+
+/// The engine check's conditioning term on a model whose answer is known: a
+/// depthwise 1x1 conv multiplying every input element by `k` moves its output by
+/// `k` times the input's move (an input moved by `2u` of itself moves by one or two
+/// units in the last place, `u` to `2u` of itself), give or take the rounding of both
+/// outputs (up to `u` of each). So the allowance is `SENSITIVITY_SIGMAS * k * max|x|`
+/// times 0.5u to 4u (the largest move of 144 elements, each at least `u` before the
+/// output roundings): no perturbation, a perturbation in float16 units, or the
+/// factor dropped (0.43u here) all fail.
+#[test]
+fn the_onnx_engine_allows_for_the_models_measured_one_ulp_sensitivity() {
+    use repfuse::io::onnx::onnx_bytes;
+    use repfuse::verify::{check_equivalence_onnx, random_inputs_for, OnnxSource, Tolerance, SENSITIVITY_SIGMAS, UNIT_F32};
+    use repfuse::zoo::{ConvSpec, GraphBuilder};
+    let (c, k) = (4, 37.0f32);
+    let mut b = GraphBuilder::new(5);
+    let x = b.input("x", &[1, c, 6, 6]);
+    let y = b.conv(&x, ConvSpec::same(c, 1, 1, c));
+    b.output(&y);
+    let (g, mut w) = b.finish();
+    let Op::Conv2d(conv) = &g.nodes[0].op else { unreachable!() };
+    w.insert(conv.weight.clone(), Tensor::new(&conv.weight, vec![c, 1, 1, 1], vec![k; c]).unwrap());
+    let bytes = onnx_bytes(None, &g, &w).unwrap();
+    let src = OnnxSource { bytes: &bytes, dir: None };
+    let tol = Tolerance::for_engine(1, UNIT_F32);
+    let check = check_equivalence_onnx(&src, &src, &g.inputs, 3, tol).unwrap();
+    let max_x = random_inputs_for(&g.inputs, 3)["x"].data().iter().fold(0f64, |m, &v| m.max((v as f64).abs()));
+    let (_, s) = &check.equivalence.outputs[0];
+    let per_unit = s.tolerance.sensitivity / (SENSITIVITY_SIGMAS * k as f64 * max_x * UNIT_F32);
+    assert!((0.5..=4.0).contains(&per_unit), "allowance {:.3e} is {:.3} u-units of k * max|x|, expected 0.5 to 4", s.tolerance.sensitivity, per_unit);
+    assert!(check.equivalence.passed() && s.max_abs == 0.0, "a model against itself: {:?}", s);
+}

@@ -17,14 +17,21 @@ pub const EXIT_OVER_TOLERANCE: i32 = 2;
 
 fn print_equivalence(e: &Equivalence) {
     for (name, s) in &e.outputs {
+        // The conditioning term, where the engine measured it (see `Tolerance::sensitivity`).
+        let conditioned = if s.tolerance.sensitivity > 0.0 {
+            format!(", or {:.1e} = {:.0} x the output's move under one-ulp input changes", s.tolerance.sensitivity, crate::verify::SENSITIVITY_SIGMAS)
+        } else {
+            String::new()
+        };
         crate::say!(
-            "  output {:<20} max_abs {:.3e}  max_rel {:.3e}  worst element at {:.3} of its bound ({:.0} x u={:.1e} x scale)  {}",
+            "  output {:<20} max_abs {:.3e}  max_rel {:.3e}  worst element at {:.3} of its bound ({:.0} x u={:.1e} x scale{})  {}",
             name,
             s.max_abs,
             s.max_rel,
             s.worst_ratio,
             s.tolerance.sigmas,
             s.tolerance.unit,
+            conditioned,
             if s.passed() { "PASS" } else { "FAIL" }
         );
     }
