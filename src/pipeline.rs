@@ -85,9 +85,15 @@ impl Deployment {
     }
 }
 
-/// Each check as `{engine, verification, passed}`.
+/// Each check as `{engine, verification, passed, inconclusive}`.
 pub fn checks_json(checks: &[EngineCheck]) -> Vec<Value> {
-    checks.iter().map(|c| json!({"engine": c.engine, "verification": c.equivalence, "passed": c.equivalence.passed()})).collect()
+    checks
+        .iter()
+        .map(|c| {
+            let inconclusive = c.equivalence.outputs.iter().any(|(_, s)| s.inconclusive());
+            json!({"engine": c.engine, "verification": c.equivalence, "passed": c.equivalence.passed(), "inconclusive": inconclusive})
+        })
+        .collect()
 }
 
 /// Fuses `model` on `fuser` and, under `opts.verify`, proves the result. `source` is

@@ -230,4 +230,9 @@ fn the_onnx_engine_allows_for_the_models_measured_one_ulp_sensitivity() {
     let per_unit = s.tolerance.sensitivity / (SENSITIVITY_SIGMAS * k as f64 * max_x * UNIT_F32);
     assert!((0.5..=4.0).contains(&per_unit), "allowance {:.3e} is {:.3} u-units of k * max|x|, expected 0.5 to 4", s.tolerance.sensitivity, per_unit);
     assert!(check.equivalence.passed() && s.max_abs == 0.0, "a model against itself: {:?}", s);
+    // An allowance past 1% of max|y| says the comparison cannot tell; this one cannot.
+    assert!(!s.inconclusive(), "{:?}", s);
+    let y = &repfuse::verify::random_inputs_for(&g.inputs, 3)["x"];
+    let allowing = |share: f64| repfuse::verify::compare(y, y, Tolerance { sensitivity: share * max_x, ..tol }).unwrap();
+    assert!(allowing(0.011).inconclusive() && !allowing(0.009).inconclusive());
 }

@@ -34,6 +34,14 @@ fn print_equivalence(e: &Equivalence) {
             conditioned,
             if s.passed() { "PASS" } else { "FAIL" }
         );
+        if s.inconclusive() {
+            crate::say!(
+                "    INCONCLUSIVE: one-ulp input changes move this output by {:.1e}, {:.1}% of its largest value {:.1e}: the network amplifies rounding too far for this comparison to tell a defect from rounding; the regions checked alone are the proof",
+                s.tolerance.sensitivity / crate::verify::SENSITIVITY_SIGMAS,
+                100.0 * s.tolerance.sensitivity / crate::verify::SENSITIVITY_SIGMAS / s.reference_max,
+                s.reference_max
+            );
+        }
     }
 }
 
