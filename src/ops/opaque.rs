@@ -215,6 +215,14 @@ impl OpDef for Opaque {
         for i in q.input.iter_mut().filter(|i| !i.is_empty()) {
             i.clone_from(now.next().expect("counted above"));
         }
+        // The same for outputs (no pass renames them today; a rename must not be lost).
+        if q.output.iter().filter(|o| !o.is_empty()).count() != n.outputs.len() {
+            return Err(Error::Graph(format!("internal error: carried node `{}` ({}) has {} outputs in the graph, not those of its source encoding", n.name, self.op_type, n.outputs.len())));
+        }
+        let mut now = n.outputs.iter();
+        for o in q.output.iter_mut().filter(|o| !o.is_empty()) {
+            o.clone_from(now.next().expect("counted above"));
+        }
         Ok(vec![q])
     }
 }
@@ -231,7 +239,31 @@ impl FromOnnx for Opaque {
 
 #[cfg(test)]
 mod tests {
-    use super::ShapeHint;
+    use onnx_protobuf::Message;
+
+    use super::{Opaque, ShapeHint};
+    use crate::graph::{Node, Op};
+    use crate::ops::OpDef;
+
+    /// A carried node is written under its tensors' current names, by position, with
+    /// absent optional inputs kept empty (Resize's roi and scales); a graph whose
+    /// count disagrees with the encoding is refused, not written half-renamed.
+    #[test]
+    fn a_carried_node_is_written_with_its_current_names() {
+        let src = crate::io::onnx::attrs::node_proto("r", "Resize", vec!["x".into(), "".into(), "".into(), "sizes".into()], vec!["y".into()]);
+        let o = Opaque { op_type: "Resize".into(), payload: src.write_to_bytes().unwrap(), shape_hint: None, why: None };
+        let node = |inputs: &[&str], outputs: &[&str]| Node {
+            name: "r".into(),
+            op: Op::Opaque(o.clone()),
+            inputs: inputs.iter().map(|s| s.to_string()).collect(),
+            outputs: outputs.iter().map(|s| s.to_string()).collect(),
+        };
+        let q = &o.to_onnx(&node(&["x2", "sizes2"], &["y2"])).unwrap()[0];
+        assert_eq!(q.input, ["x2", "", "", "sizes2"]);
+        assert_eq!(q.output, ["y2"]);
+        assert!(o.to_onnx(&node(&["x2"], &["y2"])).is_err());
+        assert!(o.to_onnx(&node(&["x2", "sizes2"], &["y2", "z"])).is_err());
+    }
 
     #[test]
     fn a_constant_reshape_infers_minus_one_and_copies_zeros() {
