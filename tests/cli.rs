@@ -152,6 +152,30 @@ fn a_float16_fold_that_loses_its_bits_is_refused_and_the_rest_still_fuses() {
     common::ort_agree("fp16_layer_scale", &src, &out, common::engine_bound(&g));
 }
 
+/// A float16 model with a squeeze-excite gate (ops the reference does not run) and a
+/// Gemm head (which the ONNX engine cannot run in float16): `fuse --verify` checks it
+/// end to end, both models widened to float32, and ONNX Runtime runs what it wrote.
+#[test]
+fn fuse_verify_checks_a_float16_model_with_carried_ops_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fp16_se_head.onnx");
+    let out = dir.path().join("deploy.onnx");
+    let o = run(&[os("fuse"), src.as_os_str(), os("-o"), out.as_os_str(), os("--backend"), os("cpu"), os("--verify"), os("--json")]);
+    assert_exit(&o, 0, "fuse --verify fp16_se_head");
+    let v = json(&o, "fuse --json");
+    assert!(v["verification_skipped"].is_null(), "end to end skipped: {}", v["verification_skipped"]);
+    let checks = v["verifications"].as_array().unwrap();
+    assert!(
+        checks.iter().any(|c| c["engine"].as_str().is_some_and(|e| e.contains("widened to float32")) && c["passed"] == true),
+        "no passing widened engine check: {:?}",
+        checks
+    );
+    assert_eq!(json_counts(&v["report"]["ops_after"]).get("BatchNorm"), None, "{}", v["report"]["ops_after"]);
+    let g = repfuse::io::onnx::read_onnx(&src).unwrap().graph;
+    let t = repfuse::verify::Tolerance::for_engine(repfuse::verify::depth_all(&g), repfuse::verify::UNIT_F16);
+    common::ort_agree("fp16_se_head", &src, &out, t.sigmas * t.unit);
+}
+
 #[test]
 fn fuse_with_verify_exits_0_and_says_pass() {
     let dir = tempfile::tempdir().unwrap();

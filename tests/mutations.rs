@@ -236,3 +236,50 @@ fn the_onnx_engine_allows_for_the_models_measured_one_ulp_sensitivity() {
     let allowing = |share: f64| repfuse::verify::compare(y, y, Tolerance { sensitivity: share * max_x, ..tol }).unwrap();
     assert!(allowing(0.011).inconclusive() && !allowing(0.009).inconclusive());
 }
+
+/// A float16 model with ops the f64 reference does not run (a squeeze-excite gate)
+/// and a Gemm head, which the ONNX engine cannot run in float16: the check widens
+/// both models to float32 (keeping the stored values) and still tells a correct
+/// fusion from a fused kernel one tap off or a fused bias lost. (A dropped BN eps
+/// changes these weights by 5e-6 to 5e-5 of themselves, under float16's rounding:
+/// no check of a float16 file can see it.)
+#[test]
+fn the_onnx_engine_checks_a_float16_model_it_cannot_run_as_written() {
+    use repfuse::io::onnx::{onnx_bytes, read_onnx, FloatType};
+    use repfuse::verify::{check_equivalence_onnx, depth_all, OnnxSource, Tolerance, UNIT_F16};
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fp16_se_head.onnx");
+    let m = read_onnx(&path).unwrap();
+    assert_eq!(m.float_type, FloatType::F16);
+    let original = std::fs::read(&path).unwrap();
+    let tol = Tolerance::for_engine(depth_all(&m.graph), UNIT_F16);
+    let check = |fg: &Graph, fw: &Weights| {
+        let bytes = onnx_bytes(Some(&m), fg, fw).unwrap();
+        check_equivalence_onnx(&OnnxSource { bytes: &original, dir: None }, &OnnxSource { bytes: &bytes, dir: None }, &m.graph.inputs, 3, tol).unwrap()
+    };
+    let f = fuse(&m.graph, &FuseOptions::default()).unwrap();
+    let fw = f.weights_cpu(&m.weights).unwrap();
+    let good = check(&f.graph, &fw);
+    assert!(good.engine.contains("widened"), "{}", good.engine);
+    assert!(good.equivalence.passed(), "correct fusion fails: {}", verdict(&Ok(good.equivalence.clone())));
+    let conv = wide_conv(&f);
+    let Op::Conv2d(c) = &f.graph.node(&conv).unwrap().op else { unreachable!() };
+    let t = fw.get(&c.weight).unwrap();
+    let kw = c.kernel[1];
+    let rolled: Vec<f32> = t.data().chunks(kw).flat_map(|row| (0..kw).map(move |i| row[(i + kw - 1) % kw])).collect();
+    let mut tap = fw.clone();
+    tap.insert(c.weight.clone(), Tensor::new(&c.weight, t.shape().to_vec(), rolled).unwrap());
+    let bias = c.bias.clone().expect("the fused conv has a bias");
+    let mut no_bias = fw.clone();
+    no_bias.insert(bias.clone(), Tensor::new(&bias, fw.get(&bias).unwrap().shape().to_vec(), vec![0.0; fw.get(&bias).unwrap().numel()]).unwrap());
+    for (what, w) in [("one tap off", &tap), ("fused bias lost", &no_bias)] {
+        let e = check(&f.graph, w).equivalence;
+        assert!(
+            !e.passed() && worst_ratio(&e) > 10.0 * worst_ratio(&good.equivalence),
+            "float16 {}: not caught: {} (correct: {})",
+            what,
+            verdict(&Ok(e.clone())),
+            verdict(&Ok(good.equivalence.clone()))
+        );
+        eprintln!("fp16_se_head {:<16} engine check caught: {} (correct {:.3})", what, verdict(&Ok(e)), worst_ratio(&good.equivalence));
+    }
+}

@@ -24,6 +24,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 pub mod tract_engine;
+mod widen;
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::Serialize;
@@ -347,7 +348,11 @@ pub fn check_equivalence_onnx(original: &OnnxSource, fused: &OnnxSource, inputs:
         let tol = Tolerance { sensitivity: SENSITIVITY_SIGMAS * moved.get(name).copied().unwrap_or(0.0), ..tol };
         outputs.push((name.clone(), compare(x, &ra[name], tol)?));
     }
-    Ok(EngineCheck { equivalence: Equivalence { outputs }, engine: "tract-onnx 0.23, typed form (no graph optimisation)".into() })
+    let mut engine = String::from("tract-onnx 0.23, typed form (no graph optimisation)");
+    if a.widened || b.widened {
+        engine.push_str(", half precision widened to float32");
+    }
+    Ok(EngineCheck { equivalence: Equivalence { outputs }, engine })
 }
 
 /// Per output of `model`, the most any element moved from `base` (its outputs on

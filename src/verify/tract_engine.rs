@@ -28,6 +28,8 @@ pub struct TractModel {
     plan: std::sync::Arc<Plan>,
     inputs: Vec<(String, DatumType)>,
     outputs: Vec<String>,
+    /// Its half-precision values and types were widened to float32 (`widen.rs`).
+    pub widened: bool,
 }
 
 /// Runs `f`, turning a panic inside tract into an error. tract indexes maps with names
@@ -62,12 +64,16 @@ fn is_fixed(d: &tract_onnx::pb::tensor_shape_proto::Dimension) -> bool {
     matches!(d.value, Some(tract_onnx::pb::tensor_shape_proto::dimension::Value::DimValue(v)) if v > 0)
 }
 
-fn parse(
-    bytes: &[u8],
-    dir: Option<&Path>,
-    inputs: &[ValueInfo],
-) -> Result<(tract_onnx::prelude::InferenceModel, HashMap<String, tract_onnx::prelude::OutletId>, Vec<String>)> {
-    let proto = tract_onnx::onnx().proto_model_for_read(&mut &bytes[..]).map_err(|e| engine_err("model", e))?;
+/// A parsed model, its outlets by ONNX name, its output names, and whether half
+/// precision was widened to float32.
+type Parsed = (tract_onnx::prelude::InferenceModel, HashMap<String, tract_onnx::prelude::OutletId>, Vec<String>, bool);
+
+/// Parses `bytes` with the graph inputs fixed to `inputs`' shapes; `widen`: half
+/// precision becomes float32 first (to run, not to analyse: the reader's constant
+/// folding must see the file's own types).
+fn parse(bytes: &[u8], dir: Option<&Path>, inputs: &[ValueInfo], widen: bool) -> Result<Parsed> {
+    let mut proto = tract_onnx::onnx().proto_model_for_read(&mut &bytes[..]).map_err(|e| engine_err("model", e))?;
+    let widened = widen && super::widen::widen_half_floats(&mut proto);
     // A graph input with a symbolic dimension is fixed to `inputs`' concrete shape
     // below. Exporters declare the intermediate and output shapes with the same
     // symbol (torch's dynamo exporter: value_info `["batch", 36, 28, 28]`), which
@@ -107,7 +113,7 @@ fn parse(
         };
         model = model.with_input_fact(k, InferenceFact::dt_shape(dt, v.shape.clone())).map_err(|e| engine_err(name, e))?;
     }
-    Ok((model, parsed.outlets_by_name, out_names))
+    Ok((model, parsed.outlets_by_name, out_names, widened))
 }
 
 impl TractModel {
@@ -118,7 +124,7 @@ impl TractModel {
     }
 
     fn load_unguarded(bytes: &[u8], dir: Option<&Path>, inputs: &[ValueInfo]) -> Result<TractModel> {
-        let (model, _, outputs) = parse(bytes, dir, inputs)?;
+        let (model, _, outputs, widened) = parse(bytes, dir, inputs, true)?;
         let input_names: Vec<(String, DatumType)> = model
             .input_outlets()
             .map_err(|e| engine_err("inputs", e))?
@@ -131,7 +137,7 @@ impl TractModel {
             .collect();
         let typed = model.into_typed().map_err(|e| engine_err("model", e))?;
         let plan = Plan::new(typed).map_err(|e| engine_err("model", e))?;
-        Ok(TractModel { plan, inputs: input_names, outputs })
+        Ok(TractModel { plan, inputs: input_names, outputs, widened })
     }
 
     /// Runs the model; returns every graph output by name, as f32.
@@ -200,7 +206,7 @@ pub fn constant_tensors_and_shapes(bytes: &[u8], dir: Option<&Path>, inputs: &[V
 /// Constants and shapes tract's analysis proves for the model in `bytes`.
 fn analyse(bytes: &[u8], dir: Option<&Path>, inputs: &[ValueInfo]) -> Result<ConstsAndShapes> {
     use tract_onnx::prelude::InferenceModelExt as _;
-    let (mut model, by_name, _) = parse(bytes, dir, inputs)?;
+    let (mut model, by_name, _, _) = parse(bytes, dir, inputs, false)?;
     model.analyse(false).map_err(|e| engine_err("shape analysis", e))?;
     let mut out = HashMap::new();
     let mut shapes = HashMap::new();

@@ -257,3 +257,26 @@ se = g.op("Conv", [m, g.init("w", rng.normal(0, 0.3, (C // 2, C, 1, 1))), g.init
 se = g.op("Conv", [g.op("Relu", [se]), g.init("w", rng.normal(0, 0.3, (C, C // 2, 1, 1))), g.init("b", rng.normal(0, 0.2, C))], kernel_shape=[1, 1])
 y = g.op("Relu", [g.op("Mul", [s, g.op("Sigmoid", [se])])])
 g.save("add_zero_se", y, [1, C, H, H], {"Conv": 3, "BatchNormalization": 0, "Add": 0})
+
+# Not a form (written beside this folder, as fp16_layer_scale): a float16 model as
+# PyTorch's TorchScript exporter writes MobileOne-S4 and LCNetV2 under `.half()`: a
+# RepVGG-style block, a squeeze-excite gate (ReduceMean, Mul: ops the reference does
+# not run) and a Gemm head. tract cannot run float16 Gemm ("expected F16 got F32"), so
+# `fuse --verify` had no end-to-end check of such a model; it now runs both models
+# with float16 widened to float32 (tests/cli.rs).
+g = G([1, C, H, H])
+r = g.op("Relu", [g.op("Add", [g.op("Add", [g.bn(g.conv("input", C, C, 3), C), g.bn(g.conv("input", C, C, 1), C)]), g.bn("input", C)])])
+m = g.op("ReduceMean", [r], axes=[2, 3], keepdims=1)
+se = g.op("Conv", [m, g.init("w", rng.normal(0, 0.3, (C // 2, C, 1, 1))), g.init("b", rng.normal(0, 0.2, C // 2))], kernel_shape=[1, 1])
+se = g.op("Conv", [g.op("Relu", [se]), g.init("w", rng.normal(0, 0.3, (C, C // 2, 1, 1))), g.init("b", rng.normal(0, 0.2, C))], kernel_shape=[1, 1])
+y = g.op("Mul", [r, g.op("Sigmoid", [se])])
+f = g.op("Flatten", [g.op("GlobalAveragePool", [y])], axis=1)
+y = g.op("Gemm", [f, g.init("fc", rng.normal(0, 0.3, (10, C))), g.init("fcb", rng.normal(0, 0.2, 10))], transB=1)
+for t in g.inits:
+    if t.data_type == TensorProto.FLOAT:
+        t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name))
+graph = helper.make_graph(g.nodes, "fp16_se_head", [helper.make_tensor_value_info("input", TensorProto.FLOAT16, g.shape)], [helper.make_tensor_value_info(y, TensorProto.FLOAT16, [1, 10])], g.inits)
+model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+model.ir_version = 8
+onnx.checker.check_model(model, full_check=True)
+onnx.save(model, os.path.join(HERE, "..", "fp16_se_head.onnx"))
