@@ -36,7 +36,8 @@ fn print_equivalence(e: &Equivalence) {
         );
         if s.inconclusive() {
             crate::say!(
-                "    INCONCLUSIVE: one-ulp input changes move this output by {:.1e}, {:.1}% of its largest value {:.1e}: the network amplifies rounding too far for this comparison to tell a defect from rounding; the regions checked alone are the proof",
+                "    INCONCLUSIVE: one-ulp input changes (u={:.1e}) move this output by {:.1e}, {:.1}% of its largest value {:.1e}: rounding at this precision, as this network amplifies it, is too large for this comparison to tell a defect of that size from rounding; the regions checked alone are the proof",
+                s.tolerance.unit,
                 s.tolerance.sensitivity / crate::verify::SENSITIVITY_SIGMAS,
                 100.0 * s.tolerance.sensitivity / crate::verify::SENSITIVITY_SIGMAS / s.reference_max,
                 s.reference_max
