@@ -113,19 +113,26 @@ fn wide_conv(f: &repfuse::Fusion) -> String {
         .expect("a fused 3x3 conv")
 }
 
+/// `fw` with the kernel of `f`'s first wide fused conv placed one tap off: every row
+/// of every kernel moved one tap to the right (wrapping). Returns the conv's name,
+/// its bias parameter and the mutated weights.
+fn one_tap_off(f: &repfuse::Fusion, fw: &Weights) -> (String, Option<String>, Weights) {
+    let conv = wide_conv(f);
+    let Op::Conv2d(c) = &f.graph.node(&conv).unwrap().op else { unreachable!() };
+    let t = fw.get(&c.weight).unwrap();
+    let kw = c.kernel[1];
+    let rolled: Vec<f32> = t.data().chunks(kw).flat_map(|row| (0..kw).map(move |i| row[(i + kw - 1) % kw])).collect();
+    let mut off = fw.clone();
+    off.insert(c.weight.clone(), Tensor::new(&c.weight, t.shape().to_vec(), rolled).unwrap());
+    (conv, c.bias.clone(), off)
+}
+
 #[test]
 fn a_kernel_one_tap_off_is_caught() {
     for (name, size) in MODELS {
         let (g, w, _) = repfuse::zoo::build(name, 1, size, 5).unwrap();
         let f = fuse(&g, &FuseOptions::default()).unwrap();
-        let mut fw = f.weights_cpu(&w).unwrap();
-        let conv = wide_conv(&f);
-        let Op::Conv2d(c) = &f.graph.node(&conv).unwrap().op else { unreachable!() };
-        let t = fw.get(&c.weight).unwrap();
-        let kw = c.kernel[1];
-        // Every row of every kernel moved one tap to the right (wrapping).
-        let rolled: Vec<f32> = t.data().chunks(kw).flat_map(|row| (0..kw).map(move |i| row[(i + kw - 1) % kw])).collect();
-        fw.insert(c.weight.clone(), Tensor::new(&c.weight, t.shape().to_vec(), rolled).unwrap());
+        let (conv, _, fw) = one_tap_off(&f, &f.weights_cpu(&w).unwrap());
         assert_caught(&format!("{}: `{}` one tap off", name, conv), &g, &w, &f.graph, &fw);
     }
 }
@@ -178,14 +185,7 @@ fn the_onnx_engine_check_catches_a_dropped_eps_and_a_kernel_one_tap_off() {
         }
         let fb = fuse(&bad, &FuseOptions::default()).unwrap();
         let no_eps = check(&fb.graph, &fb.weights_cpu(&m.weights).unwrap());
-        let conv = wide_conv(&f);
-        let Op::Conv2d(c) = &f.graph.node(&conv).unwrap().op else { unreachable!() };
-        let t = fw.get(&c.weight).unwrap();
-        let kw = c.kernel[1];
-        let rolled: Vec<f32> = t.data().chunks(kw).flat_map(|row| (0..kw).map(move |i| row[(i + kw - 1) % kw])).collect();
-        let mut tap = fw.clone();
-        tap.insert(c.weight.clone(), Tensor::new(&c.weight, t.shape().to_vec(), rolled).unwrap());
-        let off = check(&f.graph, &tap);
+        let off = check(&f.graph, &one_tap_off(&f, &fw).2);
         for (what, e) in [("BN eps dropped", &no_eps), ("one tap off", &off)] {
             assert!(
                 !e.passed() && worst_ratio(e) > 10.0 * worst_ratio(&good),
@@ -261,14 +261,8 @@ fn the_onnx_engine_checks_a_float16_model_it_cannot_run_as_written() {
     let good = check(&f.graph, &fw);
     assert!(good.engine.contains("widened"), "{}", good.engine);
     assert!(good.equivalence.passed(), "correct fusion fails: {}", verdict(&Ok(good.equivalence.clone())));
-    let conv = wide_conv(&f);
-    let Op::Conv2d(c) = &f.graph.node(&conv).unwrap().op else { unreachable!() };
-    let t = fw.get(&c.weight).unwrap();
-    let kw = c.kernel[1];
-    let rolled: Vec<f32> = t.data().chunks(kw).flat_map(|row| (0..kw).map(move |i| row[(i + kw - 1) % kw])).collect();
-    let mut tap = fw.clone();
-    tap.insert(c.weight.clone(), Tensor::new(&c.weight, t.shape().to_vec(), rolled).unwrap());
-    let bias = c.bias.clone().expect("the fused conv has a bias");
+    let (_, bias, tap) = one_tap_off(&f, &fw);
+    let bias = bias.expect("the fused conv has a bias");
     let mut no_bias = fw.clone();
     no_bias.insert(bias.clone(), Tensor::new(&bias, fw.get(&bias).unwrap().shape().to_vec(), vec![0.0; fw.get(&bias).unwrap().numel()]).unwrap());
     for (what, w) in [("one tap off", &tap), ("fused bias lost", &no_bias)] {
