@@ -176,6 +176,44 @@ fn fuse_verify_checks_a_float16_model_with_carried_ops_end_to_end() {
     common::ort_agree("fp16_se_head", &src, &out, t.sigmas * t.unit);
 }
 
+/// A bfloat16 conv below opset 22 is not valid ONNX (PyTorch exports `.bfloat16()`
+/// models so): `fuse` refuses to write its deploy form, naming the node and the
+/// opset, and writes nothing; `fuse --f32` writes a float32 model ONNX Runtime runs.
+#[test]
+fn a_bfloat16_conv_below_opset_22_is_refused_and_f32_writes_a_valid_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/bf16_conv_opset20.onnx");
+    let out = dir.path().join("deploy.onnx");
+    let o = run(&[os("fuse"), src.as_os_str(), os("-o"), out.as_os_str(), os("--backend"), os("cpu")]);
+    assert!(o.status.code().is_some_and(|c| c != 0), "bfloat16 conv at opset 20 was written: {}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("opset 22") && err.contains("opset 20") && err.contains("--f32") && err.contains("Conv"), "{}", err);
+    assert!(!out.exists() && std::fs::read_dir(dir.path()).unwrap().next().is_none(), "something was written");
+    let o = run(&[os("fuse"), src.as_os_str(), os("-o"), out.as_os_str(), os("--backend"), os("cpu"), os("--f32"), os("--verify")]);
+    assert_exit(&o, 0, "fuse --f32 --verify bf16_conv_opset20");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("PASS"), "{}", show(&o));
+    // The source cannot run in ONNX Runtime; what was written runs (against itself).
+    common::ort_agree("bf16_conv_opset20 --f32", &out, &out, 0.0);
+}
+
+/// tract has no bfloat16 type, so the reader's shape analysis of a bfloat16 model
+/// failed and LeViT's `reshape_as` stayed Flatten + Gemm + Shape + Concat + Reshape;
+/// the analysis of the model widened to float32 lifts it to one MatMul, as in float32.
+#[test]
+fn a_bfloat16_token_linear_fuses_like_the_float32_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/bf16_token_linear_bn.onnx");
+    let out = dir.path().join("deploy.onnx");
+    let o = run(&[os("fuse"), src.as_os_str(), os("-o"), out.as_os_str(), os("--backend"), os("cpu"), os("--verify"), os("--json")]);
+    assert_exit(&o, 0, "fuse --verify bf16_token_linear_bn");
+    let v = json(&o, "fuse --json");
+    assert_eq!(v["passed"], true, "{}", v["verifications"]);
+    let counts = repfuse::io::onnx::op_counts(&std::fs::read(&out).unwrap()).unwrap();
+    for (op, want) in [("MatMul", 1), ("Shape", 0), ("Concat", 0), ("Gemm", 0), ("Flatten", 0), ("Reshape", 0), ("BatchNormalization", 0)] {
+        assert_eq!(counts.get(op).copied().unwrap_or(0), want, "{}: {:?}", op, counts);
+    }
+}
+
 #[test]
 fn fuse_with_verify_exits_0_and_says_pass() {
     let dir = tempfile::tempdir().unwrap();

@@ -194,19 +194,32 @@ pub fn constant_tensors_and_shapes(bytes: &[u8], dir: Option<&Path>, inputs: &[V
     if let Ok((view, promoted)) = crate::io::onnx::shape_analysis_view(bytes, MAX_FOLDED_FLOATS) {
         if !promoted.is_empty() {
             let all: Vec<ValueInfo> = inputs.iter().cloned().chain(promoted).collect();
-            match guarded("shape analysis", || analyse(&view, dir, &all)) {
+            match guarded("shape analysis", || analyse(&view, dir, &all, false)) {
                 Ok(found) => return Ok(found),
                 Err(e) => tracing::debug!(error = %e, "shape analysis of the weightless view failed; analysing the whole model"),
             }
         }
     }
-    guarded("shape analysis", || analyse(bytes, dir, inputs))
+    let as_is = guarded("shape analysis", || analyse(bytes, dir, inputs, false));
+    // tract 0.23 has no bfloat16 type ("Unknown DatumType Bfloat16"), so it could not
+    // analyse any bfloat16 model (LeViT-128S: every region past its attention had
+    // unknown shapes, and no `reshape_as` was lifted); widened to float32 it can. Shapes and integer constants do not depend on the
+    // float type; float constants are then left out (their values would be the
+    // widened ones, not the file's).
+    match as_is {
+        Err(e) => guarded("shape analysis", || analyse(bytes, dir, inputs, true)).map_err(|_| e),
+        found => found,
+    }
 }
 
-/// Constants and shapes tract's analysis proves for the model in `bytes`.
-fn analyse(bytes: &[u8], dir: Option<&Path>, inputs: &[ValueInfo]) -> Result<ConstsAndShapes> {
+/// Constants and shapes tract's analysis proves for the model in `bytes`; `widen`:
+/// of the model with half precision widened to float32 (no float constants then).
+fn analyse(bytes: &[u8], dir: Option<&Path>, inputs: &[ValueInfo], widen: bool) -> Result<ConstsAndShapes> {
     use tract_onnx::prelude::InferenceModelExt as _;
-    let (mut model, by_name, _, _) = parse(bytes, dir, inputs, false)?;
+    let (mut model, by_name, _, widened) = parse(bytes, dir, inputs, widen)?;
+    if widen && !widened {
+        return Err(Error::Graph("no half precision to widen".into()));
+    }
     model.analyse(false).map_err(|e| engine_err("shape analysis", e))?;
     let mut out = HashMap::new();
     let mut shapes = HashMap::new();
@@ -216,7 +229,10 @@ fn analyse(bytes: &[u8], dir: Option<&Path>, inputs: &[ValueInfo]) -> Result<Con
             shapes.insert(name.clone(), s.to_vec());
         }
         let Some(k) = f.value.concretize() else { continue };
-        if k.datum_type() == DatumType::F32 && k.len() <= MAX_FOLDED_FLOATS {
+        if k.datum_type() == DatumType::F32 && (widened || k.len() > MAX_FOLDED_FLOATS) {
+            continue;
+        }
+        if k.datum_type() == DatumType::F32 {
             if let Ok(v) = k.to_plain_array_view::<f32>() {
                 out.insert(name, ConstInts { shape: k.shape().to_vec(), values: vec![], floats: v.iter().copied().collect(), onnx_type: 1 });
             }

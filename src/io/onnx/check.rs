@@ -27,7 +27,39 @@ pub fn check_written_model(m: &ModelProto) -> Result<()> {
     if let Some(t) = g.initializer.iter().find(|t| !used.contains(t.name.as_str()) && !sub_reads.contains(&t.name)) {
         return Err(internal(format!("initializer `{}` is written but no node reads it", t.name)));
     }
-    Ok(())
+    check_bfloat16_ops(m, g)
+}
+
+/// Ops whose type constraints take bfloat16 only from opset 22 on.
+const BFLOAT16_FROM_OPSET_22: [&str; 6] = ["Conv", "ConvTranspose", "AveragePool", "MaxPool", "GlobalAveragePool", "GlobalMaxPool"];
+
+/// A bfloat16 conv in a model below opset 22 is not valid ONNX: ONNX Runtime refuses
+/// to load it. PyTorch's exporter writes such files (a `.bfloat16()` model exports
+/// at opset 20), so the source is invalid the same way; this is the source's defect,
+/// not repfuse's, and the message says how to get a file that loads. Found by the
+/// weights a node reads (a conv's kernel), which is how every bfloat16 ConvNet has it.
+fn check_bfloat16_ops(m: &ModelProto, g: &GraphProto) -> Result<()> {
+    let opset = m.opset_import.iter().find(|o| o.domain.is_empty() || o.domain == "ai.onnx").map_or(0, |o| o.version);
+    if opset >= 22 {
+        return Ok(());
+    }
+    let bf16 = onnx_protobuf::tensor_proto::DataType::BFLOAT16 as i32;
+    let half: HashSet<&str> = g.initializer.iter().filter(|t| t.data_type == bf16).map(|t| t.name.as_str()).collect();
+    let bad = g.node.iter().find(|n| {
+        (n.domain.is_empty() || n.domain == "ai.onnx")
+            && BFLOAT16_FROM_OPSET_22.contains(&n.op_type.as_str())
+            && n.input.iter().any(|i| half.contains(i.as_str()))
+    });
+    match bad {
+        None => Ok(()),
+        Some(n) => Err(Error::unsupported(
+            &n.name,
+            format!(
+                "`{}` computes in bfloat16, which ONNX allows from opset 22 on; the model declares opset {}, so ONNX Runtime would refuse the file (the source file has the same defect). Write float32 (`--f32`), or export the model in float32 or float16",
+                n.op_type, opset
+            ),
+        )),
+    }
 }
 
 fn internal(why: String) -> Error {

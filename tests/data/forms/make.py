@@ -280,3 +280,38 @@ model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 model.ir_version = 8
 onnx.checker.check_model(model, full_check=True)
 onnx.save(model, os.path.join(HERE, "..", "fp16_se_head.onnx"))
+
+# Not a form, and not valid ONNX (written beside this folder): a RepVGG-style block
+# in bfloat16 at opset 20, as PyTorch exports a `.bfloat16()` model. ONNX allows
+# bfloat16 Conv only from opset 22, so ONNX Runtime refuses this file, and repfuse
+# must not write its deploy form the same way: `fuse` refuses with the reason and
+# `fuse --f32` writes a float32 model that loads (tests/cli.rs).
+def to_bf16(t):
+    a = numpy_helper.to_array(t).astype(np.float32).view(np.uint32)
+    bits = ((a + 0x7FFF + ((a >> 16) & 1)) >> 16).astype(np.uint16)
+    out = TensorProto(name=t.name, data_type=TensorProto.BFLOAT16, dims=list(t.dims))
+    out.raw_data = bits.tobytes()
+    return out
+g = G([1, C, H, H])
+y = g.op("Relu", [g.op("Add", [g.op("Add", [g.bn(g.conv("input", C, C, 3), C), g.bn(g.conv("input", C, C, 1), C)]), g.bn("input", C)])])
+graph = helper.make_graph(g.nodes, "bf16_conv_opset20", [helper.make_tensor_value_info("input", TensorProto.BFLOAT16, g.shape)], [helper.make_tensor_value_info(y, TensorProto.BFLOAT16, [1, C, H, H])], [to_bf16(t) for t in g.inits])
+model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+model.ir_version = 9
+onnx.save(model, os.path.join(HERE, "..", "bf16_conv_opset20.onnx"))
+
+# Not a form (the forms are checked at float32 precision and by ONNX Runtime, which
+# has no bfloat16 MatMul or Erf on the CPU): LeViT's LinearNorm of `token_linear_bn`
+# in bfloat16, valid at opset 17. tract has no bfloat16 type, so its shape analysis
+# of such a file failed and the reader could not lift `reshape_as`: the deploy form
+# kept Flatten, Gemm, Shape, Concat and Reshape (bfloat16 LeViT-128S: 47 Shape and
+# 47 Concat, every region unchecked). The analysis now also runs on the file widened
+# to float32 (tests/cli.rs).
+g = G([1, N, I])
+mm = g.op("MatMul", ["input", g.op("Transpose", [g.init("w", rng.normal(0, 0.3, (O, I)))], perm=[1, 0])])
+bn = g.bn(g.op("Flatten", [mm], axis=2), O)
+y = g.op("Erf", [g.op("Reshape", [bn, g.op("Shape", [mm])])])
+graph = helper.make_graph(g.nodes, "bf16_token_linear_bn", [helper.make_tensor_value_info("input", TensorProto.BFLOAT16, g.shape)], [helper.make_tensor_value_info(y, TensorProto.BFLOAT16, [1, N, O])], [to_bf16(t) for t in g.inits])
+model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+model.ir_version = 8
+onnx.checker.check_model(model, full_check=True)
+onnx.save(model, os.path.join(HERE, "..", "bf16_token_linear_bn.onnx"))
