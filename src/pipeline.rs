@@ -104,6 +104,7 @@ pub fn deploy(mut model: LoadedModel, source: Option<&OnnxSource>, fuser: &Fuser
     let file_unit = model.onnx.as_ref().map_or(Tolerance::F32.unit, |m| Tolerance::for_float(m.float_type).unit);
     if opts.f32 {
         model.onnx = model.onnx.map(|m| m.as_f32()).transpose()?;
+        crate::io::onnx::carried_nodes_as_f32(&mut model.graph)?;
     }
     if opts.verify {
         return deploy_verified(model, source, fuser, opts, file_unit);

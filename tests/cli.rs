@@ -214,6 +214,22 @@ fn a_bfloat16_token_linear_fuses_like_the_float32_one() {
     }
 }
 
+/// `fuse --f32` of a float16 model whose gate runs in float32 between two Casts: the
+/// carried Cast back to float16 is written as a Cast to float32, so the file's types
+/// agree and ONNX Runtime runs it like the float16 original.
+#[test]
+fn fuse_f32_writes_a_carried_cast_to_float16_as_float32() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fp16_cast_gate.onnx");
+    let out = dir.path().join("deploy.onnx");
+    let o = run(&[os("fuse"), src.as_os_str(), os("-o"), out.as_os_str(), os("--backend"), os("cpu"), os("--f32"), os("--verify")]);
+    assert_exit(&o, 0, "fuse --f32 --verify fp16_cast_gate");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("PASS"), "{}", show(&o));
+    let g = repfuse::io::onnx::read_onnx(&src).unwrap().graph;
+    let t = repfuse::verify::Tolerance::for_engine(repfuse::verify::depth_all(&g), repfuse::verify::UNIT_F16);
+    common::ort_agree("fp16_cast_gate --f32", &src, &out, t.sigmas * t.unit);
+}
+
 #[test]
 fn fuse_with_verify_exits_0_and_says_pass() {
     let dir = tempfile::tempdir().unwrap();

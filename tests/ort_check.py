@@ -16,7 +16,10 @@ def run(path, feeds):
     # No graph optimisation: compare the models as written, not as ORT rewrites them.
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     s = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-    return s, s.run(None, feeds)
+    # Each model gets the inputs in its own element type (a float16 original and the
+    # float32 model `fuse --f32` wrote of it take the same values).
+    feeds = {i.name: feeds[i.name].astype(DTYPES[i.type]) if i.name in feeds else None for i in s.get_inputs()}
+    return s, s.run(None, {k: v for k, v in feeds.items() if v is not None})
 
 
 def main():

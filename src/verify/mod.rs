@@ -24,7 +24,6 @@ use std::collections::HashMap;
 use std::path::Path;
 
 pub mod tract_engine;
-mod widen;
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::Serialize;

@@ -13,6 +13,7 @@ mod shape_view;
 mod static_shapes;
 pub mod tensor;
 mod token_linear;
+pub(crate) mod widen;
 mod wire;
 
 use std::collections::BTreeMap;
@@ -49,17 +50,36 @@ pub struct OnnxModel {
     pub dynamic_dims: Vec<String>,
 }
 
+/// The carried nodes of `g` as a float32 model must write them: every element type a
+/// node names (a Cast to float16, a float16 Constant, subgraphs) becomes float32
+/// (`widen::node_as_f32`). For `fuse --f32`, on the graph that is fused: the written
+/// nodes come from it. Refused for carried ops outside the ONNX domain, whose
+/// attributes repfuse cannot read.
+pub fn carried_nodes_as_f32(g: &mut Graph) -> crate::Result<()> {
+    for n in &mut g.nodes {
+        let crate::graph::Op::Opaque(o) = &mut n.op else { continue };
+        if o.payload.is_empty() {
+            continue;
+        }
+        match widen::node_as_f32(&o.payload) {
+            Ok(Some(widened)) => o.payload = widened,
+            Ok(None) => {}
+            Err(why) => return Err(crate::Error::unsupported(&n.name, format!("writing float32 needs every op known: {}", why))),
+        }
+    }
+    Ok(())
+}
+
 impl OnnxModel {
     /// The same model, to be written in float32: every float initializer and the
-    /// float16/bfloat16 graph inputs and outputs become float32. Refused when the
-    /// graph carries ops repfuse does not model, which may depend on the element type
-    /// (a Cast to float16, say).
+    /// float16/bfloat16 graph inputs and outputs become float32, and so does every
+    /// element type a carried node names (a Cast to float16, a float16 Constant,
+    /// subgraphs: `widen::node_as_f32`). Refused for carried ops outside the ONNX
+    /// domain, whose attributes repfuse cannot read.
     pub fn as_f32(&self) -> crate::Result<OnnxModel> {
         use onnx_protobuf::type_proto::Value;
-        if let Some(n) = self.graph.nodes.iter().find(|n| matches!(n.op, crate::graph::Op::Opaque(_))) {
-            return Err(crate::Error::unsupported(&n.name, format!("writing float32 needs every op known; `{}` may depend on the element type", n.op.kind())));
-        }
         let mut m = self.clone();
+        carried_nodes_as_f32(&mut m.graph)?;
         m.float_type = FloatType::F32;
         m.dtypes.values_mut().for_each(|t| *t = FloatType::F32);
         if let Some(g) = m.proto.graph.as_mut() {

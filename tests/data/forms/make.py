@@ -315,3 +315,19 @@ model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 model.ir_version = 8
 onnx.checker.check_model(model, full_check=True)
 onnx.save(model, os.path.join(HERE, "..", "bf16_token_linear_bn.onnx"))
+
+# Not a form (written beside this folder): a float16 model computing its gate in
+# float32, as autocast exports do: Cast to float, Sigmoid, Cast back to float16.
+# `fuse --f32` must write the carried Cast back to float32 too, or its float16 output
+# meets the float32 weights in the Mul and ONNX Runtime refuses the file (tests/cli.rs).
+g = G([1, C, H, H])
+y = g.bn(g.conv("input", C, C, 3), C)
+gate = g.op("Cast", [g.op("Sigmoid", [g.op("Cast", [y], to=TensorProto.FLOAT)])], to=TensorProto.FLOAT16)
+y = g.op("Mul", [y, gate])
+for t in g.inits:
+    t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name))
+graph = helper.make_graph(g.nodes, "fp16_cast_gate", [helper.make_tensor_value_info("input", TensorProto.FLOAT16, g.shape)], [helper.make_tensor_value_info(y, TensorProto.FLOAT16, [1, C, H, H])], g.inits)
+model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+model.ir_version = 8
+onnx.checker.check_model(model, full_check=True)
+onnx.save(model, os.path.join(HERE, "..", "fp16_cast_gate.onnx"))

@@ -1,4 +1,5 @@
-//! Half-precision ONNX models widened to float32 for the ONNX engine. tract cannot
+//! Half-precision ONNX models widened to float32: for the ONNX engine, and for
+//! `fuse --f32` (the carried nodes of a model written in float32). tract cannot
 //! run every float16 model as written: its float16 Gemm fails to translate ("expected
 //! F16 got F32"), which is the head of every timm classifier exported with `.half()`,
 //! so such a model with an op the f64 reference does not run (a squeeze-excite's
@@ -10,7 +11,8 @@
 //! comparison measures the rewrite and the stored rounding, not float16 arithmetic
 //! noise that a runtime adds to both.
 
-use tract_onnx::pb::{tensor_proto::DataType, type_proto, AttributeProto, GraphProto, ModelProto, TensorProto, TypeProto};
+use prost::Message;
+use tract_onnx::pb::{tensor_proto::DataType, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, TypeProto};
 
 const FLOAT: i32 = DataType::Float as i32;
 const FLOAT16: i32 = DataType::Float16 as i32;
@@ -21,13 +23,13 @@ fn is_half(t: i32) -> bool {
     t == FLOAT16 || t == BFLOAT16
 }
 
-/// Widens every half-precision value and type of `model` to float32, in place.
-/// Returns whether anything was half precision. A model whose half-precision weights
-/// live in external data is left as it is (`false`): the engine reads those bytes
-/// itself, by the declared type.
+/// Widens every half-precision value and type of `model` to float32, in place, when
+/// it stores half precision (`stores_half`). Returns whether it did. A model whose
+/// half-precision weights live in external data is left as it is (`false`): the
+/// engine reads those bytes itself, by the declared type.
 pub fn widen_half_floats(model: &mut ModelProto) -> bool {
     let Some(g) = model.graph.as_mut() else { return false };
-    if has_external_half(g) || !mentions_half(g) {
+    if has_external_half(g) || !stores_half(g) {
         return false;
     }
     widen_graph(g);
@@ -45,6 +47,16 @@ fn has_external_half(g: &GraphProto) -> bool {
         })
 }
 
+/// A half-precision model: its weights or its inputs and outputs are. A float32
+/// model is run as it is, casts to float16 included: widening those would hide a
+/// file whose types do not agree (a float16 cast meeting float32 weights), which
+/// ONNX Runtime refuses.
+fn stores_half(g: &GraphProto) -> bool {
+    let typed = |v: &tract_onnx::pb::ValueInfoProto| v.r#type.as_ref().is_some_and(type_is_half);
+    g.initializer.iter().any(|t| is_half(t.data_type)) || g.input.iter().chain(&g.output).any(typed)
+}
+
+/// Anything in `g` is half precision: a weight, a declared type, an attribute.
 fn mentions_half(g: &GraphProto) -> bool {
     let typed = |v: &tract_onnx::pb::ValueInfoProto| v.r#type.as_ref().is_some_and(type_is_half);
     g.initializer.iter().any(|t| is_half(t.data_type))
@@ -79,13 +91,34 @@ fn widen_graph(g: &mut GraphProto) {
             }
         }
     }
-    for a in g.node.iter_mut().flat_map(|n| n.attribute.iter_mut()) {
+    g.node.iter_mut().for_each(widen_node);
+}
+
+/// A node's element-type attributes, tensor attributes and subgraphs, widened.
+fn widen_node(n: &mut NodeProto) {
+    for a in n.attribute.iter_mut() {
         if is_cast_target(a) && is_half(a.i as i32) {
             a.i = FLOAT as i64;
         }
         a.t.iter_mut().chain(a.tensors.iter_mut()).for_each(widen_tensor);
         a.g.iter_mut().chain(a.graphs.iter_mut()).for_each(widen_graph);
     }
+}
+
+/// A carried node (its `NodeProto` bytes) as it must be written in a float32 model:
+/// `Ok(None)` when it names no half-precision type (kept byte for byte), the widened
+/// encoding otherwise. Refused for ops outside the ONNX domain, whose attributes'
+/// meaning repfuse cannot know.
+pub(crate) fn node_as_f32(payload: &[u8]) -> std::result::Result<Option<Vec<u8>>, String> {
+    let mut n = NodeProto::decode(payload).map_err(|e| format!("cannot decode the node: {}", e))?;
+    if !(n.domain.is_empty() || n.domain == "ai.onnx") {
+        return Err(format!("an op of domain `{}`, whose attributes may name an element type", n.domain));
+    }
+    if !n.attribute.iter().any(attribute_mentions_half) {
+        return Ok(None);
+    }
+    widen_node(&mut n);
+    Ok(Some(n.encode_to_vec()))
 }
 
 /// A float16 or bfloat16 tensor as float32 of the same values (stored as raw
@@ -174,11 +207,30 @@ mod tests {
     }
 
     #[test]
+    fn a_carried_node_names_float32_where_it_named_half_precision() {
+        let node = |op: &str, domain: &str, to: DataType| NodeProto {
+            op_type: op.into(),
+            domain: domain.into(),
+            attribute: vec![AttributeProto { name: "to".into(), i: to as i64, ..Default::default() }],
+            ..Default::default()
+        };
+        let widened = node_as_f32(&node("Cast", "", DataType::Float16).encode_to_vec()).unwrap().expect("a cast to float16 is rewritten");
+        assert_eq!(NodeProto::decode(&widened[..]).unwrap().attribute[0].i, FLOAT as i64);
+        assert_eq!(node_as_f32(&node("Cast", "", DataType::Int64).encode_to_vec()).unwrap(), None, "a cast to int64 stays byte for byte");
+        assert!(node_as_f32(&node("FusedGemm", "com.microsoft", DataType::Int64).encode_to_vec()).is_err(), "another domain's attributes are not guessed at");
+    }
+
+    #[test]
     fn float32_models_and_external_half_weights_are_left_as_they_are() {
         let w = TensorProto { name: "w".into(), data_type: FLOAT, raw_data: 1f32.to_le_bytes().to_vec(), ..Default::default() };
-        let mut model = ModelProto { graph: Some(GraphProto { initializer: vec![w], ..Default::default() }), ..Default::default() };
+        let cast = NodeProto {
+            op_type: "Cast".into(),
+            attribute: vec![AttributeProto { name: "to".into(), i: FLOAT16 as i64, ..Default::default() }],
+            ..Default::default()
+        };
+        let mut model = ModelProto { graph: Some(GraphProto { initializer: vec![w], node: vec![cast], ..Default::default() }), ..Default::default() };
         let before = model.clone();
-        assert!(!widen_half_floats(&mut model));
+        assert!(!widen_half_floats(&mut model), "a float32 model runs as it is, its casts to float16 too");
         assert_eq!(model, before);
         let external = TensorProto { name: "e".into(), data_type: FLOAT16, data_location: Some(EXTERNAL), ..Default::default() };
         model.graph.as_mut().unwrap().initializer.push(external);
