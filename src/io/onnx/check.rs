@@ -2,8 +2,9 @@
 //! loads. Every node input is defined before it is read (a graph input, an
 //! initializer, or an earlier node's output; subgraphs may read their enclosing
 //! scopes), every tensor is defined once, every initializer is used, every graph
-//! output is produced, node names are unique. A violation is a repfuse bug, reported
-//! as an error naming the node and tensor, and nothing is written.
+//! output is produced, node names are unique, no node reads two float types where
+//! ONNX takes one (`elem_types.rs`). A violation is a repfuse bug, reported as an
+//! error naming the node and tensor, and nothing is written.
 
 use std::collections::{HashMap, HashSet};
 
@@ -27,7 +28,30 @@ pub fn check_written_model(m: &ModelProto) -> Result<()> {
     if let Some(t) = g.initializer.iter().find(|t| !used.contains(t.name.as_str()) && !sub_reads.contains(&t.name)) {
         return Err(internal(format!("initializer `{}` is written but no node reads it", t.name)));
     }
+    if let Some((node, op, a, ta, b, tb)) = super::elem_types::first_type_clash(g) {
+        return Err(Error::Graph(format!(
+            "refusing to write an invalid model: node `{}` ({}) reads `{}` as {} and `{}` as {}, where ONNX takes one element type (ONNX Runtime would refuse the file)",
+            node,
+            op,
+            a,
+            type_name(ta),
+            b,
+            type_name(tb)
+        )));
+    }
     check_bfloat16_ops(m, g)
+}
+
+/// An ONNX element type, named.
+fn type_name(t: i32) -> String {
+    match t {
+        1 => "float32".into(),
+        10 => "float16".into(),
+        11 => "float64".into(),
+        16 => "bfloat16".into(),
+        7 => "int64".into(),
+        _ => format!("element type {}", t),
+    }
 }
 
 /// Ops whose type constraints take bfloat16 only from opset 22 on.

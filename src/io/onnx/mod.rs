@@ -6,6 +6,7 @@ mod arith;
 pub(crate) mod attrs;
 mod check;
 mod const_fold;
+mod elem_types;
 mod export;
 mod import;
 mod matmul;
