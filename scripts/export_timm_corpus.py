@@ -49,6 +49,7 @@ def save_st(path, tensors):
 #   ts_init_as_inputs      TorchScript with `keep_initializers_as_inputs=True`;
 #   ts_fp16                TorchScript of the model in float16 (a float16 input);
 #   ts_bf16                the same in bfloat16;
+#   dyn_fp16               torch's default (dynamo) exporter on the model in float16;
 #   ts_extdata_per_tensor  TorchScript, then every weight in its own external file.
 # The dynamic variants trace a batch of 2 (a batch of 1 would be specialised away).
 EXPORTER = os.environ.get("REPFUSE_EXPORTER", "torchscript")
@@ -73,6 +74,8 @@ def export(model, x, path):
         torch.onnx.export(model, (x,), path, **ts, keep_initializers_as_inputs=True)
     elif EXPORTER == "ts_fp16":
         torch.onnx.export(copy.deepcopy(model).half(), (x.half(),), path, **ts)
+    elif EXPORTER == "dyn_fp16":
+        torch.onnx.export(copy.deepcopy(model).half(), (x.half(),), path)
     elif EXPORTER == "ts_bf16":
         torch.onnx.export(copy.deepcopy(model).bfloat16(), (x.bfloat16(),), path, **ts)
     elif EXPORTER == "ts_extdata_per_tensor":

@@ -73,7 +73,7 @@ type Parsed = (tract_onnx::prelude::InferenceModel, HashMap<String, tract_onnx::
 /// folding must see the file's own types).
 fn parse(bytes: &[u8], dir: Option<&Path>, inputs: &[ValueInfo], widen: bool) -> Result<Parsed> {
     let mut proto = tract_onnx::onnx().proto_model_for_read(&mut &bytes[..]).map_err(|e| engine_err("model", e))?;
-    let widened = widen && crate::io::onnx::widen::widen_half_floats(&mut proto);
+    let widened = widen && crate::io::onnx::widen::widen_half_floats(&mut proto, dir);
     // A graph input with a symbolic dimension is fixed to `inputs`' concrete shape
     // below. Exporters declare the intermediate and output shapes with the same
     // symbol (torch's dynamo exporter: value_info `["batch", 36, 28, 28]`), which

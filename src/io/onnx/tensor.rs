@@ -70,20 +70,30 @@ impl ExternalData {
         ExternalData { dir: model_path.parent().map(Path::to_path_buf).unwrap_or_default(), files: HashMap::new() }
     }
 
+    /// External data of a model in `dir`; nothing is read yet.
+    pub fn in_dir(dir: &Path) -> Self {
+        ExternalData { dir: dir.to_path_buf(), files: HashMap::new() }
+    }
+
     fn bytes(&mut self, t: &TensorProto) -> Result<&[u8]> {
-        let get = |k: &str| t.external_data.iter().find(|e| e.key == k).map(|e| e.value.clone());
-        let location = get("location").ok_or_else(|| Error::tensor(&t.name, "external data without a `location`"))?;
+        self.bytes_of(&t.name, |k| t.external_data.iter().find(|e| e.key == k).map(|e| e.value.clone()))
+    }
+
+    /// The bytes of tensor `name`, whose external-data entry `key` is `get(key)`
+    /// (any protobuf binding's tensor: tract's too).
+    pub fn bytes_of(&mut self, name: &str, get: impl Fn(&str) -> Option<String>) -> Result<&[u8]> {
+        let location = get("location").ok_or_else(|| Error::tensor(name, "external data without a `location`"))?;
         let rel = Path::new(&location);
         if rel.is_absolute() || rel.components().any(|c| matches!(c, Component::ParentDir)) {
-            return Err(Error::tensor(&t.name, format!("external data location `{}` leaves the model's folder", location)));
+            return Err(Error::tensor(name, format!("external data location `{}` leaves the model's folder", location)));
         }
         let parse = |k: &str| -> Result<Option<usize>> {
-            get(k).map(|v| v.parse::<usize>().map_err(|_| Error::tensor(&t.name, format!("external data `{}` is not a number: {}", k, v)))).transpose()
+            get(k).map(|v| v.parse::<usize>().map_err(|_| Error::tensor(name, format!("external data `{}` is not a number: {}", k, v)))).transpose()
         };
         let (offset, length) = (parse("offset")?.unwrap_or(0), parse("length")?);
         if !self.files.contains_key(&location) {
             let path = self.dir.join(rel);
-            let data = std::fs::read(&path).map_err(|e| Error::File { path: path.clone(), why: format!("external data of tensor `{}`: {}", t.name, e) })?;
+            let data = std::fs::read(&path).map_err(|e| Error::File { path: path.clone(), why: format!("external data of tensor `{}`: {}", name, e) })?;
             self.files.insert(location.clone(), data);
         }
         let data = &self.files[&location];
@@ -93,10 +103,9 @@ impl ExternalData {
         };
         match end {
             Some(end) if end <= data.len() && offset <= end => Ok(&data[offset..end]),
-            _ => Err(Error::tensor(
-                &t.name,
-                format!("external data range offset {} length {:?} is outside `{}` ({} bytes)", offset, length, location, data.len()),
-            )),
+            _ => {
+                Err(Error::tensor(name, format!("external data range offset {} length {:?} is outside `{}` ({} bytes)", offset, length, location, data.len())))
+            }
         }
     }
 }

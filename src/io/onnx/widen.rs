@@ -11,8 +11,12 @@
 //! comparison measures the rewrite and the stored rounding, not float16 arithmetic
 //! noise that a runtime adds to both.
 
+use std::path::Path;
+
 use prost::Message;
 use tract_onnx::pb::{tensor_proto::DataType, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, TypeProto};
+
+use super::tensor::ExternalData;
 
 const FLOAT: i32 = DataType::Float as i32;
 const FLOAT16: i32 = DataType::Float16 as i32;
@@ -24,27 +28,61 @@ fn is_half(t: i32) -> bool {
 }
 
 /// Widens every half-precision value and type of `model` to float32, in place, when
-/// it stores half precision (`stores_half`). Returns whether it did. A model whose
-/// half-precision weights live in external data is left as it is (`false`): the
-/// engine reads those bytes itself, by the declared type.
-pub fn widen_half_floats(model: &mut ModelProto) -> bool {
+/// it stores half precision (`stores_half`). Returns whether it did. Weights in
+/// external data are read from `dir` first; a model where that fails is left as it
+/// is (`false`).
+pub fn widen_half_floats(model: &mut ModelProto, dir: Option<&Path>) -> bool {
     let Some(g) = model.graph.as_mut() else { return false };
-    if has_external_half(g) || !stores_half(g) {
+    if !stores_half(g) || has_external_half_in_nodes(g) || !inline_external_half(g, dir) {
         return false;
     }
     widen_graph(g);
     true
 }
 
-fn has_external_half(g: &GraphProto) -> bool {
-    let external = |t: &TensorProto| is_half(t.data_type) && t.data_location == Some(EXTERNAL);
-    g.initializer.iter().any(external)
-        || g.node.iter().flat_map(|n| &n.attribute).any(|a| {
-            a.t.as_ref().is_some_and(external)
-                || a.tensors.iter().any(external)
-                || a.g.as_ref().is_some_and(has_external_half)
-                || a.graphs.iter().any(has_external_half)
-        })
+fn is_external_half(t: &TensorProto) -> bool {
+    is_half(t.data_type) && t.data_location == Some(EXTERNAL)
+}
+
+/// A half-precision tensor in external data inside a node's attributes or a
+/// subgraph (no exporter writes one; such a model runs as it is).
+fn has_external_half_in_nodes(g: &GraphProto) -> bool {
+    let in_graph = |sg: &GraphProto| sg.initializer.iter().any(is_external_half) || has_external_half_in_nodes(sg);
+    g.node.iter().flat_map(|n| &n.attribute).any(|a| {
+        a.t.as_ref().is_some_and(is_external_half)
+            || a.tensors.iter().any(is_external_half)
+            || a.g.as_ref().is_some_and(in_graph)
+            || a.graphs.iter().any(in_graph)
+    })
+}
+
+/// Reads the half-precision initializers stored in external data (torch's dynamo
+/// exporter writes a model's weights to `<model>.data`: GhostNetV3 in float16) into
+/// the model, so they can be widened; the engine would read them by their declared
+/// type. All or nothing: `false`, the model untouched, when one cannot be read
+/// (no folder, a location outside it, a range outside the file).
+fn inline_external_half(g: &mut GraphProto, dir: Option<&Path>) -> bool {
+    let external: Vec<usize> = (0..g.initializer.len()).filter(|&i| is_external_half(&g.initializer[i])).collect();
+    if external.is_empty() {
+        return true;
+    }
+    let Some(dir) = dir else { return false };
+    let mut files = ExternalData::in_dir(dir);
+    let mut read = Vec::with_capacity(external.len());
+    for &i in &external {
+        let t = &g.initializer[i];
+        match files.bytes_of(&t.name, |k| t.external_data.iter().find(|e| e.key == k).map(|e| e.value.clone())) {
+            Ok(bytes) => read.push(bytes.to_vec()),
+            Err(_) => return false,
+        }
+    }
+    for (i, bytes) in external.into_iter().zip(read) {
+        let t = &mut g.initializer[i];
+        t.raw_data = bytes;
+        t.external_data.clear();
+        t.data_location = None;
+    }
+    true
 }
 
 /// A half-precision model: its weights or its inputs and outputs are. A float32
@@ -192,7 +230,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        assert!(widen_half_floats(&mut model));
+        assert!(widen_half_floats(&mut model, None));
         let g = model.graph.as_ref().unwrap();
         let want_f16: Vec<f32> = f16_bits.iter().map(|&b| half::f16::from_bits(b).to_f32()).collect();
         let want_bf16: Vec<f32> = bf16_bits.iter().map(|&b| half::bf16::from_bits(b).to_f32()).collect();
@@ -221,7 +259,7 @@ mod tests {
     }
 
     #[test]
-    fn float32_models_and_external_half_weights_are_left_as_they_are() {
+    fn float32_models_are_left_as_they_are() {
         let w = TensorProto { name: "w".into(), data_type: FLOAT, raw_data: 1f32.to_le_bytes().to_vec(), ..Default::default() };
         let cast = NodeProto {
             op_type: "Cast".into(),
@@ -230,12 +268,37 @@ mod tests {
         };
         let mut model = ModelProto { graph: Some(GraphProto { initializer: vec![w], node: vec![cast], ..Default::default() }), ..Default::default() };
         let before = model.clone();
-        assert!(!widen_half_floats(&mut model), "a float32 model runs as it is, its casts to float16 too");
+        assert!(!widen_half_floats(&mut model, None), "a float32 model runs as it is, its casts to float16 too");
         assert_eq!(model, before);
-        let external = TensorProto { name: "e".into(), data_type: FLOAT16, data_location: Some(EXTERNAL), ..Default::default() };
-        model.graph.as_mut().unwrap().initializer.push(external);
-        let before = model.clone();
-        assert!(!widen_half_floats(&mut model), "external half weights: the engine reads them by their declared type");
-        assert_eq!(model, before);
+    }
+
+    #[test]
+    fn external_half_weights_are_read_from_the_models_folder_or_the_model_is_left_as_it_is() {
+        use tract_onnx::pb::StringStringEntryProto;
+        let dir = tempfile::tempdir().unwrap();
+        let values = [0.5f32, -1.25, 3.0];
+        let mut data = vec![0xAAu8; 6]; // another tensor's bytes before this one
+        data.extend(values.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()));
+        std::fs::write(dir.path().join("model.data"), &data).unwrap();
+        let entry = |k: &str, v: &str| StringStringEntryProto { key: k.into(), value: v.into() };
+        let external = |location: &str| TensorProto {
+            name: "e".into(),
+            data_type: FLOAT16,
+            data_location: Some(EXTERNAL),
+            external_data: vec![entry("location", location), entry("offset", "6"), entry("length", "6")],
+            ..Default::default()
+        };
+        let model_with = |t: TensorProto| ModelProto { graph: Some(GraphProto { initializer: vec![t], ..Default::default() }), ..Default::default() };
+        let mut model = model_with(external("model.data"));
+        assert!(widen_half_floats(&mut model, Some(dir.path())));
+        let t = &model.graph.as_ref().unwrap().initializer[0];
+        assert_eq!((t.data_type, t.data_location, t.external_data.len()), (FLOAT, None, 0));
+        assert_eq!(f32s(t), values);
+        for (location, folder) in [("model.data", None), ("../model.data", Some(dir.path())), ("missing.data", Some(dir.path()))] {
+            let mut model = model_with(external(location));
+            let before = model.clone();
+            assert!(!widen_half_floats(&mut model, folder), "{} from {:?}", location, folder);
+            assert_eq!(model, before, "left as it is");
+        }
     }
 }
