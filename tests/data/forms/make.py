@@ -51,6 +51,17 @@ class G:
         json.dump(limits, open(os.path.join(HERE, name + ".json"), "w"), indent=1)
 
 
+def save_beside(g, name, out, out_shape, elem=TensorProto.FLOAT16, opset=17, ir=8, check=True):
+    """Saves a test model that is not a form beside this folder (tests/data), its
+    input and output of element type `elem`."""
+    graph = helper.make_graph(g.nodes, name, [helper.make_tensor_value_info("input", elem, g.shape)], [helper.make_tensor_value_info(out, elem, out_shape)], g.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = ir
+    if check:
+        onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, os.path.join(HERE, "..", name + ".onnx"))
+
+
 C, H = 8, 9
 
 # MobileOne: an absent branch is the Python int 0, exported as `+ 0`.
@@ -238,11 +249,7 @@ y = g.op("Mul", [g.conv(y, C, C, 3), g.init("ls", np.full((C, 1, 1), 1e-5))])
 for t in g.inits:
     if t.data_type == TensorProto.FLOAT:
         t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name))
-graph = helper.make_graph(g.nodes, "fp16_layer_scale", [helper.make_tensor_value_info("input", TensorProto.FLOAT16, g.shape)], [helper.make_tensor_value_info(y, TensorProto.FLOAT16, [1, C, H, H])], g.inits)
-model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-model.ir_version = 8
-onnx.checker.check_model(model, full_check=True)
-onnx.save(model, os.path.join(HERE, "..", "fp16_layer_scale.onnx"))
+save_beside(g, "fp16_layer_scale", y, [1, C, H, H])
 
 # MobileOne-S4's 1x1 block without identity or scale branch, under a squeeze-excite:
 # the branch sum is `bn(conv(x)) + 0 + 0` and the SE reads it twice, through a carried
@@ -275,11 +282,7 @@ y = g.op("Gemm", [f, g.init("fc", rng.normal(0, 0.3, (10, C))), g.init("fcb", rn
 for t in g.inits:
     if t.data_type == TensorProto.FLOAT:
         t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name))
-graph = helper.make_graph(g.nodes, "fp16_se_head", [helper.make_tensor_value_info("input", TensorProto.FLOAT16, g.shape)], [helper.make_tensor_value_info(y, TensorProto.FLOAT16, [1, 10])], g.inits)
-model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-model.ir_version = 8
-onnx.checker.check_model(model, full_check=True)
-onnx.save(model, os.path.join(HERE, "..", "fp16_se_head.onnx"))
+save_beside(g, "fp16_se_head", y, [1, 10])
 
 # Not a form, and not valid ONNX (written beside this folder): a RepVGG-style block
 # in bfloat16 at opset 20, as PyTorch exports a `.bfloat16()` model. ONNX allows
@@ -294,10 +297,8 @@ def to_bf16(t):
     return out
 g = G([1, C, H, H])
 y = g.op("Relu", [g.op("Add", [g.op("Add", [g.bn(g.conv("input", C, C, 3), C), g.bn(g.conv("input", C, C, 1), C)]), g.bn("input", C)])])
-graph = helper.make_graph(g.nodes, "bf16_conv_opset20", [helper.make_tensor_value_info("input", TensorProto.BFLOAT16, g.shape)], [helper.make_tensor_value_info(y, TensorProto.BFLOAT16, [1, C, H, H])], [to_bf16(t) for t in g.inits])
-model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
-model.ir_version = 9
-onnx.save(model, os.path.join(HERE, "..", "bf16_conv_opset20.onnx"))
+g.inits = [to_bf16(t) for t in g.inits]
+save_beside(g, "bf16_conv_opset20", y, [1, C, H, H], elem=TensorProto.BFLOAT16, opset=20, ir=9, check=False)
 
 # Not a form (the forms are checked at float32 precision and by ONNX Runtime, which
 # has no bfloat16 MatMul or Erf on the CPU): LeViT's LinearNorm of `token_linear_bn`
@@ -310,11 +311,8 @@ g = G([1, N, I])
 mm = g.op("MatMul", ["input", g.op("Transpose", [g.init("w", rng.normal(0, 0.3, (O, I)))], perm=[1, 0])])
 bn = g.bn(g.op("Flatten", [mm], axis=2), O)
 y = g.op("Erf", [g.op("Reshape", [bn, g.op("Shape", [mm])])])
-graph = helper.make_graph(g.nodes, "bf16_token_linear_bn", [helper.make_tensor_value_info("input", TensorProto.BFLOAT16, g.shape)], [helper.make_tensor_value_info(y, TensorProto.BFLOAT16, [1, N, O])], [to_bf16(t) for t in g.inits])
-model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-model.ir_version = 8
-onnx.checker.check_model(model, full_check=True)
-onnx.save(model, os.path.join(HERE, "..", "bf16_token_linear_bn.onnx"))
+g.inits = [to_bf16(t) for t in g.inits]
+save_beside(g, "bf16_token_linear_bn", y, [1, N, O], elem=TensorProto.BFLOAT16)
 
 # Not a form (written beside this folder): a float16 model computing its gate in
 # float32, as autocast exports do: Cast to float, Sigmoid, Cast back to float16.
@@ -326,8 +324,4 @@ gate = g.op("Cast", [g.op("Sigmoid", [g.op("Cast", [y], to=TensorProto.FLOAT)])]
 y = g.op("Mul", [y, gate])
 for t in g.inits:
     t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name))
-graph = helper.make_graph(g.nodes, "fp16_cast_gate", [helper.make_tensor_value_info("input", TensorProto.FLOAT16, g.shape)], [helper.make_tensor_value_info(y, TensorProto.FLOAT16, [1, C, H, H])], g.inits)
-model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-model.ir_version = 8
-onnx.checker.check_model(model, full_check=True)
-onnx.save(model, os.path.join(HERE, "..", "fp16_cast_gate.onnx"))
+save_beside(g, "fp16_cast_gate", y, [1, C, H, H])
