@@ -203,9 +203,9 @@ pub fn constant_tensors_and_shapes(bytes: &[u8], dir: Option<&Path>, inputs: &[V
     let as_is = guarded("shape analysis", || analyse(bytes, dir, inputs, false));
     // tract 0.23 has no bfloat16 type ("Unknown DatumType Bfloat16"), so it could not
     // analyse any bfloat16 model (LeViT-128S: every region past its attention had
-    // unknown shapes, and no `reshape_as` was lifted); widened to float32 it can. Shapes and integer constants do not depend on the
-    // float type; float constants are then left out (their values would be the
-    // widened ones, not the file's).
+    // unknown shapes, and no `reshape_as` was lifted); widened to float32 it can.
+    // Shapes and integer constants do not depend on the float type; float constants
+    // are then left out (their values would be the widened ones, not the file's).
     match as_is {
         Err(e) => guarded("shape analysis", || analyse(bytes, dir, inputs, true)).map_err(|_| e),
         found => found,

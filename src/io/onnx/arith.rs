@@ -135,7 +135,7 @@ fn lift(n: &Node, shapes: &Shapes, g: &Graph, w: &Weights) -> Option<Lift> {
         return None;
     }
     let proto = NodeProto::parse_from_bytes(&o.payload).ok()?;
-    if !(proto.domain.is_empty() || proto.domain == "ai.onnx") || proto.input.len() != 2 {
+    if !super::is_onnx_domain(&proto.domain) || proto.input.len() != 2 {
         return None;
     }
     let out = &n.outputs[0];

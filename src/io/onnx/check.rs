@@ -63,16 +63,14 @@ const BFLOAT16_FROM_OPSET_22: [&str; 6] = ["Conv", "ConvTranspose", "AveragePool
 /// not repfuse's, and the message says how to get a file that loads. Found by the
 /// weights a node reads (a conv's kernel), which is how every bfloat16 ConvNet has it.
 fn check_bfloat16_ops(m: &ModelProto, g: &GraphProto) -> Result<()> {
-    let opset = m.opset_import.iter().find(|o| o.domain.is_empty() || o.domain == "ai.onnx").map_or(0, |o| o.version);
+    let opset = super::onnx_opset(m);
     if opset >= 22 {
         return Ok(());
     }
     let bf16 = onnx_protobuf::tensor_proto::DataType::BFLOAT16 as i32;
     let half: HashSet<&str> = g.initializer.iter().filter(|t| t.data_type == bf16).map(|t| t.name.as_str()).collect();
     let bad = g.node.iter().find(|n| {
-        (n.domain.is_empty() || n.domain == "ai.onnx")
-            && BFLOAT16_FROM_OPSET_22.contains(&n.op_type.as_str())
-            && n.input.iter().any(|i| half.contains(i.as_str()))
+        super::is_onnx_domain(&n.domain) && BFLOAT16_FROM_OPSET_22.contains(&n.op_type.as_str()) && n.input.iter().any(|i| half.contains(i.as_str()))
     });
     match bad {
         None => Ok(()),

@@ -104,7 +104,7 @@ pub(super) fn int_values(t: &TensorProto) -> Option<Vec<i64>> {
 /// `Constant`'s own tensor is taken as it is (any type, any size: it is the file's
 /// data); a computed one only up to [`MAX_FOLDED`] values.
 pub(super) fn fold(n: &NodeProto, c: &dyn Constants) -> Option<TensorProto> {
-    if !(n.domain.is_empty() || n.domain == "ai.onnx") || n.output.len() != 1 || n.output[0].is_empty() {
+    if !super::is_onnx_domain(&n.domain) || n.output.len() != 1 || n.output[0].is_empty() {
         return None;
     }
     if n.op_type == "Constant" {

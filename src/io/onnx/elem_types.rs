@@ -97,7 +97,7 @@ pub fn first_type_clash(g: &GraphProto) -> Option<(String, String, String, i32, 
     for t in &g.initializer {
         types.insert(&t.name, t.data_type);
     }
-    for n in g.node.iter().filter(|n| n.domain.is_empty() || n.domain == "ai.onnx") {
+    for n in g.node.iter().filter(|n| super::is_onnx_domain(&n.domain)) {
         let op = n.op_type.as_str();
         if ONE_TYPE_FOR_ALL_INPUTS.contains(&op) {
             let known: Vec<(&str, i32)> = n.input.iter().filter(|i| !i.is_empty()).filter_map(|i| types.get(i.as_str()).map(|&t| (i.as_str(), t))).collect();

@@ -30,7 +30,7 @@ fn is_modelled(op_type: &str) -> bool {
 
 /// Why node `n` is carried through unchanged, in words for `inspect`.
 pub(super) fn carried_why(n: &NodeProto) -> String {
-    if !(n.domain.is_empty() || n.domain == "ai.onnx") {
+    if !super::is_onnx_domain(&n.domain) {
         format!("op of domain `{}`: not modelled, carried unchanged", n.domain)
     } else if is_modelled(&n.op_type) {
         "a form repfuse does not model (attributes, rank, or operands computed at run time): carried unchanged".into()
@@ -78,7 +78,7 @@ fn read(path: &Path, bytes: &[u8], mapped: Option<&crate::io::FileBytes>) -> Res
     // protobuf parsing accepts a file cut inside a nested message; a model always
     // declares its opset (written last by exporters) and has nodes and outputs, so
     // their absence means a truncated or foreign file.
-    let opset = proto.opset_import.iter().find(|o| o.domain.is_empty() || o.domain == "ai.onnx").map(|o| o.version);
+    let opset = proto.opset_import.iter().find(|o| super::is_onnx_domain(&o.domain)).map(|o| o.version);
     match opset {
         Some(v) if (1..=64).contains(&v) => {}
         Some(v) => return Err(file_err(format!("declares default-domain opset {} (truncated or corrupt?)", v))),
@@ -359,7 +359,7 @@ impl State {
         let name = self.unique_name(n, k);
         let data_inputs: Vec<String> = n.input.iter().filter(|i| !i.is_empty()).cloned().collect();
         let outputs: Vec<String> = n.output.iter().filter(|o| !o.is_empty()).cloned().collect();
-        let known = if n.domain.is_empty() || n.domain == "ai.onnx" { self.known_op(n, bias_add.as_ref().map(|(_, b)| b.as_str())) } else { None };
+        let known = if super::is_onnx_domain(&n.domain) { self.known_op(n, bias_add.as_ref().map(|(_, b)| b.as_str())) } else { None };
         match known {
             Some(KnownOp::Alias) if outputs.len() == 1 && data_inputs.len() == 1 && !self.graph.outputs.contains(&outputs[0]) => {
                 self.alias.insert(outputs[0].clone(), data_inputs[0].clone());

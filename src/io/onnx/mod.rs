@@ -51,6 +51,16 @@ pub struct OnnxModel {
     pub dynamic_dims: Vec<String>,
 }
 
+/// A node or opset domain that is ONNX's own (empty or `ai.onnx`).
+pub(crate) fn is_onnx_domain(domain: &str) -> bool {
+    domain.is_empty() || domain == "ai.onnx"
+}
+
+/// The ONNX-domain opset `m` declares, 0 where none.
+pub(crate) fn onnx_opset(m: &onnx_protobuf::ModelProto) -> i64 {
+    m.opset_import.iter().find(|o| is_onnx_domain(&o.domain)).map_or(0, |o| o.version)
+}
+
 /// The carried nodes of `g` as a float32 model must write them: every element type a
 /// node names (a Cast to float16, a float16 Constant, subgraphs) becomes float32
 /// (`widen::node_as_f32`). For `fuse --f32`, on the graph that is fused: the written
@@ -103,6 +113,6 @@ impl OnnxModel {
 
     /// The default-domain opset the model declares.
     pub fn opset(&self) -> i64 {
-        self.proto.opset_import.iter().find(|o| o.domain.is_empty() || o.domain == "ai.onnx").map_or(0, |o| o.version)
+        onnx_opset(&self.proto)
     }
 }

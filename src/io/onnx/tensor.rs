@@ -67,7 +67,7 @@ pub struct ExternalData {
 impl ExternalData {
     /// External data of the model at `model_path`, resolved against its folder; nothing is read yet.
     pub fn new(model_path: &Path) -> Self {
-        ExternalData { dir: model_path.parent().map(Path::to_path_buf).unwrap_or_default(), files: HashMap::new() }
+        Self::in_dir(model_path.parent().unwrap_or(Path::new("")))
     }
 
     /// External data of a model in `dir`; nothing is read yet.

@@ -14,7 +14,7 @@
 use std::path::Path;
 
 use prost::Message;
-use tract_onnx::pb::{tensor_proto::DataType, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, TypeProto};
+use tract_onnx::pb::{tensor_proto::DataType, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto};
 
 use super::tensor::ExternalData;
 
@@ -90,15 +90,13 @@ fn inline_external_half(g: &mut GraphProto, dir: Option<&Path>) -> bool {
 /// file whose types do not agree (a float16 cast meeting float32 weights), which
 /// ONNX Runtime refuses.
 fn stores_half(g: &GraphProto) -> bool {
-    let typed = |v: &tract_onnx::pb::ValueInfoProto| v.r#type.as_ref().is_some_and(type_is_half);
-    g.initializer.iter().any(|t| is_half(t.data_type)) || g.input.iter().chain(&g.output).any(typed)
+    g.initializer.iter().any(|t| is_half(t.data_type)) || g.input.iter().chain(&g.output).any(declared_half)
 }
 
 /// Anything in `g` is half precision: a weight, a declared type, an attribute.
 fn mentions_half(g: &GraphProto) -> bool {
-    let typed = |v: &tract_onnx::pb::ValueInfoProto| v.r#type.as_ref().is_some_and(type_is_half);
     g.initializer.iter().any(|t| is_half(t.data_type))
-        || g.input.iter().chain(&g.output).chain(&g.value_info).any(typed)
+        || g.input.iter().chain(&g.output).chain(&g.value_info).any(declared_half)
         || g.node.iter().flat_map(|n| &n.attribute).any(attribute_mentions_half)
 }
 
@@ -110,8 +108,9 @@ fn attribute_mentions_half(a: &AttributeProto) -> bool {
         || a.graphs.iter().any(mentions_half)
 }
 
-fn type_is_half(t: &TypeProto) -> bool {
-    matches!(&t.value, Some(type_proto::Value::TensorType(tt)) if is_half(tt.elem_type))
+/// A value declared as a half-precision tensor.
+fn declared_half(v: &tract_onnx::pb::ValueInfoProto) -> bool {
+    matches!(v.r#type.as_ref().and_then(|t| t.value.as_ref()), Some(type_proto::Value::TensorType(tt)) if is_half(tt.elem_type))
 }
 
 /// An attribute naming an element type: Cast's `to`, and `dtype` of the generators
@@ -149,7 +148,7 @@ fn widen_node(n: &mut NodeProto) {
 /// meaning repfuse cannot know.
 pub(crate) fn node_as_f32(payload: &[u8]) -> std::result::Result<Option<Vec<u8>>, String> {
     let mut n = NodeProto::decode(payload).map_err(|e| format!("cannot decode the node: {}", e))?;
-    if !(n.domain.is_empty() || n.domain == "ai.onnx") {
+    if !super::is_onnx_domain(&n.domain) {
         return Err(format!("an op of domain `{}`, whose attributes may name an element type", n.domain));
     }
     if !n.attribute.iter().any(attribute_mentions_half) {
@@ -181,7 +180,7 @@ fn widen_tensor(t: &mut TensorProto) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tract_onnx::pb::{NodeProto, ValueInfoProto};
+    use tract_onnx::pb::{NodeProto, TypeProto, ValueInfoProto};
 
     fn f32s(t: &TensorProto) -> Vec<f32> {
         t.raw_data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
